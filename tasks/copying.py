@@ -1,0 +1,276 @@
+"""The copying task of the RIMs paper (thesis ch. 8.4.1, Table 1, Fig. 2).
+
+Train at dormant length ``T = 50``, test at ``T = 200``: RIMs keep recalling, an LSTM does not.
+
+    python -m tasks.copying                      # the embedded default: RIM vs LSTM, ~10 min on 2 CPU cores
+    python -m tasks.copying --help               # every option
+    python -m tasks.copying --models rim_lstm_seq lstm_seq --steps 20000 --seeds 3   # the paper's sizes
+
+Data format (``anirudh9119/RIMs`` ``event_based/copying_data.py``; ``shared/docs/tasks.md``): symbols
+1..8, blank 0, marker 9. Input: 10 random symbols, ``T-1`` blanks, the marker, 10 blanks (``T+20``
+steps). Target: blank for ``T+10`` steps, then the 10 symbols. Loss: cross-entropy over all ``T+20``
+positions (the paper's number); we also report cross-entropy and per-symbol accuracy on the 10 recalled
+positions, which the all-position number dilutes with blanks.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+import zoo
+from zoo.engine import (arg, default_workers, fit, markdown_table, parse_config, resolve_device, run_jobs,
+                        seed_everything, summarize_seeds, write_json, write_text)
+from zoo.engine.results import fmt_mean_std
+
+BLANK, MARKER, NUM_TOKENS = 0, 9, 10
+NUM_RECALL = 10
+CHANCE_CE = math.log(8)       # 8 data symbols
+
+
+def copying_batch(T: int, batch_size: int, generator: Optional[torch.Generator] = None,
+                  n_sequence: int = NUM_RECALL) -> Tuple[torch.Tensor, torch.Tensor]:
+    """One batch of the copying task.
+
+    Returns:
+        x, y: ``(batch_size, T + 20)`` int64 (``T + 2 * n_sequence`` in general). ``x`` is the symbols,
+        ``T-1`` blanks, the marker and ``n_sequence`` blanks; ``y`` is blank for ``T + n_sequence`` steps,
+        then the symbols.
+    """
+    if T < 1:
+        raise ValueError(f"T must be >= 1, got {T}")
+    seq = torch.randint(1, 9, (batch_size, n_sequence), generator=generator)
+    blanks = lambda n: torch.zeros(batch_size, n, dtype=torch.long)  # noqa: E731
+    marker = torch.full((batch_size, 1), MARKER, dtype=torch.long)
+    x = torch.cat([seq, blanks(T - 1), marker, blanks(n_sequence)], dim=1)
+    y = torch.cat([blanks(T + n_sequence), seq], dim=1)
+    return x, y
+
+
+def copying_batches(T: int, batch_size: int, seed: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    """An endless stream of fresh training batches (the paper samples new sequences every step)."""
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        yield copying_batch(T, batch_size, g)
+
+
+def copying_metrics(logits: torch.Tensor, y: torch.Tensor) -> Dict[str, float]:
+    """``ce_all`` over all positions, ``ce_recall`` and ``acc_recall`` over the last 10 (the recall)."""
+    ce_all = F.cross_entropy(logits.flatten(0, 1), y.flatten())
+    rl, ry = logits[:, -NUM_RECALL:], y[:, -NUM_RECALL:]
+    ce_recall = F.cross_entropy(rl.flatten(0, 1), ry.flatten())
+    acc = (rl.argmax(-1) == ry).float().mean()
+    return {"ce_all": float(ce_all), "ce_recall": float(ce_recall), "acc_recall": float(acc)}
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, T: int, num: int, seed: int, device: torch.device,
+             chunk: int = 250) -> Dict[str, float]:
+    """Metrics on ``num`` fixed test sequences of dormant length ``T`` (same sequences for every model)."""
+    was_training = model.training
+    model.eval()
+    g = torch.Generator().manual_seed(seed)
+    sums = {"ce_all": 0.0, "ce_recall": 0.0, "acc_recall": 0.0}
+    done = 0
+    while done < num:
+        n = min(chunk, num - done)
+        x, y = copying_batch(T, n, g)
+        m = copying_metrics(model(x.to(device)).float().cpu(), y)
+        for k in sums:
+            sums[k] += m[k] * n
+        done += n
+    model.train(was_training)
+    return {k: v / num for k, v in sums.items()}
+
+
+@dataclass
+class Config:
+    """Copying task (thesis ch. 8, Table 1): train at dormant length T, test at longer T, RIMs vs LSTM."""
+
+    models: List[str] = arg(["rim_lstm_seq_small", "lstm_seq_small"],
+                            help="registered sequence models to compare (zoo.list_models('*seq*'))")
+    train_len: int = arg(50, help="dormant length T in training (sequence length T+20)")
+    test_lens: List[int] = arg([50, 200], help="dormant lengths to test")
+    steps: int = arg(2000, help="optimizer steps per model and seed")
+    batch_size: int = arg(64, help="training batch size")
+    lr: float = arg(3e-3, help="Adam learning rate (paper: 1e-3 for hidden 600)")
+    clip_grad: float = arg(1.0, help="gradient-norm clip (paper: 1.0)")
+    seeds: int = arg(1, help="number of seeds per model (seed, seed+1, ...); the table shows mean ± std")
+    seed: int = arg(0, help="first seed")
+    eval_size: int = arg(1000, help="test sequences per dormant length")
+    eval_every: int = arg(250, help="evaluate at train_len every this many steps (0: only at the end)")
+    log_every: int = arg(50, help="log training metrics every this many steps")
+    model_kwargs: str = arg("{}", help='JSON dict of extra model kwargs, e.g. \'{"k_active": 3}\'')
+    out: str = arg("runs/copying", help="output folder")
+    device: str = arg("auto", help="'auto' (CUDA if present), 'cpu', 'cuda', ...")
+    workers: int = arg(0, help="parallel training processes (0: one per CPU core, one on a GPU)")
+    threads: int = arg(1, help="torch threads per worker process")
+    resume: bool = arg(False, help="continue runs from their checkpoints")
+    progress: bool = arg(True, help="show progress bars")
+
+
+def _run_dir(cfg: Config, model_name: str, seed: int) -> Path:
+    return Path(cfg.out) / model_name / f"seed{seed}"
+
+
+def train_one(cfg: Config, model_name: str, seed: int, position: int = 0) -> dict:
+    """Train one (model, seed) and test it at every ``test_lens``; runs in a worker process."""
+    device = resolve_device(cfg.device)
+    seed_everything(seed)
+    model = zoo.create_model(model_name, num_tokens=NUM_TOKENS, num_classes=NUM_TOKENS,
+                             **json.loads(cfg.model_kwargs)).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+
+    def step_fn(m, batch):
+        x, y = batch
+        logits = m(x)
+        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
+        return loss, {}
+
+    eval_seed = 10_000 + seed
+    result = fit(model, optimizer, copying_batches(cfg.train_len, cfg.batch_size, seed), step_fn,
+                 steps=cfg.steps, device=device, out_dir=_run_dir(cfg, model_name, seed),
+                 clip_grad=cfg.clip_grad, log_every=cfg.log_every,
+                 eval_fn=lambda m: evaluate(m, cfg.train_len, min(cfg.eval_size, 500), eval_seed, device),
+                 eval_every=cfg.eval_every, ckpt_every=max(cfg.eval_every, 500), resume=cfg.resume,
+                 desc=f"{model_name} s{seed}", progress=cfg.progress, position=position)
+    tests = {str(T): evaluate(model, T, cfg.eval_size, eval_seed + T, device) for T in cfg.test_lens}
+    out = {"model": model_name, "seed": seed, "seconds": result.seconds, "tests": tests,
+           "curve": result.eval_history}
+    inner = getattr(model, "core", None)
+    if isinstance(inner, zoo.RIM):
+        out["activation"] = activation_pattern(model, max(cfg.test_lens), eval_seed, device)
+    return out
+
+
+@torch.no_grad()
+def activation_pattern(model, T: int, seed: int, device: torch.device) -> List[List[float]]:
+    """The active-unit mask of the first layer over one test sequence: ``U`` lists of ``T+20`` bits."""
+    model.eval()
+    x, _ = copying_batch(T, 1, torch.Generator().manual_seed(seed))
+    _, _, info = model.forward_features(x.to(device), return_info=True)
+    return info.mask[:, 0, 0].T.cpu().tolist()                          # (U, T+20)
+
+
+def summarize(cfg: Config, runs: List[dict]) -> dict:
+    """Per model and tested T: mean of each metric over seeds, with std and per-seed values."""
+    results: dict = {}
+    for name in cfg.models:
+        mine = [r for r in runs if r["model"] == name]
+        results[name] = {}
+        for T in map(str, cfg.test_lens):
+            stats = summarize_seeds([r["tests"][T] for r in mine])
+            results[name][T] = {k: v["mean"] for k, v in stats.items()}
+            results[name][T]["std"] = {k: v["std"] for k, v in stats.items()}
+            results[name][T]["per_seed"] = [r["tests"][T] for r in mine]
+        results[name]["train_seconds"] = sum(r["seconds"] for r in mine) / len(mine)
+    return results
+
+
+def results_table(cfg: Config, runs: List[dict]) -> str:
+    header = ["model", "T", "CE all", "CE recall", "acc recall", "seeds"]
+    rows = []
+    for name in cfg.models:
+        mine = [r for r in runs if r["model"] == name]
+        for T in map(str, cfg.test_lens):
+            stats = summarize_seeds([r["tests"][T] for r in mine])
+            tag = " (train)" if int(T) == cfg.train_len else ""
+            rows.append([name, T + tag, fmt_mean_std(stats["ce_all"]), fmt_mean_std(stats["ce_recall"]),
+                         fmt_mean_std(stats["acc_recall"]), len(mine)])
+    rows.append(["chance", "any", "-", f"{CHANCE_CE:.3f}", f"{1 / 8:.3f}", "-"])
+    return markdown_table(header, rows)
+
+
+def plot_activations(runs: List[dict], cfg: Config, path: Path) -> Optional[Path]:
+    """Thesis Fig. 2: which units are active at each step (black active, white inactive)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rim_runs = [r for r in runs if "activation" in r and r["seed"] == cfg.seed]
+    if not rim_runs:
+        return None
+    T = max(cfg.test_lens)
+    fig, axes = plt.subplots(len(rim_runs), 1, figsize=(12, 1.2 + 0.45 * len(rim_runs[0]["activation"]) * len(rim_runs)),
+                             squeeze=False)
+    for ax, r in zip(axes[:, 0], rim_runs):
+        mask = torch.tensor(r["activation"])
+        ax.imshow(mask, aspect="auto", cmap="Greys", interpolation="nearest", vmin=0, vmax=1)
+        ax.axvspan(-0.5, NUM_RECALL - 0.5, color="tab:blue", alpha=0.15, label="symbols")
+        ax.axvline(NUM_RECALL + T - 1, color="tab:red", lw=1, label="marker")
+        ax.axvspan(NUM_RECALL + T - 0.5, 2 * NUM_RECALL + T - 0.5, color="tab:green", alpha=0.15, label="recall")
+        ax.set_yticks(range(mask.shape[0]), [f"unit {i}" for i in range(mask.shape[0])])
+        ax.set_title(f"{r['model']}: active units on a T={T} test sequence (trained at T={cfg.train_len})")
+        ax.set_xlabel("time step")
+        ax.legend(loc="upper right", fontsize=7, ncol=3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_curves(runs: List[dict], cfg: Config, path: Path) -> Path:
+    """Recall accuracy at the training length over training, one line per (model, seed)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, name in enumerate(cfg.models):
+        for r in (r for r in runs if r["model"] == name):
+            steps = [h["step"] for h in r["curve"]]
+            ax.plot(steps, [h["acc_recall"] for h in r["curve"]], color=f"C{i}", alpha=0.8,
+                    label=name if r["seed"] == cfg.seed else None)
+    ax.axhline(1 / 8, color="grey", ls="--", lw=1, label="chance")
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"recall accuracy at T={cfg.train_len}")
+    ax.set_ylim(0, 1.02)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def main(argv: Optional[List[str]] = None) -> dict:
+    cfg = parse_config(Config, argv)
+    for name in cfg.models:
+        if not zoo.is_zoo_model(name):
+            raise SystemExit(f"unknown model {name!r}; sequence models: {', '.join(zoo.list_models('*seq*'))}")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "config.json", dataclasses.asdict(cfg))
+    device = resolve_device(cfg.device)
+    jobs = [(cfg, name, cfg.seed + s) for name in cfg.models for s in range(cfg.seeds)]
+    jobs = [job + (i,) for i, job in enumerate(jobs)]
+    workers = cfg.workers or default_workers(len(jobs), device)
+    print(f"copying: {len(jobs)} run(s) on {device}, {workers} worker(s); train T={cfg.train_len}, "
+          f"test T={cfg.test_lens}, {cfg.steps} steps each -> {out}")
+    t0 = time.perf_counter()
+    runs = run_jobs(train_one, jobs, workers=workers, threads=cfg.threads)
+    wall = time.perf_counter() - t0
+
+    table = results_table(cfg, runs)
+    results = summarize(cfg, runs)
+    results["_meta"] = {"wall_seconds": wall, "config": dataclasses.asdict(cfg)}
+    write_json(out / "results.json", results)
+    act = plot_activations(runs, cfg, out / "activations.png")
+    curves = plot_curves(runs, cfg, out / "curves.png")
+    cmd = "python -m tasks.copying " + " ".join(argv) if argv else "python -m tasks.copying"
+    write_text(out / "results.md", f"# Copying: train T={cfg.train_len}, test T={cfg.test_lens}\n\n"
+                                   f"Command: `{cmd}`  \nWall time: {wall:.0f} s\n\n{table}")
+    print("\n" + table)
+    print(f"wall time {wall:.0f} s; wrote {out / 'results.md'}, {out / 'results.json'}, {curves}"
+          + (f", {act}" if act else ""))
+    return results
+
+
+if __name__ == "__main__":
+    main()

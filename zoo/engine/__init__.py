@@ -1,0 +1,15 @@
+"""Shared infrastructure for every harness: one training loop, seeding, logging, checkpoints, CLI, results."""
+from .checkpoint import atomic_write, load_checkpoint, save_checkpoint, write_json, write_text
+from .cli import arg, config_to_dict, parse_config
+from .jobs import default_workers, run_jobs
+from .logger import MetricLogger
+from .loop import FitResult, cycle, fit, to_device
+from .results import markdown_table, summarize_seeds
+from .seed import resolve_device, seed_everything
+
+__all__ = [
+    "atomic_write", "load_checkpoint", "save_checkpoint", "write_json", "write_text",
+    "arg", "config_to_dict", "parse_config", "MetricLogger", "default_workers", "run_jobs",
+    "FitResult", "cycle", "fit", "to_device",
+    "markdown_table", "summarize_seeds", "resolve_device", "seed_everything",
+]
