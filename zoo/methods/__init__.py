@@ -1,0 +1,10 @@
+"""Training methods picked by name: ``create_method("manifold_mixup", alpha=2.0)``; see ``list_methods()``.
+
+Importing this package registers: ``erm``, ``input_mixup``, ``manifold_mixup``, ``ict``.
+"""
+from .base import ERM, Method, MethodStepFn, create_method, get_method_class, list_methods, register_method
+from .mixup import InputMixup, ManifoldMixup  # noqa: F401  (registers input_mixup, manifold_mixup)
+from .ict import ICT  # noqa: F401  (registers ict)
+
+__all__ = ["Method", "ERM", "MethodStepFn", "register_method", "create_method", "list_methods",
+           "get_method_class", "ManifoldMixup", "InputMixup", "ICT"]
