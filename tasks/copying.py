@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -54,17 +55,18 @@ def copying_batch(T: int, batch_size: int, generator: Optional[torch.Generator] 
     return x, y
 
 
-def copying_batches(T: int, batch_size: int, seed: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+def copying_batches(T: int, batch_size: int, seed: int, n_sequence: int = NUM_RECALL
+                    ) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
     """An endless stream of fresh training batches (the paper samples new sequences every step)."""
     g = torch.Generator().manual_seed(seed)
     while True:
-        yield copying_batch(T, batch_size, g)
+        yield copying_batch(T, batch_size, g, n_sequence)
 
 
-def copying_metrics(logits: torch.Tensor, y: torch.Tensor) -> Dict[str, float]:
-    """``ce_all`` over all positions, ``ce_recall`` and ``acc_recall`` over the last 10 (the recall)."""
+def copying_metrics(logits: torch.Tensor, y: torch.Tensor, n_sequence: int = NUM_RECALL) -> Dict[str, float]:
+    """``ce_all`` over all positions, ``ce_recall`` and ``acc_recall`` over the last ``n_sequence`` (the recall)."""
     ce_all = F.cross_entropy(logits.flatten(0, 1), y.flatten())
-    rl, ry = logits[:, -NUM_RECALL:], y[:, -NUM_RECALL:]
+    rl, ry = logits[:, -n_sequence:], y[:, -n_sequence:]
     ce_recall = F.cross_entropy(rl.flatten(0, 1), ry.flatten())
     acc = (rl.argmax(-1) == ry).float().mean()
     return {"ce_all": float(ce_all), "ce_recall": float(ce_recall), "acc_recall": float(acc)}
@@ -72,7 +74,7 @@ def copying_metrics(logits: torch.Tensor, y: torch.Tensor) -> Dict[str, float]:
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, T: int, num: int, seed: int, device: torch.device,
-             chunk: int = 250) -> Dict[str, float]:
+             n_sequence: int = NUM_RECALL, chunk: int = 250) -> Dict[str, float]:
     """Metrics on ``num`` fixed test sequences of dormant length ``T`` (same sequences for every model)."""
     was_training = model.training
     model.eval()
@@ -81,8 +83,8 @@ def evaluate(model: torch.nn.Module, T: int, num: int, seed: int, device: torch.
     done = 0
     while done < num:
         n = min(chunk, num - done)
-        x, y = copying_batch(T, n, g)
-        m = copying_metrics(model(x.to(device)).float().cpu(), y)
+        x, y = copying_batch(T, n, g, n_sequence)
+        m = copying_metrics(model(x.to(device)).float().cpu(), y, n_sequence)
         for k in sums:
             sums[k] += m[k] * n
         done += n
@@ -98,6 +100,7 @@ class Config:
                             help="registered sequence models to compare (zoo.list_models('*seq*'))")
     train_len: int = arg(50, help="dormant length T in training (sequence length T+20)")
     test_lens: List[int] = arg([50, 200], help="dormant lengths to test")
+    symbols: int = arg(NUM_RECALL, help="symbols to copy per sequence (paper: 10)")
     steps: int = arg(2000, help="optimizer steps per model and seed")
     batch_size: int = arg(64, help="training batch size")
     lr: float = arg(3e-3, help="Adam learning rate (paper: 1e-3 for hidden 600)")
@@ -135,26 +138,28 @@ def train_one(cfg: Config, model_name: str, seed: int, position: int = 0) -> dic
         return loss, {}
 
     eval_seed = 10_000 + seed
-    result = fit(model, optimizer, copying_batches(cfg.train_len, cfg.batch_size, seed), step_fn,
+    result = fit(model, optimizer, copying_batches(cfg.train_len, cfg.batch_size, seed, cfg.symbols), step_fn,
                  steps=cfg.steps, device=device, out_dir=_run_dir(cfg, model_name, seed),
                  clip_grad=cfg.clip_grad, log_every=cfg.log_every,
-                 eval_fn=lambda m: evaluate(m, cfg.train_len, min(cfg.eval_size, 500), eval_seed, device),
+                 eval_fn=lambda m: evaluate(m, cfg.train_len, min(cfg.eval_size, 500), eval_seed, device,
+                                            cfg.symbols),
                  eval_every=cfg.eval_every, ckpt_every=max(cfg.eval_every, 500), resume=cfg.resume,
                  desc=f"{model_name} s{seed}", progress=cfg.progress, position=position)
-    tests = {str(T): evaluate(model, T, cfg.eval_size, eval_seed + T, device) for T in cfg.test_lens}
+    tests = {str(T): evaluate(model, T, cfg.eval_size, eval_seed + T, device, cfg.symbols) for T in cfg.test_lens}
     out = {"model": model_name, "seed": seed, "seconds": result.seconds, "tests": tests,
            "curve": result.eval_history}
     inner = getattr(model, "core", None)
     if isinstance(inner, zoo.RIM):
-        out["activation"] = activation_pattern(model, max(cfg.test_lens), eval_seed, device)
+        out["activation"] = activation_pattern(model, max(cfg.test_lens), eval_seed, device, cfg.symbols)
     return out
 
 
 @torch.no_grad()
-def activation_pattern(model, T: int, seed: int, device: torch.device) -> List[List[float]]:
+def activation_pattern(model, T: int, seed: int, device: torch.device, n_sequence: int = NUM_RECALL
+                       ) -> List[List[float]]:
     """The active-unit mask of the first layer over one test sequence: ``U`` lists of ``T+20`` bits."""
     model.eval()
-    x, _ = copying_batch(T, 1, torch.Generator().manual_seed(seed))
+    x, _ = copying_batch(T, 1, torch.Generator().manual_seed(seed), n_sequence)
     _, _, info = model.forward_features(x.to(device), return_info=True)
     return info.mask[:, 0, 0].T.cpu().tolist()                          # (U, T+20)
 
@@ -201,11 +206,12 @@ def plot_activations(runs: List[dict], cfg: Config, path: Path) -> Optional[Path
     fig, axes = plt.subplots(len(rim_runs), 1, figsize=(12, 1.2 + 0.45 * len(rim_runs[0]["activation"]) * len(rim_runs)),
                              squeeze=False)
     for ax, r in zip(axes[:, 0], rim_runs):
-        mask = torch.tensor(r["activation"])
+        mask = np.asarray(r["activation"])
         ax.imshow(mask, aspect="auto", cmap="Greys", interpolation="nearest", vmin=0, vmax=1)
-        ax.axvspan(-0.5, NUM_RECALL - 0.5, color="tab:blue", alpha=0.15, label="symbols")
-        ax.axvline(NUM_RECALL + T - 1, color="tab:red", lw=1, label="marker")
-        ax.axvspan(NUM_RECALL + T - 0.5, 2 * NUM_RECALL + T - 0.5, color="tab:green", alpha=0.15, label="recall")
+        n = cfg.symbols
+        ax.axvspan(-0.5, n - 0.5, color="tab:blue", alpha=0.15, label="symbols")
+        ax.axvline(n + T - 1, color="tab:red", lw=1, label="marker")
+        ax.axvspan(n + T - 0.5, 2 * n + T - 0.5, color="tab:green", alpha=0.15, label="recall")
         ax.set_yticks(range(mask.shape[0]), [f"unit {i}" for i in range(mask.shape[0])])
         ax.set_title(f"{r['model']}: active units on a T={T} test sequence (trained at T={cfg.train_len})")
         ax.set_xlabel("time step")
