@@ -1,0 +1,158 @@
+"""Input / Manifold Mixup through taps (thesis ch. 4, eq. 4.1) against hand-written mixed forwards."""
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+import zoo  # noqa: F401
+from zoo.methods import create_method, list_methods
+from zoo.methods.mixup import bce_on_softmax, mix, mixed_targets, sample_lambda, soft_target_cross_entropy
+
+torch.set_num_threads(1)
+
+
+def resnet():
+    torch.manual_seed(0)
+    return timm.create_model("test_resnet", in_chans=1, num_classes=10)
+
+
+def resnet_hand_forward(m, x, mix_after: str, lam: float, perm: torch.Tensor):
+    """timm ResNet forward written out, mixing after ``mix_after`` (``input``, ``act1``, ``layerN``)."""
+    h = mix(x, lam, perm) if mix_after == "input" else x
+    h = m.act1(m.bn1(m.conv1(h)))
+    if mix_after == "act1":
+        h = mix(h, lam, perm)
+    h = m.maxpool(h)
+    for name in ("layer1", "layer2", "layer3", "layer4"):
+        h = getattr(m, name)(h)
+        if name == mix_after:
+            h = mix(h, lam, perm)
+    return m.forward_head(h)
+
+
+def batch(n=8, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 1, 28, 28, generator=g), torch.randint(10, (n,), generator=g)
+
+
+def test_registered():
+    assert {"erm", "input_mixup", "manifold_mixup"} <= set(list_methods())
+    assert create_method("manifold_mixup").alpha == 2.0 and create_method("input_mixup").alpha == 1.0
+    with pytest.raises(ValueError, match="loss must be one of"):
+        create_method("manifold_mixup", loss="mse")
+
+
+@pytest.mark.parametrize("k", [0, 1, 2, 3])
+def test_manifold_mixup_equals_hand_written_mixed_forward_and_grads(k):
+    x, y = batch()
+    lam, perm = 0.3, torch.randperm(8, generator=torch.Generator().manual_seed(2))
+    m_tap, m_hand = resnet(), resnet()
+    method = create_method("manifold_mixup", layers=[0, 1, 2, 3])
+    method.setup(m_tap)
+    method.set_mix(k, lam, perm)
+    out_tap = m_tap(x)
+    out_hand = resnet_hand_forward(m_hand, x, method.layers[k], lam, perm)
+    assert torch.allclose(out_tap, out_hand, atol=1e-5)
+    target = mixed_targets(y, 10, lam, perm)
+    soft_target_cross_entropy(out_tap, target).backward()
+    soft_target_cross_entropy(out_hand, target).backward()
+    # gradients reach the layers before the mix (conv1 is before every tap point) and match by hand
+    assert next(m_tap.parameters()).grad.abs().sum() > 0
+    for (n, p_t), p_h in zip(m_tap.named_parameters(), m_hand.parameters()):
+        assert torch.allclose(p_t.grad, p_h.grad, atol=1e-5), n
+    method.end_step()
+    assert torch.allclose(m_tap(x), m_hand(x), atol=1e-5)          # no mixing once the step is over
+
+
+def test_input_layer_is_really_mixed():
+    x, _ = batch()
+    m = resnet().eval()
+    method = create_method("input_mixup")
+    method.setup(m)
+    assert method.layers == ["input"]
+    perm = torch.arange(7, -1, -1)
+    method.set_mix(0, 0.0, perm)                         # lambda = 0: the network sees x[perm] only
+    assert torch.allclose(m(x), resnet().eval()(x[perm]), atol=1e-5)
+    method.set_mix(0, 0.25, perm)
+    assert torch.allclose(m(x), resnet().eval()(0.25 * x + 0.75 * x[perm]), atol=1e-5)
+
+
+class CheckpointedNet(nn.Module):
+    """A net whose middle block runs under activation checkpointing (re-run during backward)."""
+
+    def __init__(self, use_ckpt: bool):
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = nn.Conv2d(1, 4, 3, padding=1)
+        self.block = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.Tanh(), nn.Conv2d(4, 4, 3, padding=1), nn.Tanh())
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(4 * 28 * 28, 10))
+        self.use_ckpt = use_ckpt
+
+    def forward(self, x):
+        h = self.stem(x)
+        h = checkpoint(self.block, h, use_reentrant=False) if self.use_ckpt else self.block(h)
+        return self.head(h)
+
+
+def test_same_result_when_forward_runs_twice_and_under_checkpointing():
+    x, y = batch()
+    grads = []
+    for use_ckpt in (False, True):
+        net = CheckpointedNet(use_ckpt)
+        method = create_method("manifold_mixup", layers=["block.1"])     # a layer inside the checkpoint
+        method.setup(net)
+        torch.manual_seed(5)
+        loss, metrics = method.loss(net, {"x": x, "y": y}, step=0)
+        again = soft_target_cross_entropy(net(x), mixed_targets(y, 10, metrics["lam"], torch.arange(8)))
+        out1, out2 = net(x), net(x)
+        assert torch.equal(out1, out2)                                   # same (k, lambda, pi) every forward
+        loss.backward()                                                  # re-runs block.1's hook
+        for cb in method.callbacks():
+            cb(1, net)
+        grads.append([p.grad.clone() for p in net.parameters()])
+        assert not method.taps.modifiers
+        del again
+    for g0, g1 in zip(*grads):
+        assert torch.allclose(g0, g1, atol=1e-6)
+    assert grads[0][0].abs().sum() > 0                                   # the stem, before the mix
+
+
+def test_mixed_soft_ce_is_lambda_weighted_ce_and_bce_formula():
+    torch.manual_seed(0)
+    logits, y = torch.randn(6, 5), torch.randint(5, (6,))
+    lam, perm = 0.7, torch.randperm(6)
+    t = mixed_targets(y, 5, lam, perm)
+    ref = lam * F.cross_entropy(logits, y) + (1 - lam) * F.cross_entropy(logits, y[perm])
+    assert torch.allclose(soft_target_cross_entropy(logits, t), ref, atol=1e-6)
+    p = logits.softmax(-1)
+    bce = -(t * p.log() + (1 - t) * (1 - p).log()).mean()
+    assert torch.allclose(bce_on_softmax(logits, t), bce, atol=1e-5)
+
+
+def test_lambda_is_beta_and_layer_uniform():
+    torch.manual_seed(0)
+    lams = torch.tensor([sample_lambda(2.0) for _ in range(4000)])
+    assert abs(lams.mean() - 0.5) < 0.02 and abs(lams.var() - 1 / 20) < 0.006      # Beta(2,2): var 1/(4*5)
+    assert sample_lambda(0.0) == 1.0
+    method = create_method("manifold_mixup")
+    method.setup(resnet())
+    assert method.layers == ["input", "act1", "layer1"]
+    counts = torch.bincount(torch.tensor([method.sample(4, torch.device("cpu"))[0] for _ in range(3000)]), minlength=3)
+    assert (counts - 1000).abs().max() < 120
+
+
+def test_vit_tokens_mixed_at_a_block():
+    torch.manual_seed(0)
+    vit = timm.create_model("test_vit", in_chans=1, num_classes=10, img_size=28, patch_size=7).eval()
+    x, _ = batch()
+    perm = torch.arange(7, -1, -1)
+    method = create_method("manifold_mixup", layers=["blocks.1"])
+    method.setup(vit)
+    method.set_mix(0, 0.0, perm)                       # lambda 0 at a block: later blocks see the permuted tokens
+    out = vit(x)
+    method.end_step()
+    assert torch.allclose(out, vit(x)[perm], atol=1e-5)
+    assert float((out.detach() - vit(x).detach()).abs().max()) > 1e-3
