@@ -11,14 +11,23 @@ __all__ = ["MetricLogger"]
 class MetricLogger:
     """Append ``{step, metric...}`` rows to ``<dir>/metrics.csv``; new metric names widen the header.
 
-    Rows are flushed as they come, so a killed run keeps everything logged so far.
+    Rows are flushed as they come, so a killed run keeps everything logged so far. With ``resume_step``
+    the existing file is kept up to that step (rows logged after the last checkpoint are dropped, since
+    the resumed run logs those steps again).
     """
 
-    def __init__(self, out_dir, filename: str = "metrics.csv", tensorboard: bool = False) -> None:
+    def __init__(self, out_dir, filename: str = "metrics.csv", tensorboard: bool = False,
+                 resume_step: Optional[int] = None) -> None:
         self.path = Path(out_dir) / filename
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.fields = ["step"]
         self.rows: list = []
+        if resume_step is not None and self.path.exists():
+            with self.path.open(newline="") as f:
+                reader = csv.DictReader(f)
+                self.fields = list(reader.fieldnames or ["step"])
+                self.rows = [r for r in reader if int(float(r["step"])) <= resume_step]
+        self._rewrite()
         self._tb = None
         if tensorboard:
             try:

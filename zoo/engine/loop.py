@@ -89,7 +89,6 @@ def fit(
     model.to(device).train()
     out_dir = Path(out_dir) if out_dir is not None else None
     ckpt = out_dir / "checkpoint.pt" if out_dir is not None else None
-    logger = MetricLogger(out_dir, tensorboard=tensorboard) if out_dir is not None else None
     extra_state = extra_state or {}
     start = 0
     if resume and ckpt is not None and ckpt.exists():
@@ -98,6 +97,8 @@ def fit(
         if scheduler is not None and "scheduler" in payload:
             scheduler.load_state_dict(payload["scheduler"])
         torch.set_rng_state(payload["torch_rng"])
+    logger = (MetricLogger(out_dir, tensorboard=tensorboard, resume_step=start if resume else None)
+              if out_dir is not None else None)
 
     def checkpoint(step: int) -> None:
         if ckpt is not None:
