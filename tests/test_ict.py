@@ -88,7 +88,7 @@ def test_consistency_loss_matches_eq_6_1_and_teacher_gets_no_gradient():
     w = 10.0 * math.exp(-5 * (1 - 40 / 100) ** 2)
     assert math.isclose(metrics["w"], w, rel_tol=1e-9)
     assert math.isclose(metrics["loss_us"], float(l_us), rel_tol=1e-4)
-    assert math.isclose(float(loss), float(loss_s + w * l_us), rel_tol=1e-4)
+    assert math.isclose(float(loss.detach()), float(loss_s + w * l_us), rel_tol=1e-4)
 
 
 def test_ict_needs_unlabeled_and_evaluates_teacher():
