@@ -432,7 +432,9 @@ class RIM(nn.Module):
         for i, cell in enumerate(self.cells):
             if i > 0:
                 rows = self.layer_dropout(rows)
-            keys, values = cell.project_input(rows)                          # all steps at once
+            # all steps at once; unbind (not keys[t]): indexing would give each step's backward a
+            # zero-filled buffer the size of the whole sequence, O(T^2) work; unbind's backward is one stack
+            keys, values = (t.unbind(0) for t in cell.project_input(rows))
             h = rearrange(h0[i], "b (u d) -> u b d", u=cell.num_units)
             c = h if cell.cell == "gru" else rearrange(c0[i], "b (u d) -> u b d", u=cell.num_units)
             outs, layer_info = [], []
