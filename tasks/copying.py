@@ -246,7 +246,7 @@ def plot_curves(runs: List[dict], cfg: Config, path: Path) -> Path:
 
 
 def main(argv: Optional[List[str]] = None) -> dict:
-    cfg = parse_config(Config, argv)
+    cfg = parse_config(Config, argv, prog="python -m tasks.copying")
     for name in cfg.models:
         if not zoo.is_zoo_model(name):
             raise SystemExit(f"unknown model {name!r}; sequence models: {', '.join(zoo.list_models('*seq*'))}")

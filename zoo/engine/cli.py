@@ -32,10 +32,14 @@ def _unwrap_optional(tp):
     return tp, False
 
 
-def parse_config(cls: Type[C], argv: Optional[List[str]] = None, description: Optional[str] = None) -> C:
-    """Build an ``argparse`` parser from dataclass ``cls`` and return the parsed config instance."""
+def parse_config(cls: Type[C], argv: Optional[List[str]] = None, description: Optional[str] = None,
+                 prog: Optional[str] = None) -> C:
+    """Build an ``argparse`` parser from dataclass ``cls`` and return the parsed config instance.
+
+    ``prog`` names the command in ``--help`` (e.g. ``"python -m tasks.copying"``).
+    """
     parser = argparse.ArgumentParser(
-        description=description or (cls.__doc__ or "").strip(),
+        prog=prog, description=description or (cls.__doc__ or "").strip(),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
