@@ -203,8 +203,8 @@ def plot_activations(runs: List[dict], cfg: Config, path: Path) -> Optional[Path
     if not rim_runs:
         return None
     T = max(cfg.test_lens)
-    fig, axes = plt.subplots(len(rim_runs), 1, figsize=(12, 1.2 + 0.45 * len(rim_runs[0]["activation"]) * len(rim_runs)),
-                             squeeze=False)
+    units = len(rim_runs[0]["activation"])
+    fig, axes = plt.subplots(len(rim_runs), 1, figsize=(12, len(rim_runs) * (1.8 + 0.4 * units)), squeeze=False)
     for ax, r in zip(axes[:, 0], rim_runs):
         mask = np.asarray(r["activation"])
         ax.imshow(mask, aspect="auto", cmap="Greys", interpolation="nearest", vmin=0, vmax=1)
@@ -215,7 +215,7 @@ def plot_activations(runs: List[dict], cfg: Config, path: Path) -> Optional[Path
         ax.set_yticks(range(mask.shape[0]), [f"unit {i}" for i in range(mask.shape[0])])
         ax.set_title(f"{r['model']}: active units on a T={T} test sequence (trained at T={cfg.train_len})")
         ax.set_xlabel("time step")
-        ax.legend(loc="upper right", fontsize=7, ncol=3)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.28), fontsize=8, ncol=3, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
