@@ -156,3 +156,28 @@ def test_vit_tokens_mixed_at_a_block():
     method.end_step()
     assert torch.allclose(out, vit(x)[perm], atol=1e-5)
     assert float((out.detach() - vit(x).detach()).abs().max()) > 1e-3
+
+
+BACKBONES = ["test_resnet", "convnext_atto"] + [n for n in ("preactresnet18",) if n in zoo.list_models()]
+
+
+@pytest.mark.parametrize("name", BACKBONES)
+def test_lambda_zero_at_every_default_layer_permutes_outputs(name):
+    """In eval mode every network is per-example, so mixing with lambda = 0 at any eligible layer must
+    give exactly the outputs of the permuted batch (zoo backbones join once registered)."""
+    torch.manual_seed(0)
+    m = zoo.create_model(name, in_chans=1, num_classes=10).eval()
+    x = torch.rand(4, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    perm = torch.tensor([2, 0, 3, 1])
+    method = create_method("manifold_mixup")
+    method.setup(m)
+    assert method.layers[0] == "input" and len(method.layers) == 3
+    with torch.no_grad():
+        plain = m(x)
+        for k in range(len(method.layers)):
+            method.set_mix(k, 0.0, perm)
+            assert torch.allclose(m(x), plain[perm], atol=1e-4), method.layers[k]
+            method.set_mix(k, 0.5, perm)
+            assert not torch.allclose(m(x), plain, atol=1e-3)
+        method.end_step()
+        assert torch.allclose(m(x), plain)
