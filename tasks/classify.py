@@ -238,8 +238,7 @@ def train_one(cfg: Config, method_name: str, seed: int, position: int = 0) -> di
                  eval_fn=lambda m: test_accuracy(method.eval_model(m), x_test, y_test, device),
                  eval_every=cfg.eval_every, ckpt_every=max(cfg.eval_every, 500), resume=cfg.resume,
                  desc=f"{method_name} s{seed}", progress=cfg.progress, position=position, **method.fit_kwargs())
-    if hasattr(method, "remove"):
-        method.remove()                                    # taps off: evaluate the plain network
+    method.remove()                                        # taps off: evaluate the plain network
     net = method.eval_model(model)
     xe, ye = _test_subset(cfg, data)
     rob = robustness.evaluate_robustness(net, xe, ye, evaluation_names(cfg), eval_context(cfg, device, seed))

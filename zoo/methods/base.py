@@ -57,7 +57,8 @@ def create_method(name: str, **hparams: Any) -> "Method":
 class Method:
     """A training method = a loss for :func:`zoo.engine.fit` (plain training: cross-entropy, ``erm``).
 
-    Subclasses override :meth:`loss` and, as needed, :meth:`setup` (taps, teachers),
+    Subclasses override :meth:`loss` and, as needed, :meth:`setup` (taps, teachers), :meth:`remove`
+    (detach taps after training), :meth:`eval_model` (the network to evaluate),
     :meth:`callbacks` (called as ``cb(step, model)`` after every optimizer step) and
     :meth:`extra_state` (objects with ``state_dict`` saved in checkpoints).
 
@@ -91,6 +92,9 @@ class Method:
 
     def extra_state(self) -> dict:
         return {}
+
+    def remove(self) -> None:
+        """Undo :meth:`setup`'s hooks (taps) on the model; the harness calls it after training."""
 
     def eval_model(self, model: nn.Module) -> nn.Module:
         """The network to evaluate after training (ICT: the mean teacher); default ``model`` itself."""
