@@ -4,12 +4,12 @@
 ``zoo.create_model(name)`` both build them.
 """
 from ._registry import create_model, is_zoo_model, list_models
-from .layers import RIM, GroupedLinear, RIMCell, RIMOptions, RIMStepInfo
+from .layers import NFM, NFMAttention, RIM, GroupedLinear, RIMCell, RIMOptions, RIMStepInfo
 from .models import SequenceModel
 
 __version__ = "0.1.0"
 
 __all__ = [
     "create_model", "list_models", "is_zoo_model",
-    "RIM", "RIMCell", "RIMOptions", "RIMStepInfo", "GroupedLinear", "SequenceModel",
+    "NFM", "NFMAttention", "RIM", "RIMCell", "RIMOptions", "RIMStepInfo", "GroupedLinear", "SequenceModel",
 ]
