@@ -139,7 +139,7 @@ def test_lambda_is_beta_and_layer_uniform():
     assert sample_lambda(0.0) == 1.0
     method = create_method("manifold_mixup")
     method.setup(resnet())
-    assert method.layers == ["input", "act1", "layer1"]
+    assert method.layers == ["input", "layer1", "layer2"]           # the paper's S = {input, stage 1, 2}
     counts = torch.bincount(torch.tensor([method.sample(4, torch.device("cpu"))[0] for _ in range(3000)]), minlength=3)
     assert (counts - 1000).abs().max() < 120
 

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import zoo  # noqa: F401
-from zoo.taps import INPUT, LayerTaps, default_layers, map_tensors, resolve_layers
+from zoo.taps import INPUT, LayerTaps, default_layers, map_tensors, resolve_layers, stage_layers
 
 torch.set_num_threads(1)
 
@@ -88,3 +88,10 @@ def test_gradients_flow_through_captured_activations_unless_detached():
 def test_map_tensors_nested_outputs():
     out = map_tensors(lambda t: t + 1, (torch.zeros(2), [torch.ones(1)], {"a": torch.zeros(1)}, "s"))
     assert out[0].tolist() == [1, 1] and out[1][0].item() == 2 and out[2]["a"].item() == 1 and out[3] == "s"
+
+
+def test_stage_layers_drop_leaf_stems():
+    m = timm.create_model("test_resnet", in_chans=1, num_classes=10)
+    assert stage_layers(m) == ["layer1", "layer2", "layer3", "layer4"]           # act1 (a ReLU) is the stem
+    net = small_net()                                                            # only leaves: keep them all
+    assert stage_layers(net) == default_layers(net)[1:]

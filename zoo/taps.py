@@ -33,7 +33,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Union
 import torch
 from torch import nn
 
-__all__ = ["INPUT", "LayerTaps", "default_layers", "resolve_layers", "map_tensors"]
+__all__ = ["INPUT", "LayerTaps", "default_layers", "stage_layers", "resolve_layers", "map_tensors"]
 
 INPUT = "input"
 LayerRef = Union[str, int]
@@ -54,6 +54,15 @@ def default_layers(model: nn.Module) -> List[str]:
     if not names:
         names = [n for n, _ in model.named_children()]
     return [INPUT] + names
+
+
+def stage_layers(model: nn.Module) -> List[str]:
+    """The feature *stages* among :func:`default_layers`: without ``"input"`` and without stem outputs that
+    are single leaf modules (``act1`` of timm ResNets, ``conv1`` of PreActResNets, ``bn1``), so that
+    ``["input"] + stage_layers(model)[:2]`` is the Manifold Mixup paper's ``S = {input, stage 1, stage 2}``."""
+    names = default_layers(model)[1:]
+    stages = [n for n in names if any(True for _ in model.get_submodule(n).children())]
+    return stages or names
 
 
 def resolve_layers(model: nn.Module, layers: Optional[Iterable[LayerRef]] = None) -> List[str]:

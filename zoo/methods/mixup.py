@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..taps import LayerTaps, map_tensors
+from ..taps import INPUT, LayerTaps, map_tensors, stage_layers
 from .base import Method, register_method
 
 __all__ = ["ManifoldMixup", "InputMixup", "mix", "sample_lambda", "mixed_targets", "soft_target_cross_entropy",
@@ -75,7 +75,8 @@ class ManifoldMixup(Method):
     Args:
         alpha: ``lambda ~ Beta(alpha, alpha)`` (paper: 2.0).
         layers: the eligible set ``S``: names or indices into :func:`zoo.taps.default_layers`
-            (``0`` = the input; default ``(0, 1, 2)`` = input and the first two feature stages).
+            (``0`` = the input); default: the input and the first two feature stages,
+            ``["input"] + zoo.taps.stage_layers(model)[:2]`` (stem outputs are not stages).
         loss: ``"soft_ce"`` (soft-target cross-entropy) or ``"bce"`` (BCE on the softmax, official code).
 
     The mix drawn in :meth:`loss` stays set until the optimizer step's callback clears it, so a forward
@@ -83,7 +84,7 @@ class ManifoldMixup(Method):
     """
 
     default_alpha = 2.0
-    default_layers: Tuple[Union[int, str], ...] = (0, 1, 2)
+    default_layers: Optional[Tuple[Union[int, str], ...]] = None      # None: input + first two stages
 
     def __init__(self, alpha: Optional[float] = None, layers: Optional[Sequence[Union[int, str]]] = None,
                  loss: str = "soft_ce") -> None:
@@ -92,12 +93,15 @@ class ManifoldMixup(Method):
             raise ValueError(f"alpha must be >= 0, got {alpha}")
         if loss not in MIXUP_LOSSES:
             raise ValueError(f"loss must be one of {sorted(MIXUP_LOSSES)}, got {loss!r}")
-        layers = tuple(self.default_layers if layers is None else ([layers] if isinstance(layers, (int, str))
-                                                                    else layers))
-        if not layers:
+        if layers is None:
+            layers = self.default_layers
+        elif isinstance(layers, (int, str)):
+            layers = (layers,)
+        layers = None if layers is None else tuple(layers)
+        if layers is not None and not layers:
             raise ValueError("layers must name at least one layer (0 = the input)")
         super().__init__()
-        self.hparams = {"alpha": alpha, "layers": list(layers), "loss": loss}
+        self.hparams = {"alpha": alpha, "layers": None if layers is None else list(layers), "loss": loss}
         self.alpha, self.layer_refs, self.loss_name = alpha, layers, loss
         self.taps: Optional[LayerTaps] = None
         self.layers: list = []
@@ -108,7 +112,9 @@ class ManifoldMixup(Method):
         if self.taps is not None:
             self.taps.remove()
         refs = self.layer_refs
-        if all(isinstance(r, int) for r in refs):           # indices past a short model's stages: drop them
+        if refs is None:                                     # the paper's S = {input, stage 1, stage 2}
+            refs = (INPUT,) + tuple(stage_layers(model)[:2])
+        elif all(isinstance(r, int) for r in refs):           # indices past a short model's stages: drop them
             n = len(LayerTaps(model, capture=False).layers)
             refs = tuple(r for r in refs if r < n) or (0,)
         self.taps = LayerTaps(model, refs, capture=False).attach()
