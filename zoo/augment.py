@@ -34,7 +34,7 @@ from .robustness import affine, gaussian_noise
 __all__ = ["uniform", "truncated_normal", "brightness_jitter", "contrast_jitter", "pca_lighting",
            "saturation_jitter", "hue_jitter", "gamma_jitter", "in_domain_noise", "out_of_domain_noise",
            "random_affine", "dai_augment", "NOISE_MODELS", "get_noise", "IMAGENET_EIGVAL", "IMAGENET_EIGVEC",
-           "LUMA"]
+           "LUMA", "NoiseRNG"]
 
 NoiseFn = Callable[..., Tensor]
 
@@ -259,3 +259,20 @@ def get_noise(noise: Union[str, NoiseFn], **kwargs) -> Callable[[Tensor, Optiona
         raise ValueError(f"unknown noise {noise!r}; choose one of {sorted(NOISE_MODELS)} or pass a callable")
     fn = NOISE_MODELS[noise]
     return lambda x, g: fn(x, g, **kwargs)
+
+
+class NoiseRNG:
+    """A CPU ``torch.Generator`` for a method's noise draws, with ``state_dict`` so checkpoints resume it.
+
+    ``seed=None`` draws the seed from the global torch RNG (so ``seed_everything`` fixes it)."""
+
+    def __init__(self, seed: Optional[int] = None) -> None:
+        if seed is None:
+            seed = int(torch.randint(2 ** 62, ()))
+        self.generator = torch.Generator().manual_seed(int(seed))
+
+    def state_dict(self) -> dict:
+        return {"state": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["state"].cpu() if torch.is_tensor(state["state"]) else state["state"])
