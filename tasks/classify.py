@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
@@ -30,8 +29,8 @@ import zoo
 from zoo import methods as zoo_methods
 from zoo import robustness
 from zoo.data import embedded_mnist_split, load_mnist
-from zoo.engine import (arg, default_workers, fit, load_checkpoint, markdown_table, parse_config, resolve_device,
-                        run_jobs, seed_everything, summarize_seeds, write_json, write_text)
+from zoo.engine import (arg, command_line, fit, load_checkpoint, markdown_table, parse_config, resolve_device,
+                        run_grid, seed_everything, summarize_seeds, write_json, write_text)
 
 DATASETS = ("digits", "mnist", "cifar10", "cifar100", "svhn")
 
@@ -298,18 +297,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
         raise SystemExit(f"unknown evaluation(s) {bad_eval}; registered: {robustness.list_evaluations()}")
     if cfg.eval_only:
         return eval_only(cfg)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "config.json", dataclasses.asdict(cfg))
-    device = resolve_device(cfg.device)
-    jobs = [(cfg, name, cfg.seed + s) for name in cfg.method for s in range(cfg.seeds)]
-    jobs = [job + (i,) for i, job in enumerate(jobs)]
-    workers = cfg.workers or default_workers(len(jobs), device)
-    print(f"classify: {len(jobs)} run(s) of {cfg.model} on {cfg.dataset} ({device}, {workers} worker(s)), "
-          f"{cfg.steps} steps each -> {out}")
-    t0 = time.perf_counter()
-    runs = run_jobs(train_one, jobs, workers=workers, threads=cfg.threads)
-    wall = time.perf_counter() - t0
+    runs, wall, out = run_grid(cfg, train_one, cfg.method, "classify",
+                               f"; {cfg.model} on {cfg.dataset}, {cfg.steps} steps each")
     results = summarize(cfg, runs)
     means = {name: {k: v for k, v in r.items() if not k.startswith("_")} for name, r in results.items()}
     table = robustness.robustness_table(means, label="method")
@@ -317,7 +306,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
                                     title=f"{cfg.model} on {cfg.dataset}, {cfg.steps} steps")
     results["_meta"] = {"wall_seconds": wall, "config": dataclasses.asdict(cfg)}
     write_json(out / "results.json", results)
-    cmd = "python -m tasks.classify " + " ".join(argv) if argv else "python -m tasks.classify"
+    cmd = command_line("python -m tasks.classify", argv)
     hp = markdown_table(["method", "hyperparameters", "train s"],
                         [[n, json.dumps(r["_hparams"]), f"{r['_train_seconds']:.0f}"] for n, r in results.items()
                          if not n.startswith("_")])

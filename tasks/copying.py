@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
@@ -27,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 import zoo
-from zoo.engine import (arg, default_workers, fit, markdown_table, parse_config, resolve_device, run_jobs,
+from zoo.engine import (arg, command_line, fit, markdown_table, parse_config, resolve_device, run_grid,
                         seed_everything, summarize_seeds, write_json, write_text)
 from zoo.engine.results import fmt_mean_std
 
@@ -250,18 +249,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
     for name in cfg.models:
         if not zoo.is_zoo_model(name):
             raise SystemExit(f"unknown model {name!r}; sequence models: {', '.join(zoo.list_models('*seq*'))}")
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "config.json", dataclasses.asdict(cfg))
-    device = resolve_device(cfg.device)
-    jobs = [(cfg, name, cfg.seed + s) for name in cfg.models for s in range(cfg.seeds)]
-    jobs = [job + (i,) for i, job in enumerate(jobs)]
-    workers = cfg.workers or default_workers(len(jobs), device)
-    print(f"copying: {len(jobs)} run(s) on {device}, {workers} worker(s); train T={cfg.train_len}, "
-          f"test T={cfg.test_lens}, {cfg.steps} steps each -> {out}")
-    t0 = time.perf_counter()
-    runs = run_jobs(train_one, jobs, workers=workers, threads=cfg.threads)
-    wall = time.perf_counter() - t0
+    runs, wall, out = run_grid(cfg, train_one, cfg.models, "copying",
+                               f"; train T={cfg.train_len}, test T={cfg.test_lens}, {cfg.steps} steps each")
 
     table = results_table(cfg, runs)
     results = summarize(cfg, runs)
@@ -269,7 +258,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
     write_json(out / "results.json", results)
     act = plot_activations(runs, cfg, out / "activations.png")
     curves = plot_curves(runs, cfg, out / "curves.png")
-    cmd = "python -m tasks.copying " + " ".join(argv) if argv else "python -m tasks.copying"
+    cmd = command_line("python -m tasks.copying", argv)
     write_text(out / "results.md", f"# Copying: train T={cfg.train_len}, test T={cfg.test_lens}\n\n"
                                    f"Command: `{cmd}`  \nWall time: {wall:.0f} s\n\n{table}")
     print("\n" + table)

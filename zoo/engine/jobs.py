@@ -4,14 +4,20 @@ Small recurrent models do not use two cores well; two jobs side by side do.
 """
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing as mp
 import os
+import time
 from concurrent.futures import ProcessPoolExecutor
-from typing import Any, Callable, List, Sequence
+from pathlib import Path
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ["run_jobs", "default_workers"]
+from .checkpoint import write_json
+from .seed import resolve_device
+
+__all__ = ["run_jobs", "default_workers", "run_grid", "command_line"]
 
 
 def default_workers(num_jobs: int, device: torch.device) -> int:
@@ -36,3 +42,29 @@ def run_jobs(fn: Callable[..., Any], jobs: Sequence[tuple], workers: int = 1, th
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(threads,)) as pool:
         futures = [pool.submit(fn, *job) for job in jobs]
         return [f.result() for f in futures]
+
+
+def run_grid(cfg: Any, fn: Callable[..., Any], names: Sequence[str], label: str,
+             detail: str = "") -> Tuple[List[Any], float, Path]:
+    """A harness's grid of runs: ``fn(cfg, name, seed, index)`` for every name x seed, in parallel.
+
+    ``cfg`` is a harness config with ``out``, ``device``, ``seed``, ``seeds``, ``workers`` (0: one per core)
+    and ``threads``. Writes ``out/config.json``, prints one line, and returns ``(runs, wall_seconds, out)``
+    with ``runs`` in the order of the jobs.
+    """
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "config.json", dataclasses.asdict(cfg))
+    device = resolve_device(cfg.device)
+    jobs = [(cfg, name, cfg.seed + s) for name in names for s in range(cfg.seeds)]
+    jobs = [job + (i,) for i, job in enumerate(jobs)]
+    workers = cfg.workers or default_workers(len(jobs), device)
+    print(f"{label}: {len(jobs)} run(s) on {device}, {workers} worker(s){detail} -> {out}")
+    t0 = time.perf_counter()
+    runs = run_jobs(fn, jobs, workers=workers, threads=cfg.threads)
+    return runs, time.perf_counter() - t0, out
+
+
+def command_line(prog: str, argv: Optional[Sequence[str]]) -> str:
+    """The command that reproduces a run, for results files: ``"python -m tasks.x --a 1"``."""
+    return " ".join([prog, *argv]) if argv else prog
