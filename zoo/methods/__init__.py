@@ -7,6 +7,7 @@ from .mixup import InputMixup, ManifoldMixup  # noqa: F401  (registers input_mix
 from .ict import ICT  # noqa: F401  (registers ict)
 from .irl import IRL  # noqa: F401  (registers irl)
 from .dai import DAI  # noqa: F401  (registers dai and the 'invariance' evaluation)
+from .lipschitz import Lipschitz  # noqa: F401  (registers lipschitz and the 'lipschitz' evaluation)
 
 __all__ = ["Method", "ERM", "MethodStepFn", "register_method", "create_method", "list_methods",
            "get_method_class", "ManifoldMixup", "InputMixup", "ICT"]
