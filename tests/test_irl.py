@@ -1,0 +1,219 @@
+"""IRL (irl_invariant_representation_learning.txt, eq. 1-2) and the shared noise models of zoo.augment:
+the distance d(u, v), the special cases (1,0,0) / (0,1,0) / (0.5,0.5,0) against plain losses, the distance
+term and the semi-supervised variant against manual computations, FGSM noise, and training on the
+embedded digits above chance."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import zoo  # noqa: F401
+from tasks import classify
+from zoo import augment as A
+from zoo.methods import create_method
+from zoo.methods.irl import IRL, irl_distance
+from zoo.robustness import fgsm_attack
+from zoo.taps import LayerTaps
+
+torch.set_num_threads(1)
+CHANCE = 0.1
+
+
+class Net(nn.Module):
+    """Small CNN without BatchNorm, so a sample's output does not depend on the rest of the batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.block1 = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+        self.block2 = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten())
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.head(self.block2(self.block1(x)))
+
+
+def _batch(n=6, nu=0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    b = {"x": torch.rand(n, 1, 12, 12, generator=g), "y": torch.randint(10, (n,), generator=g)}
+    if nu:
+        b["x_u"] = torch.rand(nu, 1, 12, 12, generator=g)
+    return b
+
+
+def shrink(x, g):                       # a deterministic "noise model"
+    return 0.8 * x + 0.05
+
+
+# ------------------------------------------------------------------------------------------------ distance
+def test_distance_is_squared_l2_minus_lambda_cosine():
+    u, v = torch.randn(5, 3, 4), torch.randn(5, 3, 4)
+    uf, vf = u.flatten(1), v.flatten(1)
+    for lam in (0.0, 0.5, 2.0):
+        manual = torch.stack([((uf[i] - vf[i]) ** 2).sum() - lam * (uf[i] @ vf[i]) / (uf[i].norm() * vf[i].norm())
+                              for i in range(5)])
+        assert torch.allclose(irl_distance(u, v, lam), manual, atol=1e-5)
+        per_feature = ((uf - vf) ** 2).mean(1) - lam * F.cosine_similarity(uf, vf)
+        assert torch.allclose(irl_distance(u, v, lam, "mean"), per_feature, atol=1e-5)
+    assert torch.allclose(irl_distance(u, v, 1.0), irl_distance(v, u, 1.0))            # symmetric
+    assert torch.allclose(irl_distance(u, u, 0.7), torch.full((5,), -0.7))              # minimum at u = v
+    assert torch.allclose(irl_distance(u, 3 * u, 1.0), 4 * (uf ** 2).sum(1) - 1.0)     # same angle: only L2
+    with pytest.raises(ValueError):
+        irl_distance(u, v[:2])
+
+
+# ------------------------------------------------------------------------------------------- special cases
+def test_presets_and_special_cases_equal_plain_losses():
+    torch.manual_seed(0)
+    model, b = Net(), _batch()
+    assert IRL(preset="irl_batching").hparams["gamma"] == 0.0 and IRL().hparams["alpha"] == 0.5
+    assert IRL(preset="irl", gamma=0.3).gamma == 0.3                                       # explicit wins
+    std = IRL(preset="standard", seed=1)
+    std.setup(model)
+    assert torch.allclose(std.loss(model, b, 0)[0], F.cross_entropy(model(b["x"]), b["y"]))
+    aug = IRL(preset="augment", seed=1, K=3)
+    aug.setup(model)
+    noisy = A.in_domain_noise(b["x"].repeat(3, 1, 1, 1), torch.Generator().manual_seed(1))
+    assert torch.allclose(aug.loss(model, b, 0)[0], F.cross_entropy(model(noisy), b["y"].repeat(3)), atol=1e-6)
+    bat = IRL(preset="irl_batching", seed=1)
+    bat.setup(model)
+    noisy = A.in_domain_noise(b["x"], torch.Generator().manual_seed(1))
+    ref = 0.5 * F.cross_entropy(model(b["x"]), b["y"]) + 0.5 * F.cross_entropy(model(noisy), b["y"])
+    assert torch.allclose(bat.loss(model, b, 0)[0], ref, atol=1e-6)
+
+
+def test_batching_puts_originals_and_copies_in_one_forward():
+    """With BatchNorm, IRL batching = the loss on the concatenated batch (shared batch statistics)."""
+    torch.manual_seed(0)
+    model = zoo.create_model("test_resnet", in_chans=1, num_classes=10)
+    b = _batch(8)
+    m = IRL(preset="irl_batching", noise=shrink)
+    m.setup(model)
+    logits = model(torch.cat([b["x"], shrink(b["x"], None)]))
+    ref = 0.5 * F.cross_entropy(logits[:8], b["y"]) + 0.5 * F.cross_entropy(logits[8:], b["y"])
+    assert torch.allclose(m.loss(model, b, 0)[0], ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_distance_term_matches_manual_eq2_with_per_layer_gamma(reduction):
+    torch.manual_seed(0)
+    model, b, K = Net(), _batch(5), 2
+    weights = [0.3, 2.0, 0.5]
+    m = IRL(alpha=0.2, beta=0.7, gamma=1.5, K=K, layers=["block1", "block2", "logits"], layer_weights=weights,
+            lam=0.4, dist_reduction=reduction, noise="gaussian", noise_kwargs={"std": 0.2}, seed=3)
+    m.setup(model)
+    loss, metrics = m.loss(model, b, 0)
+    m.remove()
+    noisy = A.gaussian_noise(b["x"].repeat(K, 1, 1, 1), 0.2, torch.Generator().manual_seed(3))
+    with LayerTaps(model, ["block1", "block2"]) as taps:
+        out = model(b["x"])
+        clean = {"block1": taps["block1"], "block2": taps["block2"], "logits": out}
+        dist = 0.0
+        for k in range(K):
+            xk = noisy[k * 5:(k + 1) * 5]
+            out_k = model(xk)
+            acts_k = {"block1": taps["block1"], "block2": taps["block2"], "logits": out_k}
+            for w, name in zip(weights, ["block1", "block2", "logits"]):
+                dist = dist + w * irl_distance(clean[name], acts_k[name], 0.4, reduction).mean() / K
+    ce = F.cross_entropy(out, b["y"])
+    ce_noise = F.cross_entropy(model(noisy), b["y"].repeat(K))
+    assert torch.allclose(loss, 0.2 * ce + 0.7 * ce_noise + 1.5 * dist, rtol=1e-5, atol=1e-5)
+    assert metrics["dist"] == pytest.approx(float(dist.detach()), rel=1e-5)
+
+
+def test_default_layers_are_last_four_stages_and_logits():
+    model = zoo.create_model("test_resnet", in_chans=1, num_classes=10)
+    m = IRL()
+    m.setup(model)
+    assert m.layers == ["layer1", "layer2", "layer3", "layer4", "logits"]
+    m.remove()
+    with pytest.raises(ValueError, match="layer_weights"):
+        IRL(layer_weights=[1.0, 2.0]).setup(model)
+    for bad in (dict(alpha=0, beta=0, gamma=0), dict(K=0), dict(preset="nope"), dict(dist_reduction="max"),
+                dict(semi_supervised=True, gamma=0)):
+        with pytest.raises(ValueError):
+            IRL(**bad)
+
+
+def test_semi_supervised_unlabeled_get_only_the_distance_term():
+    torch.manual_seed(0)
+    model, b = Net(), _batch(4, nu=6)
+    m = IRL(semi_supervised=True, layers=["block2", "logits"], noise=shrink)
+    assert m.needs_unlabeled and create_method("irl", semi_supervised=True).needs_unlabeled
+    assert not create_method("irl").needs_unlabeled
+    m.setup(model)
+    loss, metrics = m.loss(model, b, 0)
+    with LayerTaps(model, ["block2"]) as taps:
+        d = 0
+        clean = torch.cat([b["x"], b["x_u"]])
+        out = model(clean)
+        h = taps["block2"]
+        out_n = model(shrink(clean, None))
+        d = irl_distance(h, taps["block2"], 1.0, "mean") + irl_distance(out, out_n, 1.0, "mean")
+    ref = (0.5 * F.cross_entropy(out[:4], b["y"]) + 0.5 * F.cross_entropy(out_n[:4], b["y"])
+           + d[:4].mean() + d[4:].mean())
+    assert torch.allclose(loss, ref, atol=1e-5) and metrics["dist_u"] == pytest.approx(float(d[4:].mean().detach()), rel=1e-5)
+    with pytest.raises(ValueError, match="x_u"):
+        m.loss(model, _batch(4), 0)
+
+
+def test_adversarial_noise_is_fgsm_against_the_current_model():
+    torch.manual_seed(0)
+    model, b = Net(), _batch(6, nu=3)
+    m = IRL(noise="adversarial", eps=0.1, K=2)
+    m.setup(model)
+    adv = m.noisy_copies(model, b["x"], b["y"])
+    ref = fgsm_attack(model, b["x"], b["y"], 0.1)
+    assert torch.allclose(adv, ref.repeat(2, 1, 1, 1))
+    assert (adv - b["x"].repeat(2, 1, 1, 1)).abs().max() <= 0.1 + 1e-6
+    pseudo = model(b["x_u"]).argmax(-1)                        # unlabeled: the model's own predictions
+    assert torch.allclose(m.noisy_copies(model, b["x_u"], None), fgsm_attack(model, b["x_u"], pseudo, 0.1).repeat(2, 1, 1, 1))
+    semi = IRL(noise="adversarial", semi_supervised=True)
+    semi.setup(model)
+    loss, _ = semi.loss(model, b, 0)
+    assert torch.isfinite(loss)
+
+
+# ---------------------------------------------------------------------------------------------- augment
+@pytest.mark.parametrize("name", sorted(A.NOISE_MODELS))
+@pytest.mark.parametrize("chans", [1, 3])
+def test_noise_models_are_seeded_batched_and_in_range(name, chans):
+    x = torch.rand(16, chans, 10, 10)
+    fn = A.get_noise(name)
+    y1, y2 = fn(x, torch.Generator().manual_seed(5)), fn(x, torch.Generator().manual_seed(5))
+    y3 = fn(x, torch.Generator().manual_seed(6))
+    assert y1.shape == x.shape and torch.equal(y1, y2) and not torch.equal(y1, y3)
+    assert y1.min() >= 0 and y1.max() <= 1
+    same = fn(x[:1].repeat(16, 1, 1, 1), torch.Generator().manual_seed(5))
+    assert (same - same[:1]).abs().amax((1, 2, 3)).gt(1e-4).sum() >= 14     # each image its own draw
+
+
+def test_photometric_jitters_match_their_definitions():
+    x, g = torch.rand(8, 3, 6, 6), torch.Generator()
+    for fn in (A.brightness_jitter, A.contrast_jitter, A.saturation_jitter, A.hue_jitter, A.gamma_jitter):
+        assert torch.allclose(fn(x, 0.0, g), x, atol=1e-5)                          # zero scale: identity
+    y = A.hue_jitter(x, 0.5, torch.Generator().manual_seed(0))
+    assert torch.allclose(A._luma(y), A._luma(x), atol=1e-4)                          # hue keeps luma
+    a = 1 + A.uniform(8, -0.5, 0.5, torch.Generator().manual_seed(1))
+    assert torch.allclose(A.brightness_jitter(x, 0.5, torch.Generator().manual_seed(1)), x * a.view(8, 1, 1, 1))
+    c = A.contrast_jitter(x, 0.5, torch.Generator().manual_seed(1))
+    gray = (x * torch.tensor(A.LUMA).view(1, 3, 1, 1)).sum(1).mean((1, 2)).view(8, 1, 1, 1)
+    assert torch.allclose(c, a.view(8, 1, 1, 1) * x + (1 - a.view(8, 1, 1, 1)) * gray, atol=1e-6)
+    p = A.pca_lighting(x, 0.1, generator=torch.Generator().manual_seed(2)) - x        # constant shift per image
+    assert torch.allclose(p, p[:, :, :1, :1].expand_as(p), atol=1e-6)
+    t = A.truncated_normal(20000, 0.5, 1.5, torch.Generator().manual_seed(0))
+    assert t.min() >= 0.5 and t.max() <= 1.5 and abs(float(t.mean()) - 1.0) < 0.01
+    assert 0.2 < float(t.std()) < 0.24                                                 # 0.25 * 0.88 (cut at 2 std)
+    assert torch.allclose(A.random_affine(x, 0, 0, 0, 0), x, atol=1e-5)
+
+
+# -------------------------------------------------------------------------------------------- training
+def test_irl_trains_on_digits_above_chance_supervised_and_semi_supervised(tmp_path):
+    common = ["--steps", "80", "--eval-every", "0", "--workers", "1", "--no-progress", "--evaluations", "clean",
+              "--batch-size", "32"]
+    res = classify.main(["--method", "irl", "--out", str(tmp_path / "a"), *common,
+                         "--method-kwargs", '{"K": 1, "noise": "in_domain"}'])
+    assert res["irl"]["acc"] > 3 * CHANCE and res["irl"]["_hparams"]["gamma"] == 1.0
+    res = classify.main(["--method", "irl", "--out", str(tmp_path / "b"), "--labels-per-class", "20",
+                         "--unlabeled-batch-size", "32", *common,
+                         "--method-kwargs", '{"semi_supervised": true, "noise": "out_of_domain"}'])
+    assert res["irl"]["acc"] > 3 * CHANCE
