@@ -48,6 +48,10 @@ def test_loss_equals_brute_force_double_loop_with_gradients(seed_reduction):
     (g_slow,) = torch.autograd.grad(slow, a)
     assert fast.item() == pytest.approx(slow.item(), rel=1e-5)
     assert torch.allclose(g_fast.double(), g_slow, rtol=1e-4, atol=1e-7)
+    blocks = torch.arange(5).repeat(3)                                       # copy-major: M = 3 blocks
+    b = torch.randn(15, 3, 2, 2, dtype=torch.float64)
+    assert dai_invariance_loss(b, 3, seed_reduction).item() == pytest.approx(
+        brute_force_loss(b, blocks, seed_reduction).item(), rel=1e-5)
 
 
 def test_loss_does_not_depend_on_batch_size_or_m_and_is_zero_for_invariant_features():

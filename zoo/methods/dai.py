@@ -29,6 +29,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor, nn
 
 from ..augment import NoiseRNG, get_noise
@@ -39,29 +40,38 @@ from .base import Method, register_method
 __all__ = ["DAI", "dai_invariance_loss", "exponential_layer_weights", "invariance_scores", "eval_invariance"]
 
 
-def dai_invariance_loss(a: Tensor, groups: Tensor, seed_reduction: str = "mean") -> Tensor:
+def dai_invariance_loss(a: Tensor, groups: Union[Tensor, int], seed_reduction: str = "mean") -> Tensor:
     """``L_inv^(l)`` (eq. 3) of one layer.
 
     Args:
         a: ``(B, ...)`` activations of the batch (flattened per sample).
-        groups: ``(B,)`` integer seed id of each sample (samples with equal ids form ``S_k``).
+        groups: ``(B,)`` integer seed id of each sample (samples with equal ids form ``S_k``), or an int
+            ``M``: the batch is ``M`` copy-major blocks ``[aug 1 of every seed; ...; aug M of every seed]``
+            (what :class:`DAI` builds; a reshape replaces the one-hot group matrix).
         seed_reduction: ``"mean"`` over seeds (batch-size independent) or ``"sum"`` (eq. 3 as printed).
 
     Returns:
         scalar loss.
     """
-    if a.shape[0] != groups.shape[0]:
-        raise ValueError(f"{a.shape[0]} activations but {groups.shape[0]} group ids")
     if seed_reduction not in ("mean", "sum"):
         raise ValueError(f"seed_reduction must be 'mean' or 'sum', got {seed_reduction!r}")
     a = a.flatten(1).float()
-    _, idx = torch.unique(groups, return_inverse=True)
-    onehot = F.one_hot(idx, -1).to(a.dtype)                                  # (B, K)
-    counts = onehot.sum(0)                                                  # (K,) |S_k|
-    means = (onehot.T @ a) / counts[:, None]                                # (K, D)
-    within = (a - means[idx]).pow(2).sum(1)                                 # (B,) ||a_i - mean_{S_k}||^2
     # (1/|S_k|^2) sum_{i,j in S_k} ||a_i - a_j||^2 = (2/|S_k|) sum_{i in S_k} ||a_i - mean_{S_k}||^2
-    per_seed = 2 * (onehot.T @ within) / counts                              # (K,)
+    if isinstance(groups, int):
+        if groups < 1 or a.shape[0] % groups:
+            raise ValueError(f"a batch of {a.shape[0]} is not {groups} equal blocks of augmentations")
+        blocks = rearrange(a, "(m k) d -> m k d", m=groups)                    # (M, K, D)
+        within = (blocks - blocks.mean(0)).pow(2).sum(-1)                       # (M, K)
+        per_seed = 2 * within.sum(0) / groups                                   # (K,)
+    else:
+        if a.shape[0] != groups.shape[0]:
+            raise ValueError(f"{a.shape[0]} activations but {groups.shape[0]} group ids")
+        _, idx = torch.unique(groups, return_inverse=True)
+        onehot = F.one_hot(idx, -1).to(a.dtype)                              # (B, K)
+        counts = onehot.sum(0)                                              # (K,) |S_k|
+        means = (onehot.T @ a) / counts[:, None]                            # (K, D)
+        within = (a - means[idx]).pow(2).sum(1)                             # (B,) ||a_i - mean_{S_k}||^2
+        per_seed = 2 * (onehot.T @ within) / counts                          # (K,)
     num = per_seed.mean() if seed_reduction == "mean" else per_seed.sum()
     den = 2 * (a - a.mean(0)).pow(2).sum(1).mean()                           # (1/|B|^2) sum_{i,j in B} ...
     return num / den.clamp_min(1e-12)                                        # the 1/D of d^(l) cancels
@@ -173,7 +183,8 @@ class DAI(Method):
         if "group" in batch:
             x, y, groups = batch["x"], batch["y"], batch["group"]
         else:
-            x, y, groups = self.augment_batch(batch["x"], batch["y"])
+            x, y, _ = self.augment_batch(batch["x"], batch["y"])
+            groups = self.M                                          # copy-major blocks: reshape, no one-hot
         self.taps.clear()
         logits = model(x).float()
         l_obj = F.cross_entropy(logits, y)
