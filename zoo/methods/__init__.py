@@ -8,6 +8,7 @@ from .ict import ICT  # noqa: F401  (registers ict)
 from .irl import IRL  # noqa: F401  (registers irl)
 from .dai import DAI  # noqa: F401  (registers dai and the 'invariance' evaluation)
 from .lipschitz import Lipschitz  # noqa: F401  (registers lipschitz and the 'lipschitz' evaluation)
+from .semantic_noise import SemanticNoise  # noqa: F401  (registers semantic_noise, snm_random, snm_base)
 
 __all__ = ["Method", "ERM", "MethodStepFn", "register_method", "create_method", "list_methods",
            "get_method_class", "ManifoldMixup", "InputMixup", "ICT"]
