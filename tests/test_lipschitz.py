@@ -1,0 +1,116 @@
+"""Lipschitz-continuity training (lipschitz_continuity_robustness.txt, eq. 3-5): the finite-difference
+estimate against a manual one, the loss of eq. 5, and training on the embedded digits through the harness."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import zoo
+from tasks import classify
+from zoo.methods import create_method
+from zoo.methods.lipschitz import finite_difference_lipschitz, lipschitz_estimate
+from zoo.robustness import EvalContext, evaluate_robustness
+
+torch.set_num_threads(1)
+CHANCE = 0.1
+
+
+def _digits(n=16):
+    x, y = classify.load_dataset("digits")["train"]
+    return x[:n], y[:n]
+
+
+def _manual_estimates(model, x, delta):
+    """Eq. 4 one image at a time: ||f(x + delta) - f(x)|| / ||delta||."""
+    out = []
+    with torch.no_grad():
+        for xi, di in zip(x, delta):
+            fx, fxt = model(xi[None]), model((xi + di)[None])
+            out.append(float((fxt - fx).norm() / di.norm()))
+    return torch.tensor(out)
+
+
+def test_training_metric_and_loss_equal_manual_finite_difference():
+    torch.manual_seed(0)
+    model = zoo.create_model("test_resnet", in_chans=1, num_classes=10).eval()   # BN in eval: per-image f
+    x, y = _digits()
+    sigma, beta, seed = 0.1, 2.0, 123
+    delta = sigma * torch.randn(x.shape, generator=torch.Generator().manual_seed(seed))   # eq. 3, same stream
+    manual = _manual_estimates(model, x, delta)
+    K = float(manual.median())                                          # half of the batch is penalised
+    method = create_method("lipschitz", sigma=sigma, beta=beta, K=K, seed=seed)
+    method.setup(model)
+    loss, m = method.loss(model, {"x": x, "y": y}, 0)
+    assert m["lip"] == pytest.approx(float(manual.mean()), rel=1e-4)
+    assert m["lip_max"] == pytest.approx(float(manual.max()), rel=1e-4)
+    with torch.no_grad():
+        task = F.cross_entropy(model(x), y)
+    pen = beta * (manual - K).clamp_min(0).mean()                       # eq. 5
+    assert m["lip_pen"] == pytest.approx(float(pen), rel=1e-4) and float(pen) > 0
+    assert float(loss.detach()) == pytest.approx(float(task + pen), rel=1e-4)
+
+
+def test_estimate_of_a_scaled_identity_is_the_scale_and_probs_output():
+    x = torch.rand(8, 1, 28, 28)
+    lin = nn.Sequential(nn.Flatten(), nn.Linear(784, 784, bias=True))
+    with torch.no_grad():
+        lin[1].weight.copy_(3.0 * torch.eye(784))
+        lin[1].bias.uniform_()
+    est = lipschitz_estimate(lin, x, sigma=0.05, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(est, torch.full((8,), 3.0), rtol=1e-4)
+    fx = torch.randn(5, 10)
+    assert torch.allclose(finite_difference_lipschitz(fx, fx + 2.0, x[:5], x[:5] + 1.0),
+                          torch.full((5,), (10 * 2.0 ** 2) ** 0.5 / 784 ** 0.5))
+    probs = lipschitz_estimate(lin, x, sigma=0.05, output="probs", generator=torch.Generator().manual_seed(0))
+    assert (probs <= 3.0 + 1e-4).all()                                  # softmax is 1-Lipschitz in L2
+
+
+def test_beta_zero_is_standard_training_and_gradient_lowers_the_estimate():
+    torch.manual_seed(0)
+    model = zoo.create_model("test_resnet", in_chans=1, num_classes=10).eval()
+    x, y = _digits()
+    plain = create_method("lipschitz", beta=0.0, seed=1)
+    loss, m = plain.loss(model, {"x": x, "y": y}, 0)
+    with torch.no_grad():
+        assert float(loss) == pytest.approx(float(F.cross_entropy(model(x), y)), rel=1e-5)
+    assert m["lip"] > 0 and m["lip_pen"] == 0
+    # a dominant penalty (K = 0, large beta): gradient steps on eq. 5 reduce the estimate on fresh noise
+    method = create_method("lipschitz", beta=50.0, K=0.0, seed=2)
+    method.setup(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.002)
+    before = float(lipschitz_estimate(model, x, 0.1, generator=torch.Generator().manual_seed(9)).mean())
+    for step in range(10):
+        loss, m = method.loss(model, {"x": x, "y": y}, step)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = float(lipschitz_estimate(model, x, 0.1, generator=torch.Generator().manual_seed(9)).mean())
+    assert after < 0.7 * before, (before, after)
+
+
+def test_bad_options_raise():
+    for kw in ({"sigma": 0.0}, {"beta": -1.0}, {"K": -0.5}, {"output": "softmax"}):
+        with pytest.raises(ValueError):
+            create_method("lipschitz", **kw)
+
+
+def test_lipschitz_evaluation_column_is_the_mean_estimate():
+    torch.manual_seed(0)
+    model = zoo.create_model("test_resnet", in_chans=1, num_classes=10)
+    x, y = _digits(40)
+    ctx = EvalContext(seed=3, options={"lipschitz": {"sigma": 0.2}})
+    col = evaluate_robustness(model, x, y, ["lipschitz"], ctx)["lipschitz"]
+    model.eval()
+    ref = lipschitz_estimate(model, x, 0.2, generator=ctx.generator(61)).mean()
+    assert col == pytest.approx(float(ref), rel=1e-5)
+
+
+def test_harness_lipschitz_beats_chance_with_a_smaller_estimate_than_erm(tmp_path):
+    res = classify.main(["--method", "erm", "lipschitz", "--steps", "150", "--eval-every", "0",
+                         "--evaluations", "clean", "noise", "lipschitz", "--noise-std", "0.3", "--eval-size", "300",
+                         "--workers", "1", "--no-progress", "--out", str(tmp_path)])
+    for name in ("erm", "lipschitz"):
+        assert res[name]["acc"] > 3 * CHANCE, (name, res[name]["acc"])
+    assert res["lipschitz"]["lipschitz"] < res["erm"]["lipschitz"]
+    metrics = (tmp_path / "lipschitz" / "seed0" / "metrics.csv").read_text().splitlines()[0]
+    assert "train/lip" in metrics and "train/lip_pen" in metrics
