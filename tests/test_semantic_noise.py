@@ -1,0 +1,167 @@
+"""Semantic noise modeling (semantic_noise_modeling.txt, eq. 5-9): tied decoders use the encoder's weights
+(same storage, transposed use, one gradient), the perturbations of sec. 4.2 / eq. 9, the loss of eq. 6 / 8,
+and the few-examples-per-class regime trained through the harness."""
+import copy
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+
+import zoo
+from tasks import classify
+from zoo.engine import fit, seed_everything
+from zoo.methods import create_method
+from zoo.methods.semantic_noise import l2_loss, minmax_noise
+from zoo.models.snm import SNMNet
+
+torch.set_num_threads(1)
+CHANCE = 0.1
+MODELS = ("snm_mnist_convnet", "snm_mnist_mlp")
+
+
+def _pairs(model):
+    """(decoder layer, encoder weight-holding layer) for every tied layer."""
+    pairs = [(d, e[0]) for d, e in zip(model.dec_fcs, model.enc_fcs)]
+    pairs += [(d, e[0]) for d, e in zip(model.dec_convs, model.enc_convs)]
+    return pairs + [(model.dec_fc, model.fc)]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_decoder_weights_are_the_encoder_parameters(name):
+    model = timm.create_model(name)
+    for dec, enc in _pairs(model):
+        assert dec.weight is enc.weight and dec.weight.data_ptr() == enc.weight.data_ptr()
+    n_enc = sum(p.numel() for n, p in model.named_parameters() if n.startswith(("enc_", "fc.")))
+    assert n_enc == sum(p.numel() for p in model.parameters())          # the decoders add no parameters
+    assert not any(k.startswith("dec_") for k in model.state_dict())
+    twin = copy.deepcopy(model).double()                                 # tying survives copies and casts
+    for dec, enc in _pairs(twin):
+        assert dec.weight is enc.weight and dec.weight.dtype == torch.float64
+    with_bias = timm.create_model(name, decoder_bias=True)
+    assert all(d.bias is not None and d.weight is e.weight for d, e in _pairs(with_bias))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_decoder_is_the_transpose_of_the_encoder(name):
+    """Each (bias-free) decoder layer is the adjoint of its encoder layer: <W a, h> = <a, W^T h>."""
+    torch.manual_seed(0)
+    model = timm.create_model(name).double()
+    for dec, enc in _pairs(model):
+        if isinstance(enc, torch.nn.Conv2d):
+            c, s, _ = model.sizes[list(model.dec_convs).index(dec)]
+            a = torch.randn(2, c, s, s, dtype=torch.float64)
+            wa = F.conv2d(a, enc.weight, None, enc.stride, enc.padding)
+            h = torch.randn_like(wa)
+            wth = dec(h, (s, s))
+        else:
+            a = torch.randn(2, enc.in_features, dtype=torch.float64)
+            wa = F.linear(a, enc.weight)
+            h = torch.randn_like(wa)
+            wth = dec(h)
+        assert wth.shape == a.shape
+        assert torch.allclose((wa * h).sum(), (a * wth).sum(), rtol=1e-9)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_reconstruction_gradients_flow_into_the_one_encoder_weight(name):
+    torch.manual_seed(0)
+    model = timm.create_model(name)
+    x = torch.rand(3, 1, 28, 28)
+    z = model.encode(x).detach()                                        # only the decoder path has a graph
+    l2_loss(model.decode_x(z), x).backward()
+    first = model.enc_convs[0][0] if model.enc_convs else model.enc_fcs[0][0]
+    g = first.weight.grad
+    assert g is not None and g.abs().sum() > 0
+    # the same gradient through an explicit transposed use of a copy of that weight (the last decoder layer)
+    w = first.weight.detach().clone().requires_grad_(True)
+    with torch.no_grad():
+        h = z
+        for m in reversed(model.dec_fcs[1 if not model.enc_convs else 0:]):
+            h = F.relu(m(h))
+        if model.enc_convs:
+            h = h.view(3, *model.sizes[-1])
+            for i in reversed(range(1, len(model.dec_convs))):
+                h = F.relu(model.dec_convs[i](h, model.sizes[i][1:]))
+    if model.enc_convs:
+        x_r = F.conv_transpose2d(h, w, None, 2, 1, output_padding=1)
+    else:
+        x_r = (h @ w).view(3, 1, 28, 28)
+    assert torch.allclose(x_r, model.decode_x(z), atol=1e-5)
+    l2_loss(x_r, x).backward()
+    assert torch.allclose(w.grad, g, rtol=1e-4, atol=1e-6)
+    # z_R path: the classifier weight gets the gradient of ||g2'(y) - z||^2
+    model.zero_grad()
+    y = torch.randn(3, 10)
+    l2_loss(model.decode_z(y), z).backward()
+    assert model.fc.weight.grad.abs().sum() > 0 and model.fc.bias.grad is None
+
+
+def test_minmax_noise_is_the_papers_scale_add_descale():
+    v = torch.randn(6, 20) * torch.arange(1, 7)[:, None]
+    noise = minmax_noise(v, 0.2, torch.Generator().manual_seed(4))
+    lo, hi = v.min(1, keepdim=True).values, v.max(1, keepdim=True).values
+    scaled = (v - lo) / (hi - lo)                                       # base vector scaled to [0, 1]
+    perturbed = scaled + 0.2 * torch.randn(v.shape, generator=torch.Generator().manual_seed(4))
+    assert torch.allclose(v + noise, perturbed * (hi - lo) + lo, atol=1e-5)
+
+
+@pytest.mark.parametrize("perturb", ["none", "random", "semantic"])
+def test_loss_is_eq_6_and_eq_8(perturb):
+    torch.manual_seed(0)
+    model = timm.create_model("snm_mnist_convnet")
+    x, t = torch.rand(5, 1, 28, 28), torch.randint(0, 10, (5,))
+    method = create_method("semantic_noise", perturb=perturb, lambda1=0.03, lambda2=0.7, sigma=0.2, seed=11)
+    method.setup(model)
+    loss, m = method.loss(model, {"x": x, "y": t}, 0)
+    with torch.no_grad():
+        z = model.encode(x)
+        y = model.classify(z)
+        rec = ((model.decode_x(z) - x) ** 2).flatten(1).sum(1).mean() + ((model.decode_z(y) - z) ** 2).sum(1).mean()
+        ref = 0.03 * rec + F.cross_entropy(y, t)                        # eq. 6
+        g = torch.Generator().manual_seed(11)
+        if perturb == "random":
+            z_e = 0.2 * (z.max(1, keepdim=True).values - z.min(1, keepdim=True).values) * torch.randn(z.shape, generator=g)
+        elif perturb == "semantic":                                     # eq. 9
+            y_e = 0.2 * (y.max(1, keepdim=True).values - y.min(1, keepdim=True).values) * torch.randn(y.shape, generator=g)
+            z_e = model.decode_z(y + y_e) - model.decode_z(y)
+        if perturb != "none":
+            ref = ref + 0.7 * F.cross_entropy(model.classify(z + z_e), t)   # eq. 7-8
+            assert m["z_e"] == pytest.approx(float(z_e.norm(dim=1).mean()), rel=1e-4)
+    assert float(loss.detach()) == pytest.approx(float(ref), rel=1e-5)
+    assert ("nll_perturbed" in m) == (perturb != "none")
+
+
+def test_registered_variants_and_errors():
+    assert create_method("semantic_noise").perturb == "semantic"
+    assert create_method("snm_random").perturb == "random"
+    assert create_method("snm_base").perturb == "none"
+    with pytest.raises(ValueError, match="perturb"):
+        create_method("semantic_noise", perturb="gaussian")
+    with pytest.raises(ValueError, match="encode"):
+        create_method("semantic_noise").setup(zoo.create_model("test_resnet", in_chans=1, num_classes=10))
+    with pytest.raises(ValueError, match="expected inputs"):
+        timm.create_model("snm_mnist_convnet")(torch.rand(2, 3, 28, 28))
+
+
+def test_harness_few_labels_semantic_noise_beats_chance(tmp_path):
+    res = classify.main(["--model", "snm_mnist_convnet", "--method", "semantic_noise", "--labels-per-class", "20",
+                         "--steps", "150", "--eval-every", "0", "--evaluations", "clean", "noise",
+                         "--noise-std", "0.3", "--eval-size", "300", "--workers", "1", "--no-progress",
+                         "--out", str(tmp_path)])
+    assert res["semantic_noise"]["acc"] > 3 * CHANCE, res["semantic_noise"]["acc"]
+    header = (tmp_path / "semantic_noise" / "seed0" / "metrics.csv").read_text().splitlines()[0]
+    assert all(k in header for k in ("train/rec_x", "train/rec_z", "train/nll_perturbed"))
+
+
+def test_mlp_with_random_perturbation_learns_from_few_labels():
+    seed_everything(0)
+    data = classify.load_dataset("digits", labels_per_class=20)
+    model = timm.create_model("snm_mnist_mlp")
+    assert isinstance(model, SNMNet)
+    method = create_method("snm_random", seed=0)
+    method.setup(model)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    fit(model, opt, classify.method_batches(data, 50, 50, False, 0), steps=120, progress=False, **method.fit_kwargs())
+    acc = classify.test_accuracy(model, *data["test"], torch.device("cpu"))["acc"]
+    assert acc > 3 * CHANCE, acc
