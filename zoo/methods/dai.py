@@ -20,8 +20,10 @@ batch size nor on ``M``; that holds for the *mean* over seeds ``k`` in the numer
 (``seed_reduction="mean"``); ``"sum"`` is eq. 3 as printed (it grows with the number of seeds).
 
 Both sums of pairwise distances use the identity ``sum_{i,j in S} ||a_i - a_j||^2 = 2 |S| sum_{i in S}
-||a_i - mean_S a||^2``, computed for every group at once with a one-hot group matrix (matrix operations, no
-loop over samples or pairs; ``O(|B| D)`` instead of ``O(|B|^2 D)``).
+||a_i - mean_S a||^2``, computed for every group at once with a reshape (the method's copy-major batches) or
+a one-hot group matrix (any seed ids); the batch term is that within-seed sum plus
+``sum_k |S_k| ||mean_k - mean_B||^2``. Matrix operations, no loop over samples or pairs; ``O(|B| D)``
+instead of the ``O(|B|^2 D)`` distance matrix.
 """
 from __future__ import annotations
 
@@ -56,13 +58,15 @@ def dai_invariance_loss(a: Tensor, groups: Union[Tensor, int], seed_reduction: s
     if seed_reduction not in ("mean", "sum"):
         raise ValueError(f"seed_reduction must be 'mean' or 'sum', got {seed_reduction!r}")
     a = a.flatten(1).float()
-    # (1/|S_k|^2) sum_{i,j in S_k} ||a_i - a_j||^2 = (2/|S_k|) sum_{i in S_k} ||a_i - mean_{S_k}||^2
+    # (1/|S_k|^2) sum_{i,j in S_k} ||a_i - a_j||^2 = (2/|S_k|) sum_{i in S_k} ||a_i - mean_{S_k}||^2, and the
+    # batch's sum of squares around its mean = within-seed part + sum_k |S_k| ||mean_{S_k} - mean_B||^2
     if isinstance(groups, int):
         if groups < 1 or a.shape[0] % groups:
             raise ValueError(f"a batch of {a.shape[0]} is not {groups} equal blocks of augmentations")
         blocks = rearrange(a, "(m k) d -> m k d", m=groups)                    # (M, K, D)
-        within = (blocks - blocks.mean(0)).pow(2).sum(-1)                       # (M, K)
-        per_seed = 2 * within.sum(0) / groups                                   # (K,)
+        means = blocks.mean(0)                                                  # (K, D)
+        within = (blocks - means).pow(2).sum(-1).sum(0)                         # (K,)
+        counts = torch.full_like(within, float(groups))                        # (K,) |S_k| = M
     else:
         if a.shape[0] != groups.shape[0]:
             raise ValueError(f"{a.shape[0]} activations but {groups.shape[0]} group ids")
@@ -70,10 +74,12 @@ def dai_invariance_loss(a: Tensor, groups: Union[Tensor, int], seed_reduction: s
         onehot = F.one_hot(idx, -1).to(a.dtype)                              # (B, K)
         counts = onehot.sum(0)                                              # (K,) |S_k|
         means = (onehot.T @ a) / counts[:, None]                            # (K, D)
-        within = (a - means[idx]).pow(2).sum(1)                             # (B,) ||a_i - mean_{S_k}||^2
-        per_seed = 2 * (onehot.T @ within) / counts                          # (K,)
+        within = onehot.T @ (a - means[idx]).pow(2).sum(1)                  # (K,)
+    per_seed = 2 * within / counts                                          # (K,)
     num = per_seed.mean() if seed_reduction == "mean" else per_seed.sum()
-    den = 2 * (a - a.mean(0)).pow(2).sum(1).mean()                           # (1/|B|^2) sum_{i,j in B} ...
+    grand = (counts @ means) / counts.sum()                                 # (D,) batch mean
+    between = (counts * (means - grand).pow(2).sum(-1)).sum()
+    den = 2 * (within.sum() + between) / counts.sum()                       # (1/|B|^2) sum_{i,j in B} ...
     return num / den.clamp_min(1e-12)                                        # the 1/D of d^(l) cancels
 
 
