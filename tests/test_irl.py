@@ -217,3 +217,13 @@ def test_irl_trains_on_digits_above_chance_supervised_and_semi_supervised(tmp_pa
                          "--unlabeled-batch-size", "32", *common,
                          "--method-kwargs", '{"semi_supervised": true, "noise": "out_of_domain"}'])
     assert res["irl"]["acc"] > 3 * CHANCE
+
+
+def test_noise_generator_state_is_checkpointed():
+    m = IRL(seed=7)
+    m.setup(Net())
+    state = {k: v.state_dict() for k, v in m.extra_state().items()}
+    first = A.in_domain_noise(torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0)), m.rng.generator)
+    m.rng.load_state_dict(state["irl_rng"])
+    again = A.in_domain_noise(torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0)), m.rng.generator)
+    assert torch.equal(first, again)

@@ -36,8 +36,9 @@ from torch import Tensor, nn
 
 from ..augment import NoiseRNG, get_noise
 from ..robustness import EvalContext, register_evaluation
-from ..taps import INPUT, LayerTaps, default_layers, stage_layers
-from .base import Method, register_method
+from ..taps import LayerTaps, stage_layers
+from .base import register_method
+from .irl import TapsNoiseMethod
 
 __all__ = ["DAI", "dai_invariance_loss", "exponential_layer_weights", "invariance_scores", "eval_invariance"]
 
@@ -93,7 +94,7 @@ def exponential_layer_weights(n: int, alpha: float = 0.1, ratio: float = 10.0) -
 
 
 @register_method("dai")
-class DAI(Method):
+class DAI(TapsNoiseMethod):
     """Data augmentation invariance (eq. 3-4) on any ``nn.Module``.
 
     Batches ``{"x", "y"}`` of seed images are expanded in the step to ``M`` augmentations of each seed
@@ -114,6 +115,8 @@ class DAI(Method):
         keep_batch_size: use only the first ``B // M`` seeds so a step sees ``B`` images, as in the paper.
         seed: seeds the augmentation generator (``None``: from the global torch RNG at ``setup``).
     """
+
+    rng_key = "dai_rng"
 
     def __init__(self, alpha: float = 0.1, M: int = 2, layers: Optional[Sequence[Union[int, str]]] = None,
                  layer_weights: Optional[Sequence[float]] = None, ratio: float = 10.0, seed_reduction: str = "mean",
@@ -161,14 +164,6 @@ class DAI(Method):
             self.weights = exponential_layer_weights(len(self.layers), self.alpha, self.ratio)
         if self.alpha > 0:
             self.taps.attach()
-
-    def remove(self) -> None:
-        if self.taps is not None:
-            self.taps.remove()
-            self.taps = None
-
-    def extra_state(self) -> dict:
-        return {"dai_rng": self.rng} if self.rng is not None else {}
 
     def augment_batch(self, x: Tensor, y: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         """``M`` augmentations of each seed: ``(M * B, ...)`` images, labels and seed ids, copy-major."""

@@ -34,7 +34,7 @@ from ..robustness import fgsm_attack
 from ..taps import LayerTaps, stage_layers
 from .base import Method, register_method
 
-__all__ = ["IRL", "irl_distance", "IRL_PRESETS", "LOGITS"]
+__all__ = ["IRL", "irl_distance", "IRL_PRESETS", "LOGITS", "TapsNoiseMethod"]
 
 LOGITS = "logits"
 IRL_PRESETS: Dict[str, Tuple[float, float, float]] = {
@@ -69,8 +69,26 @@ def irl_distance(u: Tensor, v: Tensor, lam: float = 1.0, reduction: str = "sum")
     return sq - lam * F.cosine_similarity(u, v, dim=1, eps=1e-8)
 
 
+class TapsNoiseMethod(Method):
+    """Base of IRL and DAI: capturing :class:`LayerTaps` (``self.taps``) and a seeded noise generator
+    (``self.rng``, a :class:`zoo.augment.NoiseRNG` saved in checkpoints under :attr:`rng_key`)."""
+
+    rng_key = "noise_rng"
+    taps: Optional[LayerTaps] = None
+    rng: Optional[NoiseRNG] = None
+
+    def remove(self) -> None:
+        """Detach the taps from the model."""
+        if self.taps is not None:
+            self.taps.remove()
+            self.taps = None
+
+    def extra_state(self) -> dict:
+        return {self.rng_key: self.rng} if self.rng is not None else {}
+
+
 @register_method("irl")
-class IRL(Method):
+class IRL(TapsNoiseMethod):
     """IRL (eq. 1-2) on any ``nn.Module``. Batches: ``{"x", "y"}`` (+ ``"x_u"`` when ``semi_supervised``).
 
     Args:
@@ -95,6 +113,8 @@ class IRL(Method):
         semi_supervised: batches carry unlabeled ``"x_u"``, which get only ``gamma L_dist``.
         seed: seeds the noise generator (``None``: drawn from the global torch RNG at ``setup``).
     """
+
+    rng_key = "irl_rng"
 
     def __init__(self, alpha: Optional[float] = None, beta: Optional[float] = None, gamma: Optional[float] = None,
                  preset: str = "irl", K: int = 1, layers: Optional[Sequence[Union[int, str]]] = None,
@@ -156,14 +176,6 @@ class IRL(Method):
         self.weights = dict(zip(self.layers, ws))
         if self.taps is not None and self.gamma > 0:
             self.taps.attach()
-
-    def remove(self) -> None:
-        if self.taps is not None:
-            self.taps.remove()
-            self.taps = None
-
-    def extra_state(self) -> dict:
-        return {"irl_rng": self.rng} if self.rng is not None else {}
 
     # -- noise ------------------------------------------------------------------------------------------
     def noisy_copies(self, model: nn.Module, x: Tensor, y: Optional[Tensor]) -> Tensor:
