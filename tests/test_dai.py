@@ -154,6 +154,20 @@ def test_invariance_is_a_registered_evaluation_for_any_model():
     assert list(out) == ["inv/0", "inv/1", "inv/2", "inv/3"]               # input, body, head, logits
     assert all(v == pytest.approx(1.0, abs=1e-6) for v in out.values())     # std 0: identical inputs
 
+    class RowGRU(nn.Module):                  # a layer whose output is a tuple (output, hidden state)
+        def __init__(self):
+            super().__init__()
+            self.rnn = nn.GRU(8, 16, batch_first=True)
+            self.head = nn.Linear(16, 3)
+
+        def forward(self, x):
+            out, _ = self.rnn(x.squeeze(1))
+            return self.head(out[:, -1])
+
+    out = evaluate_robustness(RowGRU(), torch.rand(20, 1, 8, 8), torch.randint(3, (20,)), ["invariance"],
+                              EvalContext(seed=1, options={"invariance": {"noise": "gaussian"}}))
+    assert list(out) == ["inv/0", "inv/1", "inv/2", "inv/3"] and all(v < 1.0 for v in out.values())
+
 
 # -------------------------------------------------------------------------------------------- training
 def test_dai_trains_on_digits_above_chance_and_harness_shows_invariance(tmp_path):

@@ -38,7 +38,7 @@ from ..augment import NoiseRNG, get_noise
 from ..robustness import EvalContext, register_evaluation
 from ..taps import LayerTaps, stage_layers
 from .base import register_method
-from .irl import TapsNoiseMethod
+from .irl import TapsNoiseMethod, first_tensor
 
 __all__ = ["DAI", "dai_invariance_loss", "exponential_layer_weights", "invariance_scores", "eval_invariance"]
 
@@ -194,7 +194,7 @@ class DAI(TapsNoiseMethod):
             return l_obj, metrics
         loss = (1 - self.alpha) * l_obj
         for i, (name, w) in enumerate(zip(self.layers, self.weights)):
-            li = dai_invariance_loss(self.taps.activations[name], groups, self.seed_reduction)
+            li = dai_invariance_loss(first_tensor(self.taps.activations[name]), groups, self.seed_reduction)
             loss = loss + w * li
             metrics[f"inv{i}"] = float(li.detach())
         self.taps.clear()
@@ -232,11 +232,11 @@ def invariance_scores(model: nn.Module, x: Tensor, transform: Callable[[Tensor],
             for i in range(0, len(x), batch_size):
                 xb = x[i:i + batch_size].to(device)
                 out = model(xb)
-                clean = {n: taps.activations[n].flatten(1).double() for n in names}
+                clean = {n: first_tensor(taps.activations[n]).flatten(1).double() for n in names}
                 if logits:
                     clean["logits"] = out.flatten(1).double()
                 out_t = model(transform(xb))
-                moved = {n: taps.activations[n].flatten(1).double() for n in names}
+                moved = {n: first_tensor(taps.activations[n]).flatten(1).double() for n in names}
                 if logits:
                     moved["logits"] = out_t.flatten(1).double()
                 for n, a in clean.items():

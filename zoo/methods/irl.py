@@ -34,7 +34,7 @@ from ..robustness import fgsm_attack
 from ..taps import LayerTaps, stage_layers
 from .base import Method, register_method
 
-__all__ = ["IRL", "irl_distance", "IRL_PRESETS", "LOGITS", "TapsNoiseMethod"]
+__all__ = ["IRL", "irl_distance", "IRL_PRESETS", "LOGITS", "TapsNoiseMethod", "first_tensor"]
 
 LOGITS = "logits"
 IRL_PRESETS: Dict[str, Tuple[float, float, float]] = {
@@ -43,6 +43,20 @@ IRL_PRESETS: Dict[str, Tuple[float, float, float]] = {
     "standard": (1.0, 0.0, 0.0),        # regular training
     "augment": (0.0, 1.0, 0.0),         # data augmentation
 }
+
+
+def first_tensor(value: Any) -> Tensor:
+    """The activation tensor of a layer output: the tensor itself, or the first tensor nested in a tuple /
+    list / dict (e.g. ``(output, state)`` of a recurrent block)."""
+    if torch.is_tensor(value):
+        return value
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
+    for v in items:
+        try:
+            return first_tensor(v)
+        except ValueError:
+            continue
+    raise ValueError(f"layer output holds no tensor: {type(value).__name__}")
 
 
 def irl_distance(u: Tensor, v: Tensor, lam: float = 1.0, reduction: str = "sum") -> Tensor:
@@ -253,7 +267,7 @@ class IRL(TapsNoiseMethod):
             metrics["ce_noise"] = float(lnoise.detach())
             loss = loss + self.beta * lnoise
         if self.gamma > 0:
-            acts = {n: self.taps.activations[n] for n in (self.taps.layers if self.taps else [])}
+            acts = {n: first_tensor(self.taps.activations[n]) for n in (self.taps.layers if self.taps else [])}
             acts[LOGITS] = logits
             d, per_layer = self.layer_distances(acts, N)
             ld = d[:B].mean()
