@@ -273,6 +273,7 @@ class IRL(TapsNoiseMethod):
             ld = d[:B].mean()
             loss = loss + self.gamma * ld
             metrics["dist"] = float(ld.detach())
+            metrics.update({f"dist_{name}": v for name, v in per_layer.items()})
             if u is not None:
                 lu = d[B:].mean()
                 loss = loss + self.gamma * lu
