@@ -193,10 +193,10 @@ class DAI(TapsNoiseMethod):
         if self.alpha == 0:
             return l_obj, metrics
         loss = (1 - self.alpha) * l_obj
-        for i, (name, w) in enumerate(zip(self.layers, self.weights)):
+        for name, w in zip(self.layers, self.weights):
             li = dai_invariance_loss(first_tensor(self.taps.activations[name]), groups, self.seed_reduction)
             loss = loss + w * li
-            metrics[f"inv{i}"] = float(li.detach())
+            metrics[f"inv_{name}"] = float(li.detach())
         self.taps.clear()
         return loss, metrics
 
