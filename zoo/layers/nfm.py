@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -165,6 +165,12 @@ def _pointwise(lin: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return F.conv1d(x, lin.weight.unsqueeze(-1), lin.bias)
 
 
+def _project_source(lin: nn.Linear, src: torch.Tensor) -> torch.Tensor:
+    """A layer's keys and values at its own resolution: ``(B, C, *S)`` -> ``(B, lin.out_features, *S)``."""
+    b, c = src.shape[:2]
+    return _pointwise(lin, src.reshape(b, c, -1)).reshape(b, -1, *src.shape[2:])
+
+
 class NFMAttention(nn.Module):
     """The NFM attention block (thesis 10.3.2.1, Algorithm 2 line 9, with the null slot of "Default
     Computation").
@@ -188,6 +194,9 @@ class NFMAttention(nn.Module):
         batch_norm: the BN before ``sigma`` (the thesis uses it for the classifiers).
         scale: score scale (default ``1 / d_k`` as in the thesis; ``d_k ** -0.5`` is the Transformer's).
         gamma_init: initial ``gamma`` (0: the block starts as the identity).
+        project_sources: ``True`` (the thesis): the block owns ``W_k^j, W_v^j`` for each source. ``False``:
+            the caller passes sources already projected to ``num_heads * (d_k + d_v)`` channels (keys first,
+            then values; :class:`NFM` with ``share_kv=True`` projects each stored layer once for all readers).
 
     Attributes:
         random_attention: the ablation of thesis 10.4 (96.5 % -> 88.5 %): when set, the scores are replaced
@@ -202,7 +211,8 @@ class NFMAttention(nn.Module):
 
     def __init__(self, query_dim: int, source_dims: Sequence[int], d_k: int = 16, d_v: int = 16,
                  num_heads: int = 4, top_k: Optional[int] = 5, hidden_dim: Optional[int] = None,
-                 batch_norm: bool = True, scale: Optional[float] = None, gamma_init: float = 0.0) -> None:
+                 batch_norm: bool = True, scale: Optional[float] = None, gamma_init: float = 0.0,
+                 project_sources: bool = True) -> None:
         super().__init__()
         for name, v in (("query_dim", query_dim), ("d_k", d_k), ("d_v", d_v), ("num_heads", num_heads)):
             if int(v) < 1:
@@ -216,8 +226,11 @@ class NFMAttention(nn.Module):
         self.scale = 1.0 / d_k if scale is None else float(scale)
         hidden_dim = hidden_dim or num_heads * d_v
         self.q = nn.Linear(query_dim, num_heads * d_k)
-        # one projection per source: keys and values together, so each source is projected once
-        self.kv = nn.ModuleList(nn.Linear(c, num_heads * (d_k + d_v)) for c in self.source_dims)
+        # one projection per source, keys (rows [0, h d_k)) and values (rows [h d_k, h (d_k + d_v))) in one
+        # matrix so each source is projected once
+        self.project_sources = project_sources
+        self.kv = (nn.ModuleList(nn.Linear(c, num_heads * (d_k + d_v)) for c in self.source_dims)
+                   if project_sources else None)
         self.out1 = nn.Linear(num_heads * d_v, hidden_dim, bias=not batch_norm)
         self.norm = nn.BatchNorm1d(hidden_dim) if batch_norm else nn.Identity()
         self.out2 = nn.Linear(hidden_dim, query_dim)
@@ -228,47 +241,43 @@ class NFMAttention(nn.Module):
         return (f"query_dim={self.query_dim}, sources={len(self.source_dims)}, d_k={self.d_k}, d_v={self.d_v}, "
                 f"heads={self.num_heads}, top_k={self.top_k}, random_attention={self.random_attention}")
 
-    def _project(self, lin: nn.Linear, src: torch.Tensor, q_size: Size):
-        """Project one source at its own resolution (a per-position map commutes with the rescaling) and
-        lay it out against the query grid without copying it to the query's resolution.
+    def _project(self, lin: Optional[nn.Linear], src: torch.Tensor, q_size: Size) -> "_Plan":
+        """Project one source at its own resolution (a per-position map commutes with the rescaling, so only
+        the ``h (d_k + d_v)`` projected channels are ever rescaled, never the source's own channels), then
+        bring keys and values onto the query grid with :func:`rescale`: ``(B, h, d, slots, N)`` each.
 
-        Per spatial dim the query is viewed as ``(m, r)`` and the source as ``(m, f)``: equal sizes
-        ``(S, 1) / (S, 1)``; a larger source ``(S_q, 1) / (S_q, f)`` (its windows, space-to-depth); a smaller
-        one ``(S_src, r) / (S_src, 1)`` (nearest upsampling by broadcasting). Non-divisible sizes are first
-        brought to divisible ones by index selection (replicate padding / nearest).
-
-        Returns ``(kv, q_view, perm, slots)``: ``kv (B, h, d_k + d_v, m_1, 1, f_1, ...)``, the view shape
-        for the query ``(B, h, d, m_1, r_1, 1, ...)``, the permutation taking ``(B, h, m_1, r_1, f_1, ...)``
-        to ``(B, h, m_1, r_1, ..., f_1, ...)``, and the slot count ``prod(f)``.
+        A same-size source stays a view; a larger one is one space-to-depth copy; a smaller one is one
+        nearest-upsampled copy (as large as the query's keys; broadcasting it instead is slower on CPU).
         """
-        src, q, _ = _grids(src, q_size)
-        b, c = src.shape[:2]
-        proj = _pointwise(lin, src.reshape(b, c, -1)).reshape(b, -1, *src.shape[2:])
-        m, r, f = [], [], []
-        for d, (n_s, n_q) in enumerate(zip(proj.shape[2:], q)):
-            if n_s > n_q and n_s % n_q:                                  # replicate-pad to whole windows
-                n_s = n_q * -(-n_s // n_q)
-                proj = proj.index_select(2 + d, torch.arange(n_s, device=proj.device).clamp_(max=src.shape[2 + d] - 1))
-            elif n_s < n_q and n_q % n_s:                                # non-integer ratio: materialise
-                proj = proj.index_select(2 + d, _nearest_index(n_s, n_q, proj.device))
-                n_s = n_q
-            if n_s >= n_q:
-                m.append(n_q), r.append(1), f.append(n_s // n_q)
-            else:
-                m.append(n_s), r.append(n_q // n_s), f.append(1)
-        nd = len(q)
-        kv = proj.reshape(b, self.num_heads, -1, *[v for i in range(nd) for v in (m[i], 1, f[i])])
-        q_view = [v for i in range(nd) for v in (m[i], r[i], 1)]
-        perm = ([0, 1] + [p for i in range(nd) for p in (2 + 3 * i, 3 + 3 * i)]
-                + [4 + 3 * i for i in range(nd)])
-        return kv, q_view, perm, math.prod(f)
+        nh, dk, dv = self.num_heads, self.d_k, self.d_v
+        if lin is None and src.shape[1] != nh * (dk + dv):
+            raise ValueError(f"a projected source needs num_heads * (d_k + d_v) = {nh * (dk + dv)} channels, "
+                             f"got {tuple(src.shape)}")
+        proj = rescale(src if lin is None else _project_source(lin, src), q_size)   # (B, h(dk+dv), s, *S_q)
+        b, _, slots = proj.shape[:3]
+        k, v = proj.split([nh * dk, nh * dv], dim=1)                    # split: no zero-filled slice grads
+        return _Plan(k.reshape(b, nh, dk, slots, -1), v.reshape(b, nh, dv, slots, -1), slots)
+
+    @staticmethod
+    def _scores(q: torch.Tensor, pl: "_Plan") -> torch.Tensor:
+        """``Q K^T`` for every query position and slot of one source: ``q (B, h, d_k, N)`` -> ``(B, h, N, slots)``."""
+        if pl.slots == 1:
+            return (q * pl.k.squeeze(3)).sum(2).unsqueeze(-1)
+        return (q.unsqueeze(3) * pl.k).sum(2).transpose(2, 3)
+
+    @staticmethod
+    def _read(w: torch.Tensor, pl: "_Plan") -> torch.Tensor:
+        """The weighted sum of one source's values: weights ``(B, h, N, slots)`` -> ``(B, h, d_v, N)``."""
+        if pl.slots == 1:
+            return w.squeeze(-1).unsqueeze(2) * pl.v.squeeze(3)
+        return (w.transpose(2, 3).contiguous().unsqueeze(2) * pl.v).sum(3)
 
     def _weights(self, scores: torch.Tensor) -> torch.Tensor:
-        """Top-k softmax over the last axis (exactly ``k`` nonzero weights per query, ties included)."""
+        """Top-k softmax over the last axis: softmax over the ``k`` largest scores, scattered back, so exactly
+        ``k`` weights are nonzero per query (chosen by index: ties never keep more than ``k``)."""
         if self.top_k is not None and self.top_k < scores.shape[-1]:
-            keep = torch.zeros_like(scores, dtype=torch.bool)
-            keep.scatter_(-1, scores.topk(self.top_k, dim=-1).indices, True)
-            scores = scores.masked_fill(~keep, float("-inf"))
+            vals, idx = scores.topk(self.top_k, dim=-1)
+            return torch.zeros_like(scores).scatter(-1, idx, vals.softmax(dim=-1))
         return scores.softmax(dim=-1)
 
     def forward(self, h: torch.Tensor, sources: Sequence[torch.Tensor], return_weights: bool = False):
@@ -278,34 +287,28 @@ class NFMAttention(nn.Module):
             raise ValueError(f"query has {h.shape[1]} channels, the block was built for query_dim={self.query_dim}")
         b, q_size = h.shape[0], tuple(h.shape[2:])
         hf = h.reshape(b, self.query_dim, -1)                                       # (B, C_q, N)
-        n, nh, dk = hf.shape[-1], self.num_heads, self.d_k
-        q = _pointwise(self.q, hf).reshape(b, nh, dk, n)                            # (B, h, d_k, N)
-        plans = [self._project(lin, src, q_size) for lin, src in zip(self.kv, sources)]
-        slots = [pl[3] for pl in plans]
-        scores = [q.new_zeros(b, nh, n, 1)]                                         # null slot: score 0
-        for kv, q_view, perm, s in plans:
-            if self.random_attention:
-                scores.append(torch.randn(b, nh, n, s, device=h.device, dtype=h.dtype))
-                continue
-            # (B, h, d, m, r, 1) * (B, h, d, m, 1, f) summed over d: Q K^T for every (position, slot)
-            sc = (q.reshape(b, nh, dk, *q_view) * kv[:, :, :dk]).sum(2)
-            scores.append(sc.permute(perm).reshape(b, nh, n, s) * self.scale)
+        n, nh = hf.shape[-1], self.num_heads
+        q = _pointwise(self.q, hf).reshape(b, nh, self.d_k, n) * self.scale        # (B, h, d_k, N)
+        lins = self.kv if self.kv is not None else [None] * len(sources)
+        plans = [self._project(lin, src, q_size) for lin, src in zip(lins, sources)]
+        slots = [pl.slots for pl in plans]
+        if self.random_attention:                                                   # ablation: random scores
+            scores = [q.new_zeros(b, nh, n, 1), torch.randn(b, nh, n, sum(slots), device=h.device, dtype=h.dtype)]
+        else:
+            scores = [q.new_zeros(b, nh, n, 1)] + [self._scores(q, pl) for pl in plans]   # null slot first
         w = self._weights(torch.cat(scores, dim=-1))                                # (B, h, N, L)
-        a = None
-        for (kv, q_view, perm, s), wj in zip(plans, torch.split(w[..., 1:], slots, dim=-1)):
-            grid = [q_view[i] for i in range(len(q_view)) if i % 3 != 2]           # m_1, r_1, m_2, r_2, ...
-            fs = [kv.shape[5 + 3 * i] for i in range(len(grid) // 2)]
-            inv = [0] * len(perm)
-            for i, p in enumerate(perm):
-                inv[p] = i
-            wv = wj.reshape(b, nh, *grid, *fs).permute(inv).unsqueeze(2)           # (B, h, 1, m, r, f)
-            fdims = tuple(5 + 3 * i for i in range(len(fs)))
-            aj = wv * kv[:, :, dk:]
-            aj = (aj.sum(fdims) if fdims else aj).reshape(b, nh * self.d_v, n)      # null value is 0
-            a = aj if a is None else a + aj
+        a = sum(self._read(wj, pl) for pl, wj in zip(plans, torch.split(w[..., 1:], slots, dim=-1)))
+        a = a.reshape(b, nh * self.d_v, n)                                          # null value is 0
         out = _pointwise(self.out2, F.relu(self.norm(_pointwise(self.out1, a))))
         h2 = h + self.gamma * out.reshape(h.shape)
         return (h2, w, slots) if return_weights else h2
+
+
+class _Plan(NamedTuple):
+    """One source on the query grid: keys ``(B, h, d_k, slots, N)``, values ``(B, h, d_v, slots, N)``."""
+    k: torch.Tensor
+    v: torch.Tensor
+    slots: int
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -354,6 +357,10 @@ class NFM(nn.Module):
             not its stem.
         share_modules: one set of module weights for all passes (default: per-pass copies, as in the
             thesis; the copies start from the same weights). Attention blocks are always per (pass, module).
+        share_kv: ``False`` (the thesis: every block has its own key/value projection of every source it
+            reads). ``True``: each stored layer is projected to keys/values once, by a projection of its own
+            (``kv.{p}_{i}``), and every block reading it uses that; blocks keep their own query, output layers
+            and ``gamma``. Cheaper: each layer is projected once instead of once per reading block.
         d_k, d_v, num_heads, top_k, hidden_dim, batch_norm, scale: of every :class:`NFMAttention`.
 
     Shapes:
@@ -364,7 +371,8 @@ class NFM(nn.Module):
     """
 
     def __init__(self, modules: Sequence[nn.Module], channels: Sequence[int], in_chans: int, passes: int = 2,
-                 attend: Optional[Sequence[int]] = None, share_modules: bool = False, d_k: int = 16,
+                 attend: Optional[Sequence[int]] = None, share_modules: bool = False, share_kv: bool = False,
+                 d_k: int = 16,
                  d_v: int = 16, num_heads: int = 4, top_k: Optional[int] = 5, hidden_dim: Optional[int] = None,
                  batch_norm: bool = True, scale: Optional[float] = None) -> None:
         super().__init__()
@@ -382,14 +390,19 @@ class NFM(nn.Module):
         copies = 1 if share_modules else self.num_passes
         self.passes = nn.ModuleList([first] + [copy.deepcopy(first) for _ in range(copies - 1)])
         self.attn = nn.ModuleDict()
+        read = set()
         for p in range(self.num_passes):
             for i in attend:
                 src = self.sources_of(p, i)
                 if src:
+                    read.update(src)
                     self.attn[f"{p}_{i}"] = NFMAttention(
                         channels[i - 1] if i else in_chans, [channels[j] for _, j in src], d_k=d_k, d_v=d_v,
                         num_heads=num_heads, top_k=top_k, hidden_dim=hidden_dim, batch_norm=batch_norm,
-                        scale=scale)
+                        scale=scale, project_sources=not share_kv)
+        self.share_kv = share_kv
+        self.kv = nn.ModuleDict({f"{p}_{j}": nn.Linear(channels[j], num_heads * (d_k + d_v))
+                                 for p, j in sorted(read)}) if share_kv else None
         self.grad_checkpointing = False
 
     def sources_of(self, p: int, i: int) -> List[Tuple[int, int]]:
@@ -419,6 +432,7 @@ class NFM(nn.Module):
         if not 1 <= passes <= self.num_passes:
             raise ValueError(f"passes must be in [1, {self.num_passes}] for this network, got {passes}")
         trace = NFMTrace(output=x)
+        reads = trace.memory if self.kv is None else []                 # what the blocks attend over
         h = x
         for p in range(passes):
             h = x
@@ -427,10 +441,10 @@ class NFM(nn.Module):
                 blk = self.attn[f"{p}_{i}"] if f"{p}_{i}" in self.attn else None
                 if blk is not None:
                     if return_attention:
-                        h, w, slots = blk(h, trace.memory, return_weights=True)
+                        h, w, slots = blk(h, reads, return_weights=True)
                         trace.attention.append(NFMAttentionInfo(p, i, w, self.sources_of(p, i), slots))
                     else:
-                        h = blk(h, trace.memory)
+                        h = blk(h, reads)
                 mod = self.module(p, i)
                 if self.grad_checkpointing and torch.is_grad_enabled():
                     h = checkpoint(mod, h, use_reentrant=False)
@@ -438,6 +452,9 @@ class NFM(nn.Module):
                     h = mod(h)
                 trace.memory.append(h)
                 trace.memory_index.append((p, i))
+                if self.kv is not None:                                   # shared projection, once per layer
+                    lin = self.kv[f"{p}_{i}"] if f"{p}_{i}" in self.kv else None
+                    reads.append(None if lin is None else _project_source(lin, h))
         trace.output = h
         return trace
 

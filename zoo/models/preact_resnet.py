@@ -7,8 +7,9 @@ WRN-d-k (16 stem channels, three stages of ``(d - 4) / 6`` wide pre-activation b
 
 The ``nfm_*`` versions run the same stem and stages as an :class:`zoo.NFM` network (thesis ch. 10,
 Algorithm 2): 2 passes, an NFM block before each stage (8 blocks for PreActResNet-18), ``d_k = d_v = 16``,
-4 heads, top-k 5 (thesis 10.4.2 settings). ``nfm_passes``, ``nfm_share``, ``d_k``, ``d_v``, ``num_heads``
-and ``top_k`` are keyword arguments of every ``nfm_*`` entrypoint.
+4 heads, top-k 5 (thesis 10.4.2 settings). ``nfm_passes``, ``nfm_share`` (one set of module weights for all
+passes), ``nfm_share_kv`` (one key/value projection per stored layer), ``nfm_attend``, ``d_k``, ``d_v``,
+``num_heads`` and ``top_k`` are keyword arguments of every ``nfm_*`` entrypoint.
 
 :class:`StagedNet` is the shared skeleton (also used by :mod:`zoo.models.small_cnns`): a list of named
 body modules run in order (plain) or as an NFM network, a final norm, and a head; it implements the timm
@@ -278,9 +279,9 @@ class PreActResNet(StagedNet):
 
 def split_nfm_kwargs(kwargs: Dict[str, Any], nfm: bool, **defaults: Any) -> Dict[str, Any]:
     """Move the NFM options out of ``kwargs`` into ``kwargs["nfm"]`` (``nfm_passes``, ``nfm_share``,
-    ``nfm_attend`` and :data:`NFM_KEYS`), on top of the variant's ``defaults``."""
+    ``nfm_share_kv``, ``nfm_attend`` and :data:`NFM_KEYS`), on top of the variant's ``defaults``."""
     opts = {k: kwargs.pop(k) for k in NFM_KEYS if k in kwargs}
-    ren = {"nfm_passes": "passes", "nfm_share": "share_modules", "nfm_attend": "attend"}
+    ren = {"nfm_passes": "passes", "nfm_share": "share_modules", "nfm_share_kv": "share_kv", "nfm_attend": "attend"}
     opts.update({ren[k]: kwargs.pop(k) for k in list(ren) if k in kwargs})
     if not nfm:
         if opts:
