@@ -258,27 +258,29 @@ class NFMAttention(nn.Module):
         k, v = proj.split([nh * dk, nh * dv], dim=1)                    # split: no zero-filled slice grads
         return _Plan(k.reshape(b, nh, dk, slots, -1), v.reshape(b, nh, dv, slots, -1), slots)
 
+    # Internally scores and weights are (B, h, slots, N): positions innermost, so every elementwise op
+    # below runs over contiguous memory and no transposes are needed.
     @staticmethod
     def _scores(q: torch.Tensor, pl: "_Plan") -> torch.Tensor:
-        """``Q K^T`` for every query position and slot of one source: ``q (B, h, d_k, N)`` -> ``(B, h, N, slots)``."""
+        """``Q K^T`` for every slot and query position of one source: ``q (B, h, d_k, N)`` -> ``(B, h, slots, N)``."""
         if pl.slots == 1:
-            return (q * pl.k.squeeze(3)).sum(2).unsqueeze(-1)
-        return (q.unsqueeze(3) * pl.k).sum(2).transpose(2, 3)
+            return (q * pl.k.squeeze(3)).sum(2, keepdim=True)
+        return (q.unsqueeze(3) * pl.k).sum(2)
 
     @staticmethod
     def _read(w: torch.Tensor, pl: "_Plan") -> torch.Tensor:
-        """The weighted sum of one source's values: weights ``(B, h, N, slots)`` -> ``(B, h, d_v, N)``."""
+        """The weighted sum of one source's values: weights ``(B, h, slots, N)`` -> ``(B, h, d_v, N)``."""
         if pl.slots == 1:
-            return w.squeeze(-1).unsqueeze(2) * pl.v.squeeze(3)
-        return (w.transpose(2, 3).contiguous().unsqueeze(2) * pl.v).sum(3)
+            return w * pl.v.squeeze(3)
+        return (w.unsqueeze(2) * pl.v).sum(3)
 
     def _weights(self, scores: torch.Tensor) -> torch.Tensor:
-        """Top-k softmax over the last axis: softmax over the ``k`` largest scores, scattered back, so exactly
-        ``k`` weights are nonzero per query (chosen by index: ties never keep more than ``k``)."""
-        if self.top_k is not None and self.top_k < scores.shape[-1]:
-            vals, idx = scores.topk(self.top_k, dim=-1)
-            return torch.zeros_like(scores).scatter(-1, idx, vals.softmax(dim=-1))
-        return scores.softmax(dim=-1)
+        """Top-k softmax over the slots (dim 2): softmax over the ``k`` largest scores, scattered back, so
+        exactly ``k`` weights are nonzero per query (chosen by index: ties never keep more than ``k``)."""
+        if self.top_k is not None and self.top_k < scores.shape[2]:
+            vals, idx = scores.topk(self.top_k, dim=2)
+            return torch.zeros_like(scores).scatter(2, idx, vals.softmax(dim=2))
+        return scores.softmax(dim=2)
 
     def forward(self, h: torch.Tensor, sources: Sequence[torch.Tensor], return_weights: bool = False):
         if len(sources) != len(self.source_dims):
@@ -293,15 +295,15 @@ class NFMAttention(nn.Module):
         plans = [self._project(lin, src, q_size) for lin, src in zip(lins, sources)]
         slots = [pl.slots for pl in plans]
         if self.random_attention:                                                   # ablation: random scores
-            scores = [q.new_zeros(b, nh, n, 1), torch.randn(b, nh, n, sum(slots), device=h.device, dtype=h.dtype)]
+            scores = [q.new_zeros(b, nh, 1, n), torch.randn(b, nh, sum(slots), n, device=h.device, dtype=h.dtype)]
         else:
-            scores = [q.new_zeros(b, nh, n, 1)] + [self._scores(q, pl) for pl in plans]   # null slot first
-        w = self._weights(torch.cat(scores, dim=-1))                                # (B, h, N, L)
-        a = sum(self._read(wj, pl) for pl, wj in zip(plans, torch.split(w[..., 1:], slots, dim=-1)))
+            scores = [q.new_zeros(b, nh, 1, n)] + [self._scores(q, pl) for pl in plans]   # null slot first
+        w = self._weights(torch.cat(scores, dim=2))                                 # (B, h, L, N)
+        a = sum(self._read(wj, pl) for pl, wj in zip(plans, torch.split(w[:, :, 1:], slots, dim=2)))
         a = a.reshape(b, nh * self.d_v, n)                                          # null value is 0
         out = _pointwise(self.out2, F.relu(self.norm(_pointwise(self.out1, a))))
         h2 = h + self.gamma * out.reshape(h.shape)
-        return (h2, w, slots) if return_weights else h2
+        return (h2, w.transpose(2, 3), slots) if return_weights else h2          # weights (B, h, N, L)
 
 
 class _Plan(NamedTuple):
