@@ -1,0 +1,92 @@
+"""RecurrentPPO training throughput (env steps per second, rollouts + updates): RIM / LSTM / GRU cores of
+:class:`RecurrentCorePolicy` against sb3-contrib's stock ``MlpLstmPolicy``, same env, same hidden size,
+same PPO settings, in one process.
+
+    python benchmarks/rl_throughput.py                                  # rim vs stock LSTM, threads 1
+    python benchmarks/rl_throughput.py --variants stock rim lstm gru --threads 1 2
+
+Every variant trains on ``--env`` (default ``zoo/CartPoleNoVel-v0``) with RecurrentPPO's default settings
+(``n_steps=128``, ``batch_size=128``, 10 epochs, actor and critic cores) after one warm-up update; variants
+are interleaved over ``--repeats`` rounds and each reports its median steps/s and the ratio to the first
+variant (the baseline, default the stock LSTM at the first thread count). Numbers on a shared machine are noisy.
+"""
+from __future__ import annotations
+
+import itertools
+import statistics
+import time
+from dataclasses import dataclass
+from typing import List
+
+import torch
+from sb3_contrib import RecurrentPPO
+from stable_baselines3.common.env_util import make_vec_env
+
+from rl.cores import CORES
+from rl.policies import RecurrentCorePolicy
+from rl.pomdp import register_pomdps
+from zoo.engine import arg, parse_config
+
+
+@dataclass
+class Bench:
+    """RecurrentPPO throughput: stock MlpLstmPolicy vs RecurrentCorePolicy cores, interleaved, median steps/s."""
+
+    env: str = arg("zoo/CartPoleNoVel-v0", help="gymnasium env id")
+    variants: List[str] = arg(["stock", "rim"], help="stock (sb3-contrib MlpLstmPolicy), rim, lstm, gru")
+    threads: List[int] = arg([1], help="torch thread counts to compare")
+    hidden: int = arg(252, help="hidden size of every core (RIM: num_units * unit size)")
+    num_units: int = arg(6, help="RIM units")
+    k_active: int = arg(4, help="RIM active units")
+    n_envs: int = arg(4, help="envs")
+    n_steps: int = arg(128, help="rollout length per env (RecurrentPPO default)")
+    batch_size: int = arg(128, help="minibatch size (RecurrentPPO default)")
+    n_epochs: int = arg(10, help="PPO epochs per update (RecurrentPPO default)")
+    updates: int = arg(2, help="timed PPO updates per repeat")
+    repeats: int = arg(5, help="interleaved rounds")
+    seed: int = arg(0, help="seed")
+
+
+def build(b: Bench, variant: str) -> RecurrentPPO:
+    if variant == "stock":
+        policy, kw = "MlpLstmPolicy", dict(lstm_hidden_size=b.hidden)
+    elif variant in CORES:
+        policy, kw = RecurrentCorePolicy, dict(core=variant, lstm_hidden_size=b.hidden)
+        if variant == "rim":
+            kw.update(num_units=b.num_units, k_active=b.k_active)
+    else:
+        raise ValueError(f"variant={variant!r} is not supported; allowed values: stock, rim, lstm, gru")
+    env = make_vec_env(b.env, n_envs=b.n_envs, seed=b.seed)
+    return RecurrentPPO(policy, env, n_steps=b.n_steps, batch_size=b.batch_size, n_epochs=b.n_epochs,
+                        policy_kwargs=kw, seed=b.seed, verbose=0)
+
+
+def main(argv=None) -> None:
+    b = parse_config(Bench, argv, prog="python benchmarks/rl_throughput.py")
+    register_pomdps()
+    torch.set_num_threads(b.threads[0])
+    models = {v: build(b, v) for v in b.variants}
+    steps = b.updates * b.n_envs * b.n_steps
+    for model in models.values():
+        model.learn(b.n_envs * b.n_steps)                             # warm-up update
+    variants = list(itertools.product(b.variants, b.threads))
+    times = {v: [] for v in variants}
+    for _ in range(b.repeats):
+        for v in variants:
+            torch.set_num_threads(v[1])
+            t0 = time.perf_counter()
+            models[v[0]].learn(steps, reset_num_timesteps=False)
+            times[v].append(time.perf_counter() - t0)
+    base = steps / statistics.median(times[variants[0]])
+    print(f"{b.env}, hidden {b.hidden}, {b.n_envs} envs x {b.n_steps} steps, batch {b.batch_size}, "
+          f"{b.n_epochs} epochs, {b.updates} updates x {b.repeats} repeats (median)")
+    print("| policy | threads | steps/s | ratio |\n|---|---|---|---|")
+    names = {"stock": "sb3-contrib MlpLstmPolicy", "rim": f"RIM ({b.num_units} units, k={b.k_active})",
+             "lstm": "RecurrentCorePolicy lstm", "gru": "RecurrentCorePolicy gru"}
+    for v in variants:
+        sps = steps / statistics.median(times[v])
+        print(f"| {names[v[0]]} | {v[1]} | {sps:.1f} | {sps / base:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
