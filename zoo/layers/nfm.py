@@ -161,8 +161,14 @@ def rescale(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 # The NFM block
 # ----------------------------------------------------------------------------------------------------
 def _pointwise(lin: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """A 1x1 convolution with ``lin``'s weights on ``(B, C_in, N)`` -> ``(B, C_out, N)``."""
-    return F.conv1d(x, lin.weight.unsqueeze(-1), lin.bias)
+    """A 1x1 convolution with ``lin``'s weights on ``(B, C_in, N)`` -> ``(B, C_out, N)``.
+
+    A batched GEMM over many positions (about 2x faster than ``conv1d`` forward+backward on CPU at
+    ``N = 1024``), ``conv1d`` over few (where the per-sample GEMMs are too small to pay off)."""
+    if x.shape[-1] < 64:
+        return F.conv1d(x, lin.weight.unsqueeze(-1), lin.bias)
+    w = lin.weight.expand(x.shape[0], -1, -1)
+    return torch.bmm(w, x) if lin.bias is None else torch.baddbmm(lin.bias[:, None], w, x)
 
 
 def _project_source(lin: nn.Linear, src: torch.Tensor) -> torch.Tensor:
