@@ -56,13 +56,16 @@ class NFMNatureCNN(BaseFeaturesExtractor):
         top_k, d_k, d_v, num_heads: of every :class:`zoo.NFMAttention` (thesis Atari: 4, 32, 32, 4).
         batch_norm: BatchNorm inside the blocks (default off for RL, see the module docstring).
         share_modules: one set of conv weights for all passes (default: per-pass copies, as the thesis).
+        share_kv: project each stored layer to keys/values once for all blocks (default: per block, as the
+            thesis; ``True`` is cheaper, see :class:`zoo.NFM`).
 
     Shapes: ``(B, C, H, W)`` float -> ``(B, features_dim)``.
     """
 
     def __init__(self, observation_space: gym.spaces.Box, features_dim: int = 512, normalized_image: bool = False,
                  passes: int = 2, attend: Sequence[int] = (1, 2), top_k: Optional[int] = 4, d_k: int = 32,
-                 d_v: int = 32, num_heads: int = 4, batch_norm: bool = False, share_modules: bool = False) -> None:
+                 d_v: int = 32, num_heads: int = 4, batch_norm: bool = False, share_modules: bool = False,
+                 share_kv: bool = False) -> None:
         if not isinstance(observation_space, gym.spaces.Box) or len(observation_space.shape) != 3:
             raise ValueError(f"NFMNatureCNN needs an image Box observation space (C, H, W), got {observation_space}")
         if not is_image_space(observation_space, check_channels=False, normalized_image=normalized_image):
@@ -71,7 +74,7 @@ class NFMNatureCNN(BaseFeaturesExtractor):
         super().__init__(observation_space, features_dim)
         in_chans = observation_space.shape[0]
         self.nfm = NFM(nature_convs(in_chans), [32, 64, 64], in_chans, passes=passes, attend=attend,
-                       share_modules=share_modules, d_k=d_k, d_v=d_v, num_heads=num_heads, top_k=top_k,
+                       share_modules=share_modules, share_kv=share_kv, d_k=d_k, d_v=d_v, num_heads=num_heads, top_k=top_k,
                        batch_norm=batch_norm)
         with torch.no_grad():
             n_flatten = self.nfm(torch.as_tensor(observation_space.sample()[None]).float()).flatten(1).shape[1]
