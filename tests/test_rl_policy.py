@@ -1,0 +1,189 @@
+"""RIM / LSTM / GRU cores in sb3-contrib's RecurrentPPO (rl.policies, rl.cores, rl.pomdp).
+
+Episode starts against sb3-contrib's own step-by-step reference, resets, state shapes in the rollout
+buffer, save/load, and a short RecurrentPPO run on CartPole without velocities that must learn.
+"""
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("sb3_contrib")
+from sb3_contrib import RecurrentPPO  # noqa: E402
+from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy  # noqa: E402
+from stable_baselines3.common.env_util import make_vec_env  # noqa: E402
+from stable_baselines3.common.evaluation import evaluate_policy  # noqa: E402
+from torch import nn  # noqa: E402
+
+import zoo  # noqa: E402
+from rl import RecurrentCorePolicy, RIMActorCriticCnnPolicy, RIMActorCriticPolicy  # noqa: E402
+from rl.cores import MaskedGRU, MaskedLSTM, make_core, run_core  # noqa: E402
+from rl.pomdp import MaskObservation  # noqa: E402
+
+CORES = ["rim", "lstm", "gru"]
+RIM_KW = dict(num_units=4, k_active=2)
+
+
+def _policy(core: str, hidden: int = 32, layers: int = 1, **kw) -> RecurrentCorePolicy:
+    env = gym.make("zoo/CartPoleNoVel-v0")
+    extra = RIM_KW if core == "rim" else {}
+    return RecurrentCorePolicy(env.observation_space, env.action_space, lambda _: 3e-4, core=core,
+                               lstm_hidden_size=hidden, n_lstm_layers=layers, **extra, **kw)
+
+
+def _random_state(core, layers, n, hidden, gen):
+    h = torch.randn(layers, n, hidden, generator=gen)
+    c = h.clone() if core == "gru" else torch.randn(layers, n, hidden, generator=gen)
+    return h, c
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("core", CORES)
+def test_one_call_equals_stepping_with_resets(core, layers):
+    """The whole padded batch in one call == sb3-contrib's own time loop (step by step, resets in the middle)."""
+    torch.manual_seed(0)
+    policy = _policy(core, layers=layers)
+    gen = torch.Generator().manual_seed(1)
+    n_seq, steps, hidden = 5, 9, 32
+    features = torch.randn(n_seq * steps, 2, generator=gen)
+    starts = torch.zeros(n_seq, steps)
+    starts[0, 0] = starts[1, 3] = starts[1, 6] = starts[3, 1] = starts[4, 8] = 1.0
+    states = _random_state(core, layers, n_seq, hidden, gen)
+    for module in (policy.lstm_actor, policy.lstm_critic):
+        out, (h, c) = policy._process_sequence(features, states, starts.flatten(), module)
+        # sb3-contrib's stock code path: one core call per time step, resets by multiplying the state
+        ref_out, (ref_h, ref_c) = RecurrentActorCriticPolicy._process_sequence(features, states, starts.flatten(),
+                                                                               module)
+        assert out.shape == (n_seq * steps, hidden) and h.shape == (layers, n_seq, hidden)
+        torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(h, ref_h, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(c, ref_c, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_reset_restores_the_initial_state(core):
+    """After an episode start the core continues exactly as from the zero initial state, whatever came before."""
+    torch.manual_seed(0)
+    policy = _policy(core)
+    gen = torch.Generator().manual_seed(2)
+    steps, n_seq, hidden, t = 8, 3, 32, 5
+    x = torch.randn(steps, n_seq, 2, generator=gen)
+    starts = torch.zeros(steps, n_seq)
+    starts[t] = 1.0
+    state = _random_state(core, 1, n_seq, hidden, gen)
+    out, (h, c) = run_core(policy.lstm_actor, x, state, starts)
+    zero = (torch.zeros(1, n_seq, hidden), torch.zeros(1, n_seq, hidden))
+    fresh_out, (fresh_h, fresh_c) = policy.lstm_actor(x[t:], zero)
+    torch.testing.assert_close(out[t:], fresh_out, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close((h, c), (fresh_h, fresh_c), rtol=1e-6, atol=1e-6)
+    # the state right after a one-step call with a start does not depend on the state passed in
+    one = torch.ones(1, n_seq)
+    _, s1 = run_core(policy.lstm_actor, x[:1], state, one)
+    _, s0 = run_core(policy.lstm_actor, x[:1], zero, one)
+    torch.testing.assert_close(s1, s0, rtol=0, atol=0)
+    # and predict() with episode_start=True ignores whatever state it is given
+    obs = np.zeros((n_seq, 2), dtype=np.float32) + 0.1
+    a1, st1 = policy.predict(obs, state=tuple(s.numpy() for s in state), episode_start=np.ones(n_seq, bool),
+                             deterministic=True)
+    a0, st0 = policy.predict(obs, state=None, episode_start=np.ones(n_seq, bool), deterministic=True)
+    np.testing.assert_array_equal(a1, a0)
+    np.testing.assert_array_equal(st1[0], st0[0])
+
+
+@pytest.mark.parametrize("core", ["lstm", "gru"])
+def test_masked_rnn_is_the_torch_rnn(core):
+    """MaskedLSTM / MaskedGRU are nn.LSTM / nn.GRU: same state dict, same output without resets; GRU gives c = h."""
+    torch.manual_seed(0)
+    masked = make_core(core, 3, 16, 2)
+    plain = (nn.LSTM if core == "lstm" else nn.GRU)(3, 16, 2)
+    plain.load_state_dict(masked.state_dict())
+    assert isinstance(masked, MaskedLSTM if core == "lstm" else MaskedGRU) and isinstance(masked, type(plain))
+    x, h = torch.randn(7, 4, 3), torch.randn(2, 4, 16)
+    c = torch.randn(2, 4, 16)
+    out, (hn, cn) = masked(x, (h, c))
+    ref_out, ref_state = plain(x, (h, c) if core == "lstm" else h)
+    torch.testing.assert_close(out, ref_out, rtol=0, atol=0)
+    torch.testing.assert_close(hn, ref_state[0] if core == "lstm" else ref_state, rtol=0, atol=0)
+    if core == "gru":
+        assert torch.equal(cn, hn)
+
+
+def test_rim_core_is_zoo_rim_and_kwargs_reach_it():
+    policy = _policy("rim", hidden=48, core_kwargs=dict(cell="gru", comm_topk=2))
+    for core in (policy.lstm_actor, policy.lstm_critic):
+        assert isinstance(core, zoo.RIM)
+        assert core.cells[0].cell == "gru" and core.cells[0].comm_topk == 2 and core.num_units == 4
+    assert policy.lstm_actor is not policy.lstm_critic
+    # the optimizer holds the cores' parameters (rebuilt after the parent's nn.LSTMs were replaced)
+    opt_params = {id(p) for g in policy.optimizer.param_groups for p in g["params"]}
+    assert {id(p) for p in policy.parameters()} == opt_params
+
+
+def test_default_sizes_and_bad_configurations():
+    env = gym.make("CartPole-v1")
+    policy = RIMActorCriticPolicy(env.observation_space, env.action_space, lambda _: 3e-4, num_units=6, k_active=4)
+    assert policy.lstm_actor.hidden_size == 252 and policy.lstm_output_dim == 252     # 6 x 42 <= 256
+    args = (env.observation_space, env.action_space, lambda _: 3e-4)
+    with pytest.raises(ValueError, match="core="):
+        RecurrentCorePolicy(*args, core="transformer")
+    with pytest.raises(ValueError, match="divisible"):
+        RecurrentCorePolicy(*args, core="rim", lstm_hidden_size=250, num_units=6)
+    with pytest.raises(ValueError, match="k_active"):
+        RecurrentCorePolicy(*args, core="rim", num_units=4, k_active=5)
+    with pytest.raises(ValueError, match="RIM options"):
+        RecurrentCorePolicy(*args, core="lstm", num_units=4)
+
+
+def test_cnn_policy_on_images():
+    """RIMActorCriticCnnPolicy: Nature CNN features -> RIM core (CnnLstmPolicy's equivalent)."""
+    space = gym.spaces.Box(0, 255, (1, 36, 36), dtype=np.uint8)
+    policy = RIMActorCriticCnnPolicy(space, gym.spaces.Discrete(3), lambda _: 3e-4, lstm_hidden_size=64, **RIM_KW)
+    obs = np.stack([space.sample() for _ in range(4)])
+    actions, (h, c) = policy.predict(obs, episode_start=np.ones(4, bool))
+    assert actions.shape == (4,) and h.shape == (1, 4, 64) and c.shape == (1, 4, 64)
+    assert isinstance(policy.lstm_actor, zoo.RIM) and policy.features_extractor.__class__.__name__ == "NatureCNN"
+
+
+@pytest.mark.parametrize("core", CORES)
+def test_rollout_buffer_states_and_save_load_round_trip(core, tmp_path):
+    """A short RecurrentPPO run fills the buffer with (L, n_envs, H) states; save/load reproduces actions and states."""
+    kw = dict(core=core, lstm_hidden_size=32, **(RIM_KW if core == "rim" else {}))
+    model = RecurrentPPO(RecurrentCorePolicy, make_vec_env("zoo/CartPoleNoVel-v0", n_envs=2, seed=0), n_steps=16,
+                         batch_size=32, n_epochs=1, policy_kwargs=kw, seed=0)
+    model.learn(32)
+    assert model.rollout_buffer.hidden_state_shape == (16, 1, 2, 32)          # (n_steps, L, n_envs, H)
+    assert model.rollout_buffer.hidden_states_pi.shape == (32, 1, 32)          # flattened by get()
+    pi_h, pi_c = model._last_lstm_states.pi
+    assert pi_h.shape == (1, 2, 32)
+    if core == "gru":
+        assert torch.equal(pi_h, pi_c)
+    model.save(tmp_path / "agent.zip")
+    loaded = RecurrentPPO.load(tmp_path / "agent.zip")
+    assert type(loaded.policy) is RecurrentCorePolicy and loaded.policy.core_name == core
+    for (name, p), (_, q) in zip(model.policy.state_dict().items(), loaded.policy.state_dict().items()):
+        assert torch.equal(p, q), name
+    rng = np.random.default_rng(0)
+    obs = rng.normal(size=(6, 3, 2)).astype(np.float32)
+    starts = np.array([[1, 1, 1], [0, 0, 1], [0, 1, 0], [0, 0, 0], [1, 0, 0], [0, 0, 0]], dtype=bool)
+    states = [None, None]
+    for t in range(6):
+        acts = []
+        for i, m in enumerate((model, loaded)):
+            a, states[i] = m.predict(obs[t], state=states[i], episode_start=starts[t], deterministic=True)
+            acts.append(a)
+        np.testing.assert_array_equal(acts[0], acts[1])
+        np.testing.assert_array_equal(states[0][0], states[1][0])
+        np.testing.assert_array_equal(states[0][1], states[1][1])
+
+
+def test_mask_observation():
+    env = gym.make("zoo/CartPoleNoVel-v0")
+    obs, _ = env.reset(seed=0)
+    full = gym.make("CartPole-v1")
+    full_obs, _ = full.reset(seed=0)
+    np.testing.assert_array_equal(obs, full_obs[[0, 2]])
+    assert env.observation_space.shape == (2,) and env.spec.max_episode_steps == 500
+    with pytest.raises(ValueError, match="keep"):
+        MaskObservation(full, keep=(0, 7))
