@@ -258,4 +258,5 @@ def test_nfm_learns_embedded_digits():
     with torch.no_grad():
         acc = (model(xte).argmax(1) == yte).float().mean().item()
     assert acc > 0.6, acc
+    print(f"nfm_mnist_convnet 14x14, 120 steps: test acc {acc:.3f}")
     assert max(abs(b.gamma.item()) for b in model.nfm.attn.values()) > 1e-2
