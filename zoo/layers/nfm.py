@@ -375,7 +375,8 @@ class NFM(nn.Module):
         x: ``(B, in_chans, *S)``; each module maps ``(B, C_{i-1}, *S_{i-1})`` -> ``(B, channels[i], *S_i)``,
         any ``S_i`` (2-D, 1-D or a vector ``()``). Returns the last module's output.
 
-    Module names: ``passes.{p}.{i}`` (with ``share_modules`` only ``passes.0``), blocks ``attn.{p}_{i}``.
+    Module names: ``passes.{p}.{i}`` (with ``share_modules`` only ``passes.0``), blocks ``attn.{p}_{i}``,
+    shared key/value projections ``kv.{p}_{i}`` (with ``share_kv``).
     """
 
     def __init__(self, modules: Sequence[nn.Module], channels: Sequence[int], in_chans: int, passes: int = 2,
