@@ -3,6 +3,7 @@ multi-pass memory, the identity at gamma = 0, the random-attention ablation, and
 import pytest
 import timm
 import torch
+from timm.models import group_parameters
 import torch.nn.functional as F
 from torch import nn
 
@@ -230,6 +231,8 @@ def test_backbone_timm_api(name):
         torch.testing.assert_close(out, ref)
         for p, g in zip(m.parameters(), grads):
             torch.testing.assert_close(p.grad, g)
+    groups = group_parameters(m, m.group_matcher())                # layer-wise LR decay groups
+    assert sum(len(v) for v in groups.values()) == len(list(m.parameters())) and len(groups) > len(m.feature_info)
     m.reset_classifier(3)
     assert m(x).shape == (2, 3) and m.get_classifier().out_features == 3
     m.reset_classifier(0)

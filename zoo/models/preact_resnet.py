@@ -105,9 +105,14 @@ class StagedNet(nn.Module):
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        """timm parameter groups (layer-wise LR decay): the stem, then one group per body module (its NFM
+        block and shared key/value projection, of every pass, with it); the norm and head go last."""
         if self.nfm is not None:
-            return dict(stem=r"^nfm\.passes\.\d+\.0", blocks=r"^nfm\.(passes\.\d+\.(\d+)|attn\.\d+_(\d+))")
-        return dict(stem=rf"^{self.body_names[0]}", blocks=r"^(" + "|".join(self.body_names[1:]) + r")")
+            return dict(stem=r"^nfm\.passes\.\d+\.0\.", blocks=[(r"^nfm\.passes\.\d+\.(\d+)\.", None),
+                                                           (r"^nfm\.attn\.\d+_(\d+)\.", None),
+                                                           (r"^nfm\.kv\.\d+_(\d+)\.", None)])
+        return dict(stem=rf"^{self.body_names[0]}\.",
+                    blocks=[(rf"^{n}\.", (i,)) for i, n in enumerate(self.body_names[1:], 1)])
 
     # -- timm API ------------------------------------------------------------------------------------
     def get_classifier(self) -> nn.Module:
