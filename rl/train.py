@@ -113,12 +113,8 @@ def linear_schedule(start: float) -> Callable[[float], float]:
 
 def recurrent_policy(core: str, hidden_size: int, num_units: int, k_active: int) -> Tuple[Any, Dict[str, Any]]:
     """The RecurrentPPO policy class and its kwargs for ``core`` (``lstm``, ``gru`` or ``rim``)."""
-    try:
-        from .policies import RecurrentCorePolicy
-    except ImportError:                                    # rl/policies.py not there: sb3-contrib's LSTM only
-        if core != "lstm":
-            raise ValueError(f"core={core!r} needs rl.policies.RecurrentCorePolicy; only 'lstm' works without it")
-        return "CnnLstmPolicy", dict(lstm_hidden_size=hidden_size, enable_critic_lstm=False)
+    from .policies import RecurrentCorePolicy
+
     kw: Dict[str, Any] = dict(core=core, lstm_hidden_size=hidden_size, enable_critic_lstm=False)
     if core == "rim":
         kw.update(num_units=num_units, k_active=k_active)

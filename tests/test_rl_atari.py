@@ -167,22 +167,19 @@ def test_train_command_writes_logs_checkpoint_and_plot(trained_run):
 
 
 def test_train_recurrent_rim_nfm_runs(tmp_path):
-    """The recurrent path with the NFM encoder (RIM core when rl.policies is there, else the LSTM)."""
+    """The recurrent path: RecurrentPPO with a RIM core and the NFM encoder, no frame stacking."""
+    from rl import RecurrentCorePolicy
     from rl.train import Config, load_agent, train
 
-    try:
-        from rl.policies import RecurrentCorePolicy  # noqa: F401
-        core = "rim"
-    except ImportError:
-        core = "lstm"
-    cfg = Config(env="ALE/Pong-v5", core=core, encoder="nfm", steps=64, n_envs=2, n_steps=32, n_minibatches=2,
+    cfg = Config(env="ALE/Pong-v5", core="rim", encoder="nfm", steps=64, n_envs=2, n_steps=32, n_minibatches=2,
                  n_epochs=1, hidden_size=48, num_units=4, k_active=2, frame_stack=1, eval_every=0,
                  eval_episodes=1, max_episode_frames=400, checkpoint_every=0, progress=False, out=str(tmp_path))
     res = train(cfg)
     assert res["steps"] == 64 and len(res["evaluations"]) == 1
     agent = load_agent(tmp_path / "agent.zip", device="cpu")
-    assert isinstance(agent, RecurrentPPO) and isinstance(agent.policy.features_extractor, NFMNatureCNN)
-    assert agent.observation_space.shape[-1] == 1 or agent.observation_space.shape[0] == 1   # no stacking
+    assert isinstance(agent, RecurrentPPO) and isinstance(agent.policy, RecurrentCorePolicy)
+    assert agent.policy.core_name == "rim" and isinstance(agent.policy.features_extractor, NFMNatureCNN)
+    assert agent.observation_space.shape == (1, 84, 84)                 # one frame, channels first
 
 
 def test_evaluate_command_plays_saved_agent(trained_run, tmp_path):
