@@ -187,3 +187,21 @@ def test_mask_observation():
     assert env.observation_space.shape == (2,) and env.spec.max_episode_steps == 500
     with pytest.raises(ValueError, match="keep"):
         MaskObservation(full, keep=(0, 7))
+
+
+def test_rim_policy_learns_cartpole_without_velocities():
+    """A short RecurrentPPO run with the RIM policy clearly improves the greedy return of the untrained policy.
+
+    Settings of ``benchmarks/rl_pomdp_learning.py`` (where the long RIM / LSTM / GRU comparison lives), 20k steps.
+    """
+    torch.set_num_threads(1)
+    kw = dict(core="rim", lstm_hidden_size=64, num_units=4, k_active=3, ortho_init=False, activation_fn=nn.ReLU,
+              net_arch=dict(pi=[64], vf=[64]))
+    model = RecurrentPPO(RecurrentCorePolicy, make_vec_env("zoo/CartPoleNoVel-v0", n_envs=16, seed=0), n_steps=32,
+                         batch_size=512, n_epochs=8, learning_rate=3e-3, gamma=0.98, gae_lambda=0.8, ent_coef=0.0,
+                         policy_kwargs=kw, seed=0)
+    eval_env = make_vec_env("zoo/CartPoleNoVel-v0", n_envs=1, seed=123)
+    before, _ = evaluate_policy(model, eval_env, n_eval_episodes=20, deterministic=True)
+    model.learn(20_480)
+    after, _ = evaluate_policy(model, eval_env, n_eval_episodes=20, deterministic=True)
+    assert after >= 2 * before and after >= before + 15, (before, after)
