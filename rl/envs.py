@@ -20,6 +20,7 @@ the real rewards and end episodes at game over only, so their returns are game s
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Dict, Optional
 
@@ -38,6 +39,12 @@ def register_ale() -> None:
     import ale_py
 
     gym.register_envs(ale_py)
+
+
+def _make_game(env_id: str, **kwargs: Any) -> gym.Env:
+    """``gym.make`` after registering the ALE games (subprocess envs start without the registration)."""
+    register_ale()
+    return gym.make(env_id, **kwargs)
 
 
 @dataclass
@@ -117,7 +124,7 @@ def make_atari(spec: "AtariSpec | str" = "ALE/Pong-v5", n_envs: int = 1, seed: O
         return AtariWrapper(env, **kw)
 
     # make_vec_env puts Monitor directly on the game, under every wrapper: episode stats are game scores
-    venv = make_vec_env(spec.env_id, n_envs=n_envs, seed=seed, monitor_dir=monitor_dir, wrapper_class=wrap,
+    venv = make_vec_env(functools.partial(_make_game, spec.env_id), n_envs=n_envs, seed=seed, monitor_dir=monitor_dir, wrapper_class=wrap,
                         env_kwargs=spec.env_kwargs(render_mode), wrapper_kwargs=wrapper_kwargs,
                         vec_env_cls=_VEC_ENVS[vec_env])
     return VecFrameStack(venv, spec.frame_stack) if spec.frame_stack > 1 else venv

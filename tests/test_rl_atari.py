@@ -63,6 +63,19 @@ def test_atari_preprocessing_frames_and_scores():
     env.close()
 
 
+def test_subprocess_envs_match_in_process_envs():
+    """One process per env (the ALE games registered in each) gives the same frames as in-process envs."""
+    spec = AtariSpec("ALE/Pong-v5", frame_stack=2)
+    envs = [make_atari(spec, n_envs=2, seed=5, vec_env=v) for v in ("dummy", "subproc")]
+    obs = [e.reset() for e in envs]
+    actions = np.random.default_rng(0).integers(0, 6, size=(20, 2))
+    for a in actions:
+        obs = [e.step(a)[0] for e in envs]
+    np.testing.assert_array_equal(obs[0], obs[1])
+    for e in envs:
+        e.close()
+
+
 # ---------------------------------------------------------------------------------------------------
 # NFM encoder
 # ---------------------------------------------------------------------------------------------------
