@@ -5,6 +5,9 @@
 * ``zoo/CartPoleNoVel-v0``: ``CartPole-v1`` (500-step limit) observing only the cart position and the pole
   angle; the two velocities are hidden, so a memoryless policy cannot balance well and a recurrent one must
   estimate them from consecutive observations.
+* ``zoo/PendulumNoVel-v0``: ``Pendulum-v1`` observing ``[cos theta, sin theta]`` only (the angular velocity
+  is hidden). Every episode lasts exactly 200 steps whatever the policy does, so RecurrentPPO's sequences
+  have the same lengths for every agent (the throughput benchmark uses it for that).
 
     import gymnasium as gym, rl
     env = gym.make("zoo/CartPoleNoVel-v0")          # observation (2,): [cart position, pole angle]
@@ -19,9 +22,9 @@ from typing import Sequence
 import gymnasium as gym
 import numpy as np
 
-__all__ = ["MaskObservation", "make_cartpole_novel", "register_pomdps", "POMDP_IDS"]
+__all__ = ["MaskObservation", "make_cartpole_novel", "make_pendulum_novel", "register_pomdps", "POMDP_IDS"]
 
-POMDP_IDS = ("zoo/CartPoleNoVel-v0",)
+POMDP_IDS = ("zoo/CartPoleNoVel-v0", "zoo/PendulumNoVel-v0")
 
 
 class MaskObservation(gym.ObservationWrapper):
@@ -49,11 +52,20 @@ def make_cartpole_novel(**kwargs) -> gym.Env:
     return MaskObservation(CartPoleEnv(**kwargs), keep=(0, 2))
 
 
+def make_pendulum_novel(**kwargs) -> gym.Env:
+    """Pendulum without angular velocity: observation ``[cos theta, sin theta]`` (indices 0 and 1)."""
+    from gymnasium.envs.classic_control import PendulumEnv
+
+    return MaskObservation(PendulumEnv(**kwargs), keep=(0, 1))
+
+
 def register_pomdps() -> None:
     """Register the tasks of :data:`POMDP_IDS` (idempotent)."""
     if "zoo/CartPoleNoVel-v0" not in gym.registry:
         gym.register(id="zoo/CartPoleNoVel-v0", entry_point="rl.pomdp:make_cartpole_novel",
                      max_episode_steps=500, reward_threshold=475.0)
+    if "zoo/PendulumNoVel-v0" not in gym.registry:
+        gym.register(id="zoo/PendulumNoVel-v0", entry_point="rl.pomdp:make_pendulum_novel", max_episode_steps=200)
 
 
 register_pomdps()

@@ -187,6 +187,11 @@ def test_mask_observation():
     assert env.observation_space.shape == (2,) and env.spec.max_episode_steps == 500
     with pytest.raises(ValueError, match="keep"):
         MaskObservation(full, keep=(0, 7))
+    pend = gym.make("zoo/PendulumNoVel-v0")
+    obs, _ = pend.reset(seed=0)
+    full_obs, _ = gym.make("Pendulum-v1").reset(seed=0)
+    np.testing.assert_array_equal(obs, full_obs[:2])
+    assert pend.spec.max_episode_steps == 200
 
 
 def test_rim_policy_learns_cartpole_without_velocities():
