@@ -44,6 +44,8 @@ class Bench:
     n_epochs: int = arg(10, help="PPO epochs per update (RecurrentPPO default)")
     updates: int = arg(2, help="timed PPO updates per repeat")
     repeats: int = arg(5, help="interleaved rounds")
+    lr: float = arg(3e-4, help="learning rate (RecurrentPPO default); 0 keeps every policy at its initial "
+                                 "behaviour, so all variants see episodes of the same length distribution")
     seed: int = arg(0, help="seed")
 
 
@@ -58,7 +60,7 @@ def build(b: Bench, variant: str) -> RecurrentPPO:
         raise ValueError(f"variant={variant!r} is not supported; allowed values: stock, rim, lstm, gru")
     env = make_vec_env(b.env, n_envs=b.n_envs, seed=b.seed)
     return RecurrentPPO(policy, env, n_steps=b.n_steps, batch_size=b.batch_size, n_epochs=b.n_epochs,
-                        policy_kwargs=kw, seed=b.seed, verbose=0)
+                        learning_rate=b.lr, policy_kwargs=kw, seed=b.seed, verbose=0)
 
 
 def main(argv=None) -> None:
@@ -79,7 +81,7 @@ def main(argv=None) -> None:
             times[v].append(time.perf_counter() - t0)
     base = steps / statistics.median(times[variants[0]])
     print(f"{b.env}, hidden {b.hidden}, {b.n_envs} envs x {b.n_steps} steps, batch {b.batch_size}, "
-          f"{b.n_epochs} epochs, {b.updates} updates x {b.repeats} repeats (median)")
+          f"{b.n_epochs} epochs, lr {b.lr}, {b.updates} updates x {b.repeats} repeats (median)")
     print("| policy | threads | steps/s | ratio |\n|---|---|---|---|")
     names = {"stock": "sb3-contrib MlpLstmPolicy", "rim": f"RIM ({b.num_units} units, k={b.k_active})",
              "lstm": "RecurrentCorePolicy lstm", "gru": "RecurrentCorePolicy gru"}
