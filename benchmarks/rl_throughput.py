@@ -20,6 +20,7 @@ from typing import List
 
 import torch
 from sb3_contrib import RecurrentPPO
+from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 from stable_baselines3.common.env_util import make_vec_env
 
 from rl.cores import CORES
@@ -28,12 +29,19 @@ from rl.pomdp import register_pomdps
 from zoo.engine import arg, parse_config
 
 
+class SteppedRIMPolicy(RecurrentCorePolicy):
+    """The naive RIM policy: ``zoo.RIM`` stepped by sb3-contrib's own time loop (one call per time step)."""
+
+    _process_sequence = staticmethod(RecurrentActorCriticPolicy._process_sequence)
+
+
 @dataclass
 class Bench:
     """RecurrentPPO throughput: stock MlpLstmPolicy vs RecurrentCorePolicy cores, interleaved, median steps/s."""
 
     env: str = arg("zoo/CartPoleNoVel-v0", help="gymnasium env id")
-    variants: List[str] = arg(["stock", "rim"], help="stock (sb3-contrib MlpLstmPolicy), rim, lstm, gru")
+    variants: List[str] = arg(["stock", "rim"], help="stock (sb3-contrib MlpLstmPolicy), rim, lstm, gru, "
+                                                             "rim_stepped (RIM in sb3-contrib's time loop)")
     threads: List[int] = arg([1], help="torch thread counts to compare")
     hidden: int = arg(252, help="hidden size of every core (RIM: num_units * unit size)")
     num_units: int = arg(6, help="RIM units")
@@ -52,12 +60,15 @@ class Bench:
 def build(b: Bench, variant: str) -> RecurrentPPO:
     if variant == "stock":
         policy, kw = "MlpLstmPolicy", dict(lstm_hidden_size=b.hidden)
+    elif variant == "rim_stepped":
+        policy, kw = SteppedRIMPolicy, dict(core="rim", lstm_hidden_size=b.hidden, num_units=b.num_units,
+                                            k_active=b.k_active)
     elif variant in CORES:
         policy, kw = RecurrentCorePolicy, dict(core=variant, lstm_hidden_size=b.hidden)
         if variant == "rim":
             kw.update(num_units=b.num_units, k_active=b.k_active)
     else:
-        raise ValueError(f"variant={variant!r} is not supported; allowed values: stock, rim, lstm, gru")
+        raise ValueError(f"variant={variant!r} is not supported; allowed values: stock, rim, lstm, gru, rim_stepped")
     env = make_vec_env(b.env, n_envs=b.n_envs, seed=b.seed)
     return RecurrentPPO(policy, env, n_steps=b.n_steps, batch_size=b.batch_size, n_epochs=b.n_epochs,
                         learning_rate=b.lr, policy_kwargs=kw, seed=b.seed, verbose=0)
@@ -84,7 +95,8 @@ def main(argv=None) -> None:
           f"{b.n_epochs} epochs, lr {b.lr}, {b.updates} updates x {b.repeats} repeats (median)")
     print("| policy | threads | steps/s | ratio |\n|---|---|---|---|")
     names = {"stock": "sb3-contrib MlpLstmPolicy", "rim": f"RIM ({b.num_units} units, k={b.k_active})",
-             "lstm": "RecurrentCorePolicy lstm", "gru": "RecurrentCorePolicy gru"}
+             "lstm": "RecurrentCorePolicy lstm", "gru": "RecurrentCorePolicy gru",
+             "rim_stepped": "RIM stepped by sb3-contrib's loop"}
     for v in variants:
         sps = steps / statistics.median(times[v])
         print(f"| {names[v[0]]} | {v[1]} | {sps:.1f} | {sps / base:.2f}x |")
