@@ -298,7 +298,8 @@ def curve_groups(columns: Iterable[str]) -> Dict[str, List[tuple]]:
 
 
 def plot_curves(results: Mapping[str, Mapping[str, float]], path: Path, title: str = "") -> Optional[Path]:
-    """One panel per curve group (accuracy vs epsilon / std / degrees / rescale), one line per row."""
+    """One panel per curve group (accuracy vs epsilon / std / degrees / rescale; invariance score per layer),
+    one line per row."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -311,7 +312,8 @@ def plot_curves(results: Mapping[str, Mapping[str, float]], path: Path, title: s
         return None
     fig, axes = plt.subplots(1, len(groups), figsize=(3.2 * len(groups), 3.0), squeeze=False)
     xlabels = {"fgsm": "FGSM epsilon", "noise": "noise std", "rot": "rotation range (deg)",
-               "shear": "shear range (deg)", "zoom": "rescale"}
+               "shear": "shear range (deg)", "zoom": "rescale", "inv": "layer (input first)"}
+    ylabels = {"inv": "invariance score (eq. 2)"}
     for ax, (g, pts) in zip(axes[0], groups.items()):
         for i, (name, r) in enumerate(results.items()):
             xs = [v for v, c in pts if c in r]
@@ -319,8 +321,9 @@ def plot_curves(results: Mapping[str, Mapping[str, float]], path: Path, title: s
             x0 = [0.0] if base else []
             ax.plot(x0 + xs, base + [r[c] for v, c in pts if c in r], marker="o", color=f"C{i}", label=name)
         ax.set_xlabel(xlabels.get(g, g))
-        ax.set_ylabel("accuracy")
-        ax.set_ylim(0, 1.02)
+        ax.set_ylabel(ylabels.get(g, "accuracy"))
+        if g not in ylabels:
+            ax.set_ylim(0, 1.02)
         ax.set_title(g)
     axes[0, 0].legend(fontsize=7)
     if title:
