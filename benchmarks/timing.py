@@ -1,0 +1,100 @@
+"""What the benchmark scripts share: the options of an image-model benchmark, one timed call, interleaved
+repeats and a training step for a registered method.
+
+Every benchmark compares variants *in one process*, interleaved round by round, so that load from other
+jobs hits all of them alike, and prints ratios of medians against a baseline of the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Mapping
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))      # run from a checkout without installing
+
+from zoo.engine import resolve_device  # noqa: E402
+
+__all__ = ["image_parser", "prepare", "timed", "interleave", "medians", "method_step", "image_batch"]
+
+
+def image_parser(doc: str, model: str = "resnet18", model_flag: str = "--model", repeats: int = 15,
+                 model_help: str = "registry name (zoo or timm)") -> argparse.ArgumentParser:
+    """The options of an image benchmark: model, batch shape, repeats, threads, device."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(model_flag, default=model, help=model_help)
+    p.add_argument("--batch", type=int, default=64, help="images per step")
+    p.add_argument("--chans", type=int, default=3)
+    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--classes", type=int, default=10)
+    add_run_options(p, repeats)
+    return p
+
+
+def add_run_options(p: argparse.ArgumentParser, repeats: int) -> None:
+    """``--repeats``, ``--threads``, ``--device``: the options of every benchmark."""
+    p.add_argument("--repeats", type=int, default=repeats, help="timed rounds (after the warm-up rounds)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+
+
+def prepare(a: argparse.Namespace, seed: int = 0) -> torch.device:
+    """Apply ``--threads``, seed torch and resolve ``--device``."""
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    torch.manual_seed(seed)
+    return resolve_device(a.device)
+
+
+def image_batch(a: argparse.Namespace, device: torch.device) -> Dict[str, torch.Tensor]:
+    """A random batch ``{"x": (batch, chans, size, size) in [0, 1], "y": (batch,)}``."""
+    return {"x": torch.rand(a.batch, a.chans, a.size, a.size, device=device),
+            "y": torch.randint(a.classes, (a.batch,), device=device)}
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds one call of ``fn`` takes (CUDA synchronised before and after)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
+
+
+def interleave(steps: Mapping[str, Callable[[int], object]], repeats: int, device: torch.device,
+               warmup: int = 2) -> Dict[str, List[float]]:
+    """Call every ``steps[name](i)`` once per round, ``warmup + repeats`` rounds; the timed rounds' seconds."""
+    times: Dict[str, List[float]] = {name: [] for name in steps}
+    for i in range(warmup + repeats):
+        for name, step in steps.items():
+            t = timed(lambda: step(i), device)
+            if i >= warmup:
+                times[name].append(t)
+    return times
+
+
+def medians(times: Mapping[str, List[float]]) -> Dict[str, float]:
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def method_step(model: nn.Module, method, batch: Mapping[str, torch.Tensor], lr: float = 1e-3) -> Callable[[int], None]:
+    """One full SGD step of a registered training method (``zoo.methods``), as the harness runs it: the
+    method's loss, backward, optimizer step and the method's callbacks (e.g. ICT's teacher update)."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+
+    def step(i: int) -> None:
+        loss, _ = method.loss(model, batch, i)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        for cb in method.callbacks():
+            cb(i + 1, model)
+
+    return step
