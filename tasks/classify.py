@@ -30,7 +30,7 @@ from zoo import methods as zoo_methods
 from zoo import robustness
 from zoo.data import embedded_mnist_split, load_mnist
 from zoo.engine import (arg, command_line, fit, load_checkpoint, markdown_table, parse_config, resolve_device,
-                        run_grid, seed_everything, summarize_seeds, write_json, write_text)
+                        run_grid, seed_everything, summarize_seeds, write_json, write_report, write_text)
 
 DATASETS = ("digits", "mnist", "cifar10", "cifar100", "svhn")
 
@@ -304,18 +304,11 @@ def main(argv: Optional[List[str]] = None) -> dict:
     table = robustness.robustness_table(means, label="method")
     curves = robustness.plot_curves(means, out / "robustness.png",
                                     title=f"{cfg.model} on {cfg.dataset}, {cfg.steps} steps")
-    results["_meta"] = {"wall_seconds": wall, "config": dataclasses.asdict(cfg)}
-    write_json(out / "results.json", results)
-    cmd = command_line("python -m tasks.classify", argv)
     hp = markdown_table(["method", "hyperparameters", "train s"],
                         [[n, json.dumps(r["_hparams"]), f"{r['_train_seconds']:.0f}"] for n, r in results.items()
                          if not n.startswith("_")])
-    write_text(out / "results.md", f"# Classification and robustness: {cfg.model} on {cfg.dataset}\n\n"
-                                   f"Command: `{cmd}`  \nWall time: {wall:.0f} s, seeds: {cfg.seeds} "
-                                   f"(mean shown)\n\n{table}\n{hp}")
-    print("\n" + table)
-    print(f"wall time {wall:.0f} s; wrote {out / 'results.md'}, {out / 'results.json'}"
-          + (f", {curves}" if curves else ""))
+    write_report(out, cfg, results, wall, f"Classification and robustness: {cfg.model} on {cfg.dataset}, {cfg.seeds} seed(s), mean shown",
+                 command_line("python -m tasks.classify", argv), table, extra=f"\n{hp}", figures=(curves,))
     return results
 
 

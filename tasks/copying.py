@@ -14,7 +14,6 @@ positions, which the all-position number dilutes with blanks.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ import torch.nn.functional as F
 
 import zoo
 from zoo.engine import (arg, command_line, fit, markdown_table, parse_config, resolve_device, run_grid,
-                        seed_everything, summarize_seeds, write_json, write_text)
+                        seed_everything, summarize_seeds, write_report)
 from zoo.engine.results import fmt_mean_std
 
 BLANK, MARKER, NUM_TOKENS = 0, 9, 10
@@ -254,16 +253,10 @@ def main(argv: Optional[List[str]] = None) -> dict:
 
     table = results_table(cfg, runs)
     results = summarize(cfg, runs)
-    results["_meta"] = {"wall_seconds": wall, "config": dataclasses.asdict(cfg)}
-    write_json(out / "results.json", results)
     act = plot_activations(runs, cfg, out / "activations.png")
     curves = plot_curves(runs, cfg, out / "curves.png")
-    cmd = command_line("python -m tasks.copying", argv)
-    write_text(out / "results.md", f"# Copying: train T={cfg.train_len}, test T={cfg.test_lens}\n\n"
-                                   f"Command: `{cmd}`  \nWall time: {wall:.0f} s\n\n{table}")
-    print("\n" + table)
-    print(f"wall time {wall:.0f} s; wrote {out / 'results.md'}, {out / 'results.json'}, {curves}"
-          + (f", {act}" if act else ""))
+    write_report(out, cfg, results, wall, f"Copying: train T={cfg.train_len}, test T={cfg.test_lens}",
+                 command_line("python -m tasks.copying", argv), table, figures=(curves, act))
     return results
 
 

@@ -1,7 +1,7 @@
 """Shared infrastructure for every harness: one training loop, seeding, logging, checkpoints, CLI, results."""
 from .checkpoint import atomic_write, load_checkpoint, save_checkpoint, write_json, write_text
 from .cli import arg, config_to_dict, parse_config
-from .jobs import command_line, default_workers, run_grid, run_jobs
+from .jobs import command_line, default_workers, run_grid, run_jobs, write_report
 from .logger import MetricLogger
 from .loop import FitResult, cycle, fit, to_device
 from .results import markdown_table, summarize_seeds
@@ -9,7 +9,7 @@ from .seed import resolve_device, seed_everything
 
 __all__ = [
     "atomic_write", "load_checkpoint", "save_checkpoint", "write_json", "write_text",
-    "arg", "config_to_dict", "parse_config", "MetricLogger", "default_workers", "run_jobs", "run_grid", "command_line",
+    "arg", "config_to_dict", "parse_config", "MetricLogger", "default_workers", "run_jobs", "run_grid", "command_line", "write_report",
     "FitResult", "cycle", "fit", "to_device",
     "markdown_table", "summarize_seeds", "resolve_device", "seed_everything",
 ]

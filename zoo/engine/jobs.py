@@ -14,10 +14,10 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
 
-from .checkpoint import write_json
+from .checkpoint import write_json, write_text
 from .seed import resolve_device
 
-__all__ = ["run_jobs", "default_workers", "run_grid", "command_line"]
+__all__ = ["run_jobs", "default_workers", "run_grid", "command_line", "write_report"]
 
 
 def default_workers(num_jobs: int, device: torch.device) -> int:
@@ -68,3 +68,16 @@ def run_grid(cfg: Any, fn: Callable[..., Any], names: Sequence[str], label: str,
 def command_line(prog: str, argv: Optional[Sequence[str]]) -> str:
     """The command that reproduces a run, for results files: ``"python -m tasks.x --a 1"``."""
     return " ".join([prog, *argv]) if argv else prog
+
+
+def write_report(out: Path, cfg: Any, results: dict, wall: float, title: str, command: str, table: str,
+                 extra: str = "", figures: Sequence[Optional[Path]] = ()) -> None:
+    """Finish a harness run: ``results.json`` (``results`` plus ``_meta``: wall time and config) and
+    ``results.md`` (title, the command that reproduces it, wall time, ``table``, ``extra``), both written
+    atomically; then print the table and what was written."""
+    results["_meta"] = {"wall_seconds": wall, "config": dataclasses.asdict(cfg)}
+    write_json(out / "results.json", results)
+    write_text(out / "results.md", f"# {title}\n\nCommand: `{command}`  \nWall time: {wall:.0f} s\n\n{table}{extra}")
+    print("\n" + table)
+    written = [out / "results.md", out / "results.json", *(f for f in figures if f)]
+    print(f"wall time {wall:.0f} s; wrote {', '.join(map(str, written))}")
