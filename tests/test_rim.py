@@ -317,3 +317,90 @@ def test_sets_of_rows_as_input():
     rim = RIM(8, 24, num_units=4, k_active=2, batch_first=True)
     out, (h, _), info = rim(torch.randn(3, 5, 7, 8), return_info=True)   # (B, T, N, F): a CNN map per step
     assert out.shape == (3, 5, 24) and info.input_attention.shape == (5, 1, 3, 1, 4, 8)
+
+
+# --- the one-row fast path (RIMCell._fast_step) against the general path (RIMCell.step) ---------------
+def _general_only(rim):
+    """Force the general path (attention over [null ; x] with a softmax) on every cell of ``rim``."""
+    for cell in (rim.cells if isinstance(rim, RIM) else [rim]):
+        cell.fast_path_applies = lambda num_rows: False
+    return rim
+
+
+def _fast_and_general(**kw):
+    torch.manual_seed(0)
+    fast = RIM(5, 24, **{**dict(num_units=4, k_active=2), **kw}).double()
+    general = RIM(5, 24, **{**dict(num_units=4, k_active=2), **kw}).double()
+    general.load_state_dict(fast.state_dict())
+    return fast, _general_only(general)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("with_resets", [False, True])
+@pytest.mark.parametrize("variant", [
+    dict(),
+    dict(num_layers=2, input_heads=2),
+    dict(input_heads=3, competition="input_logit", comm_topk=2),
+    dict(comm_source="candidate", comm_residual="gated", readout="active"),
+    dict(comm=False, input_value_size=10),
+])
+def test_fast_path_equals_general_path_float64(cell, with_resets, variant):
+    fast, general = _fast_and_general(cell=cell, **variant)
+    assert all(c.fast_path_applies(1) for c in fast.cells)
+    torch.manual_seed(1)
+    steps, batch, layers = 7, 3, fast.num_layers
+    x = torch.randn(steps, batch, 5, dtype=torch.double)
+    h0 = torch.randn(layers, batch, 24, dtype=torch.double)
+    c0 = torch.randn(layers, batch, 24, dtype=torch.double)
+    starts = None
+    if with_resets:
+        starts = torch.zeros(steps, batch, dtype=torch.double)
+        starts[0, 1] = starts[3, 0] = starts[5, 2] = 1
+    results = []
+    for rim in (fast, general):
+        out, (h, c), info = rim(x, (h0, c0), episode_starts=starts, return_info=True)
+        w = torch.linspace(-1, 1, out.numel(), dtype=torch.double).view_as(out)
+        ((out * w).sum() + h.square().sum() + c.sin().sum()).backward()
+        grads = {n: p.grad.clone() for n, p in rim.named_parameters() if p.grad is not None}
+        results.append((out, h, c, info, grads))
+    (o1, h1, c1, i1, g1), (o2, h2, c2, i2, g2) = results
+    assert torch.allclose(o1, o2, atol=1e-12) and torch.allclose(h1, h2, atol=1e-12)
+    assert torch.allclose(c1, c2, atol=1e-12)
+    assert torch.equal(i1.mask, i2.mask)
+    assert i1.input_attention.shape == i2.input_attention.shape == (steps, layers, batch, fast.cells[0].input_heads, 4, 2)
+    assert torch.allclose(i1.input_attention, i2.input_attention, atol=1e-12)
+    assert torch.allclose(i1.input_attention[..., 0], 1 - i1.input_attention[..., 1], atol=1e-12)
+    if i2.comm_attention is None:
+        assert i1.comm_attention is None
+    else:
+        assert torch.allclose(i1.comm_attention, i2.comm_attention, atol=1e-12)
+    assert g1.keys() == g2.keys() and len(g1) > 0
+    for name in g1:
+        assert torch.allclose(g1[name], g2[name], atol=1e-10), name
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_fast_path_single_cell_step_equals_general_path(cell):
+    torch.manual_seed(0)
+    fast = RIMCell(5, 24, num_units=4, k_active=2, cell=cell).double()
+    general = _general_only(RIMCell(5, 24, num_units=4, k_active=2, cell=cell).double())
+    general.load_state_dict(fast.state_dict())
+    x, h, c = (torch.randn(6, n, dtype=torch.double) for n in (5, 24, 24))
+    reset = torch.tensor([0, 1, 0, 0, 1, 0])
+    (o1, s1, i1), (o2, s2, i2) = (rim(x, (h, c), reset=reset, return_info=True) for rim in (fast, general))
+    assert torch.allclose(o1, o2, atol=1e-12) and torch.allclose(s1[1], s2[1], atol=1e-12)
+    assert torch.equal(i1.mask, i2.mask) and torch.allclose(i1.input_attention, i2.input_attention, atol=1e-12)
+
+
+def test_fast_path_applies_only_where_exact():
+    cell = _cell()
+    assert cell.fast_path_applies(1) and not cell.fast_path_applies(3)           # one row only
+    assert not _cell(kv_bias=True).fast_path_applies(1)                          # null row has a key
+    drop = _cell(input_dropout=0.1)
+    assert not drop.fast_path_applies(1) and drop.eval().fast_path_applies(1)    # dropout on the read vector
+    calls = []
+    cell._fast_step = lambda *a, _f=cell._fast_step: calls.append(1) or _f(*a)
+    cell(torch.randn(2, 8))
+    assert calls == [1]
+    cell(torch.randn(2, 3, 8))                                                   # a set of rows: general path
+    assert calls == [1]

@@ -14,6 +14,11 @@ One step at time t (thesis section 8.2), for ``U`` units with states ``h_k`` (an
 4. Communication (section 8.2.4): ``h_{t+1,k} = softmax(Q_k K^T / sqrt(d_e)) V + h~_k`` for ``k in S_t``,
    with per-unit query/key/value maps over all units.
 
+Speed: with one input row per step (a vector observation), no key/value bias and no input dropout (the
+paper's defaults), the input attention over ``[0 ; x_t]`` is a two-way softmax, ``sigmoid`` of one logit,
+and everything it needs from ``x_t`` is projected for the whole sequence before the time loop
+(``RIMCell._fast_inputs``); other inputs take the general step. Both give the same results (tested in float64).
+
 Where the paper is silent the public implementations disagree; every such choice is an explicit option
 (see :class:`RIMCell`), the paper's reading is the default, and ``RIMCell.official(...)`` reproduces the
 numerics of the authors' code (``anirudh9119/RIMs``, ``event_based/blocks_core.py``).
@@ -199,6 +204,11 @@ class RIMCell(nn.Module):
             self.comm_gate = (GroupedLinear(num_units, comm_heads * comm_value_size, d, bias=True)
                               if options.comm_residual == "gated" else None)
             self.comm_dropout = nn.Dropout(comm_dropout)
+            # 1 / sqrt(d_k) on the query columns, 1 on key and value columns: folded into the weight once
+            # per call (:meth:`_comm_weight`) instead of scaling the scores at every step
+            scale = torch.ones(comm_heads * (2 * comm_key_size + comm_value_size))
+            scale[:comm_heads * comm_key_size] = 1.0 / math.sqrt(comm_key_size)
+            self.register_buffer("comm_scale", scale, persistent=False)
 
     @classmethod
     def official(cls, input_size: int, hidden_size: int, num_units: int = 6, k_active: int = 4,
@@ -264,48 +274,199 @@ class RIMCell(nn.Module):
         h_new = torch.lerp(torch.tanh(xn + r * hn), h, z)                   # (1 - z) n + z h
         return h_new, h_new
 
-    def _communicate(self, h_src: torch.Tensor):
-        """Attention among units (section 8.2.4): h_src (U, B, d) -> update (U, B, d), probs (B, H, U, U)."""
-        H, dk = self.comm_heads, self.comm_key_size
-        q, k, v = (rearrange(t, "u b (h d) -> u b h d", h=H) for t in
-                   self.comm_qkv.unit_major(h_src).split([H * dk, H * dk, self.comm_qkv.out_features - 2 * H * dk], -1))
-        logits = torch.einsum("ubhd,wbhd->bhuw", q, k) / math.sqrt(dk)
+    def _comm_weight(self) -> torch.Tensor:
+        """The communication query/key/value weight with ``1 / sqrt(d_k)`` folded into the query block
+        (once per call, not per step): ``(U, d, H * (2 d_k + d_v))``."""
+        return self.comm_qkv.weight * self.comm_scale
+
+    def _communicate(self, h_src: torch.Tensor, w_qkv: Optional[torch.Tensor] = None):
+        """Attention among units (section 8.2.4): h_src (U, B, d) -> update (U, B, d), probs (U, U, B, H)
+        (query unit, key unit, sample, head). ``w_qkv``: :meth:`_comm_weight`, computed if not given.
+
+        With ``U`` units the ``U x U`` scores are a broadcast product, not a batched matmul: at these sizes
+        (a few units, keys of 16) the elementwise form ran 2-3x faster, forward and backward, than
+        ``einsum``/``bmm`` (batch 4 to 64, one CPU thread), which need permuted copies to put (sample, head) first.
+        """
+        units, batch = h_src.shape[:2]
+        H, dk, dv = self.comm_heads, self.comm_key_size, self.comm_qkv.out_features // self.comm_heads - 2 * self.comm_key_size
+        if w_qkv is None:
+            w_qkv = self._comm_weight()
+        qkv = torch.bmm(h_src, w_qkv)
+        if dk == dv:
+            q, k, v = qkv.view(units, batch, 3, H, dk).unbind(2)
+        else:
+            q, k, v = qkv.split([H * dk, H * dk, H * dv], dim=-1)
+            q, k, v = q.view(units, batch, H, dk), k.view(units, batch, H, dk), v.view(units, batch, H, dv)
+        logits = (q.unsqueeze(1) * k).sum(-1)                                # (U, U, B, H), scaled via w_qkv
         if self.comm_topk is not None and self.comm_topk < self.num_units:
             keep = torch.zeros_like(logits, dtype=torch.bool).scatter_(
-                -1, logits.topk(self.comm_topk, dim=-1).indices, True)      # exactly k, ties included
+                1, logits.topk(self.comm_topk, dim=1).indices, True)       # exactly k, ties included
             logits = logits.masked_fill(~keep, float("-inf"))
-        probs = logits.softmax(dim=-1)
-        a = rearrange(torch.einsum("bhuw,wbhd->ubhd", probs, v), "u b h d -> u b (h d)")
+        probs = logits.softmax(dim=1)
+        a = (probs.unsqueeze(-1) * v).sum(1).view(units, batch, H * dv)
         if self.comm_gate is None:
             update = self.comm_out.unit_major(a)
         else:
             update = torch.sigmoid(self.comm_gate.unit_major(a)) * torch.tanh(self.comm_out.unit_major(a))
-        return self.comm_dropout(update), probs
+        if self.comm_dropout.p > 0 and self.training:
+            update = self.comm_dropout(update)
+        return update, probs
+
+    def _merge(self, h, c, h_cand, c_cand, m, w_qkv=None):
+        """Communication among the candidates (section 8.2.4) and the frozen inactive units (8.2.3):
+        h, c the kept state, h_cand, c_cand the candidates, m (U, B, 1) 0/1 -> h_next, c_next, comm probs."""
+        comm_probs = None
+        if self.comm:
+            if self.options.comm_source == "kept":
+                h_src = torch.lerp(h, h_cand, m)
+                update, comm_probs = self._communicate(h_src, w_qkv)
+                # h_src + m * update: exactly h where m = 0 (h + 0), exactly h~ + update where m = 1,
+                # as lerp(h, h_src + update, m) gives, in one op; the gradient to the update is m.
+                h_next = torch.addcmul(h_src, m, update)
+            else:
+                h_src = _GradMask.apply(h_cand, m)
+                update, comm_probs = self._communicate(h_src, w_qkv)
+                h_next = torch.lerp(h, h_src + update, m)
+        else:
+            # lerp with a 0/1 weight returns `start` or `end` bit-for-bit: inactive units keep h and c
+            # exactly, and the gradient still flows through them (weight 1 - 0 on h).
+            h_next = torch.lerp(h, h_cand, m)
+        c_next = torch.lerp(c, c_cand, m) if self.cell == "lstm" else h_next
+        return h_next, c_next, comm_probs
 
     def step(self, k: torch.Tensor, v: torch.Tensor, h: torch.Tensor, c: torch.Tensor,
              reset: Optional[torch.Tensor] = None):
-        """One step on unit-major state. k, v from :meth:`project_input` for this step; h, c (U, B, d);
-        reset (B,) or None. Returns ``h, c`` (U, B, d), mask (U, B), input probs, comm probs."""
+        """One step on unit-major state (the general path: any number of rows, every option). k, v from
+        :meth:`project_input` for this step; h, c (U, B, d); reset (B,) or None. Returns ``h, c``
+        (U, B, d), mask (U, B), input probs (U, B, H, 1+N), comm probs (U, U, B, H) or None."""
         if reset is not None:
             keep = (1 - reset.to(h.dtype)).view(1, -1, 1)
             h, c = h * keep, c * keep
         read, in_probs, score = self._input_attention(k, v, h)
         mask = self._competition(score)
-        m = mask.unsqueeze(-1)                                               # (U, B, 1), exactly 0 or 1
         h_cand, c_cand = self._dynamics(read, h, c)
-        comm_probs = None
-        if self.comm:
-            if self.options.comm_source == "kept":
-                h_src = torch.lerp(h, h_cand, m)
-            else:
-                h_src = _GradMask.apply(h_cand, m)
-            update, comm_probs = self._communicate(h_src)
-            h_cand = h_src + update
-        # lerp with a 0/1 weight returns `start` or `end` bit-for-bit: inactive units keep h and c
-        # exactly, and the gradient still flows through them (weight 1 - 0 on h).
-        h_next = torch.lerp(h, h_cand, m)
-        c_next = torch.lerp(c, c_cand, m) if self.cell == "lstm" else h_next
+        h_next, c_next, comm_probs = self._merge(h, c, h_cand, c_cand, mask.unsqueeze(-1))
         return h_next, c_next, mask, in_probs, comm_probs
+
+    # --- the fast path: one input row, no key/value bias, no input dropout ------------------------
+    def fast_path_applies(self, num_rows: int) -> bool:
+        """Whether :meth:`run` takes the one-row fast path: one input row per step (a vector
+        observation), ``kv_bias=False`` (the paper's and the official code's choice) and no dropout on
+        the read vector (``input_dropout=0``, or eval mode)."""
+        return (num_rows == 1 and not self.options.kv_bias
+                and (self.input_dropout.p == 0 or not self.training))
+
+    def _fast_inputs(self, x: torch.Tensor):
+        """Everything of the one-row step that does not depend on the state, for all T steps at once.
+
+        With one input row and no key/value bias the null row has key 0 and value 0 (eq. 8.2), so the
+        attention of unit ``u``, head ``j`` over ``[0 ; x_t]`` is a two-way softmax (eq. 8.1/8.3):
+        ``p = sigmoid(l)`` on the input row with ``l = q_uj . k_tj / sqrt(d_e)``, and the read vector is
+        ``A_uj = p * v_tj``. Both products factor through the state-free side:
+
+        * ``l = h_u . g_tuj`` with ``g_tuj = W^q_uj k_tj / sqrt(d_e)``;
+        * ``W^ih_u A_u = sum_j p_uj (W^ih_uj v_tj)`` (the block of ``W^ih_u`` that reads head ``j``).
+
+        x ``(T, B, F)`` -> ``g (U, T, B, d)`` and ``P (U, T, B, G)`` with one head (``(U, T, B, H, d)`` and
+        ``(U, T, B, H, G)`` with ``H`` heads), ``G`` the gate width; two matmuls for the whole sequence.
+        """
+        U, d, H = self.num_units, self.unit_size, self.input_heads
+        de, dv = self.input_key_size, self.input_value_size
+        steps, batch = x.shape[:2]
+        k = self.input_key(x) * (1.0 / math.sqrt(de))
+        v = self.input_value(x)
+        if H == 1:
+            # (T B, e) @ (U, e, d): one batched matmul over units, no copy of the weights
+            g = torch.bmm(k.reshape(1, steps * batch, de).expand(U, -1, -1), self.input_query.weight.transpose(1, 2))
+            p_in = torch.bmm(v.reshape(1, steps * batch, dv).expand(U, -1, -1), self.w_ih.weight)
+            return g.view(U, steps, batch, d), p_in.view(U, steps, batch, -1)
+        g = torch.einsum("tbhe,udhe->utbhd", k.reshape(steps, batch, H, de), self.input_query.weight.view(U, d, H, de))
+        p_in = torch.einsum("tbhv,uhvg->utbhg", v.reshape(steps, batch, H, dv), self.w_ih.weight.view(U, H, dv, -1))
+        return g, p_in
+
+    def _fast_step(self, g, p_in, h, c, zeros, bias, w_qkv, keep=None):
+        """One step of the fast path; g, p_in this step's slices of :meth:`_fast_inputs`, h, c (U, B, d),
+        bias: the LSTM's ``b_ih + b_hh`` (U, 1, 4d) or the GRU's ``b_ih`` (U, 1, 3d); keep (1, B, 1) or
+        None. Returns ``h, c``, mask (U, B), logits (U, B, H) and comm probs, as :meth:`step`."""
+        if keep is not None:
+            h, c = h * keep, c * keep
+        heads, d = self.input_heads, self.unit_size
+        if heads == 1:
+            logit = (h * g).sum(-1, keepdim=True)                            # (U, B, 1), eq. 8.1
+        else:
+            logit = (h.unsqueeze(2) * g).sum(-1)                             # (U, B, H)
+        p = torch.sigmoid(logit)                                             # attention on the input row
+        # Competition (8.2.2) on the score of the general path: minus the null row's attention
+        # sigmoid(-l) = 1 - p averaged over heads (not the logit, although it ranks the same: where the
+        # rounded probabilities tie, e.g. all 1.0, the general path's tie-break is kept), or the input logit.
+        score = logit.detach()
+        if self.options.competition == "null_softmax":
+            score = -torch.sigmoid(-score).mean(-1)
+        else:
+            score = score.mean(-1)
+        if self.k_active == self.num_units:
+            mask = zeros + 1.0
+        else:
+            mask = zeros.scatter(0, score.topk(self.k_active, dim=0).indices, 1.0)
+        m = mask.unsqueeze(-1)
+        if heads == 1:
+            read_gates = lambda base: torch.addcmul(base, p, p_in)          # noqa: E731 - base + p * W^ih v
+        else:
+            read_gates = lambda base: base + (p.unsqueeze(-1) * p_in).sum(-2)  # noqa: E731
+        if self.cell == "lstm":
+            ifo, gg = read_gates(torch.baddbmm(bias, h, self.w_hh.weight)).split([3 * d, d], dim=-1)
+            i, f, o = torch.sigmoid(ifo).chunk(3, dim=-1)
+            c_cand = torch.addcmul(f * c, i, torch.tanh(gg))
+            h_cand = o * torch.tanh(c_cand)
+        else:
+            xrz, xn = read_gates(bias).split([2 * d, d], dim=-1)
+            hrz, hn = self.w_hh.unit_major(h).split([2 * d, d], dim=-1)
+            r, z = torch.sigmoid(xrz + hrz).chunk(2, dim=-1)
+            h_cand = c_cand = torch.lerp(torch.tanh(torch.addcmul(xn, r, hn)), h, z)
+        h_next, c_next, comm_probs = self._merge(h, c, h_cand, c_cand, m, w_qkv)
+        return h_next, c_next, mask, logit, comm_probs
+
+    def run(self, rows: torch.Tensor, h: torch.Tensor, c: torch.Tensor,
+            episode_starts: Optional[torch.Tensor] = None, return_info: bool = False):
+        """The cell over a sequence, on unit-major state.
+
+        rows ``(T, B, N, F)``; h, c ``(U, B, d)``; episode_starts ``(T, B)`` or None. Returns the readout
+        ``(T, U, B, d)``, the last ``h, c`` and a list of T :class:`RIMStepInfo` (empty unless
+        ``return_info``). Takes the fast path (:meth:`fast_path_applies`) when it applies, with the same
+        results as the general path up to rounding.
+        """
+        steps = rows.shape[0]
+        h = h.contiguous()
+        c = h if self.cell == "gru" else c.contiguous()
+        resets = [None] * steps if episode_starts is None else \
+            (1 - episode_starts.to(h.dtype)).view(steps, 1, -1, 1).unbind(0)
+        outs, infos = [], []
+        if self.fast_path_applies(rows.shape[2]):
+            # unbind (not g[t]): indexing would give each step's backward a zero-filled buffer the size of
+            # the whole sequence, O(T^2) work; unbind's backward is one stack
+            gs, ps = (t.unbind(1) for t in self._fast_inputs(rows.squeeze(2)))
+            zeros = h.new_zeros(h.shape[:2])
+            if self.cell == "lstm":
+                bias = (self.w_ih.bias + self.w_hh.bias).unsqueeze(1)
+            else:
+                bias = self.w_ih.bias.unsqueeze(1)
+            w_qkv = self._comm_weight() if self.comm else None
+            for t in range(steps):
+                h, c, mask, logit, comm_probs = self._fast_step(gs[t], ps[t], h, c, zeros, bias, w_qkv, resets[t])
+                outs.append(self.readout(h, mask))
+                if return_info:
+                    # the two-way softmax over [null ; x]: null column sigmoid(-l) = 1 - p
+                    in_probs = torch.stack([torch.sigmoid(-logit), torch.sigmoid(logit)], dim=-1)
+                    infos.append(self.info(mask, in_probs, comm_probs))
+        else:
+            keys, values = (t.unbind(0) for t in self.project_input(rows))
+            for t in range(steps):
+                reset = None if episode_starts is None else episode_starts[t]
+                h, c, mask, in_probs, comm_probs = self.step(keys[t], values[t], h, c, reset)
+                outs.append(self.readout(h, mask))
+                if return_info:
+                    infos.append(self.info(mask, in_probs, comm_probs))
+        return torch.stack(outs), h, c, infos
 
     def readout(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The cell's output from unit-major state: every unit, or only the active ones (``readout``)."""
@@ -313,11 +474,12 @@ class RIMCell(nn.Module):
 
     @staticmethod
     def info(mask, in_probs, comm_probs) -> RIMStepInfo:
-        """Unit-major step results -> a batch-major :class:`RIMStepInfo`."""
+        """Unit-major step results (mask (U, B), input probs (U, B, H, 1+N), comm probs (U, U, B, H) or
+        None) -> a batch-major :class:`RIMStepInfo`."""
         return RIMStepInfo(
             mask.transpose(0, 1),
-            rearrange(in_probs, "u b h n -> b h u n"),
-            comm_probs)
+            in_probs.permute(1, 2, 0, 3),
+            None if comm_probs is None else comm_probs.permute(2, 3, 0, 1))
 
     def _check_input(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 2:
@@ -338,16 +500,15 @@ class RIMCell(nn.Module):
         if h.shape != (batch, self.hidden_size) or c.shape != (batch, self.hidden_size):
             raise ValueError(f"state (h, c) must each have shape ({batch}, {self.hidden_size}), "
                              f"got {tuple(h.shape)} and {tuple(c.shape)}")
-        if self.cell == "gru":
-            c = h
-        h = rearrange(h, "b (u d) -> u b d", u=self.num_units)
-        c = rearrange(c, "b (u d) -> u b d", u=self.num_units)
-        k, v = self.project_input(x)
-        h, c, mask, in_probs, comm_probs = self.step(k, v, h, c, reset)
-        out = rearrange(self.readout(h, mask), "u b d -> b (u d)")
-        state = (rearrange(h, "u b d -> b (u d)"), rearrange(c, "u b d -> b (u d)"))
+        U, d = self.num_units, self.unit_size
+        h = h.view(batch, U, d).transpose(0, 1)
+        c = h if self.cell == "gru" else c.view(batch, U, d).transpose(0, 1)
+        starts = None if reset is None else reset.view(1, batch)
+        outs, h, c, infos = self.run(x.unsqueeze(0), h, c, starts, return_info)
+        out = outs[0].transpose(0, 1).reshape(batch, self.hidden_size)
+        state = (h.transpose(0, 1).reshape(batch, self.hidden_size), c.transpose(0, 1).reshape(batch, self.hidden_size))
         if return_info:
-            return out, state, self.info(mask, in_probs, comm_probs)
+            return out, state, infos[0]
         return out, state
 
     def extra_repr(self) -> str:
@@ -430,26 +591,21 @@ class RIM(nn.Module):
         rows = input if input.dim() == 4 else input.unsqueeze(2)            # (T, B, N, F)
         h_n, c_n, infos = [], [], []
         for i, cell in enumerate(self.cells):
-            if i > 0:
+            if i > 0 and self.dropout > 0 and self.training:
                 rows = self.layer_dropout(rows)
-            # all steps at once; unbind (not keys[t]): indexing would give each step's backward a
-            # zero-filled buffer the size of the whole sequence, O(T^2) work; unbind's backward is one stack
-            keys, values = (t.unbind(0) for t in cell.project_input(rows))
-            h = rearrange(h0[i], "b (u d) -> u b d", u=cell.num_units)
-            c = h if cell.cell == "gru" else rearrange(c0[i], "b (u d) -> u b d", u=cell.num_units)
-            outs, layer_info = [], []
-            for t in range(steps):
-                reset = None if episode_starts is None else episode_starts[t]
-                h, c, mask, in_probs, comm_probs = cell.step(keys[t], values[t], h, c, reset)
-                outs.append(cell.readout(h, mask))
-                if return_info:
-                    layer_info.append(cell.info(mask, in_probs, comm_probs))
-            rows = rearrange(torch.stack(outs), "t u b d -> t b 1 (u d)")
-            h_n.append(rearrange(h, "u b d -> b (u d)"))
-            c_n.append(rearrange(c, "u b d -> b (u d)"))
+            units, d = cell.num_units, cell.unit_size
+            h = h0[i].view(batch, units, d).transpose(0, 1)                  # (U, B, d)
+            c = h if cell.cell == "gru" else c0[i].view(batch, units, d).transpose(0, 1)
+            outs, h, c, layer_info = cell.run(rows, h, c, episode_starts, return_info)
+            rows = outs.permute(0, 2, 1, 3).reshape(steps, batch, 1, self.hidden_size)
+            h_n.append(h.transpose(0, 1).reshape(batch, self.hidden_size))
+            c_n.append(c.transpose(0, 1).reshape(batch, self.hidden_size))
             infos.append(layer_info)
         output = rows.squeeze(2)                                             # (T, B, H)
-        h_n, c_n = torch.stack(h_n), torch.stack(c_n)
+        if self.num_layers == 1:
+            h_n, c_n = h_n[0].unsqueeze(0), c_n[0].unsqueeze(0)
+        else:
+            h_n, c_n = torch.stack(h_n), torch.stack(c_n)
         if unbatched:
             output, h_n, c_n = output.squeeze(1), h_n.squeeze(1), c_n.squeeze(1)
         elif self.batch_first:
