@@ -11,6 +11,7 @@ import zoo
 from zoo.data.mnist import embedded_mnist_split
 from zoo.engine import cycle, fit
 from zoo.layers.nfm import NFM, NFMAttention, depth_to_space, rescale, space_to_depth, upsample_nearest
+from zoo.layers.nfm import _project_source, _sum_windows, _upsample_int
 
 
 # -- rescaling (10.3.2.2) ---------------------------------------------------------------------------------
@@ -45,6 +46,29 @@ def test_upsample_nearest_and_rescale_cases():
         rescale(torch.randn(2, 3, 8), (4, 4))
 
 
+@pytest.mark.parametrize("src,query", [((16, 16), (4, 4)), ((2, 2), (8, 8)), ((9, 9), (3, 3)), ((19, 19), (10, 10)),
+                                       ((3, 5), (6, 10)), ((24,), (6,)), ((4, 4), ())])
+def test_project_then_rescale_equals_rescale_then_project(src, query):
+    """The block projects each source at its own resolution and rescales only the projection: exact because
+    a 1x1 projection commutes with space-to-depth, nearest upsampling and replicate padding."""
+    torch.manual_seed(0)
+    lin = nn.Linear(5, 6 + 4)
+    x = torch.randn(2, 5, *src)
+    k, v = _project_source(lin, x, 6)
+    r = rescale(x, query)
+    ref = torch.einsum("oc,bcs...->bos...", lin.weight, r) + lin.bias.view(1, -1, *[1] * (r.dim() - 2))
+    torch.testing.assert_close(torch.cat([rescale(k, query), rescale(v, query)], 1), ref)
+
+
+def test_integer_upsampling_and_window_sums_are_adjoint():
+    for u in [(2, 2), (3, 1), (4, 3), (3,), (2, 2, 2)]:
+        x = torch.randn(2, 3, *[2] * len(u))
+        up = _upsample_int(x, u)
+        torch.testing.assert_close(up, upsample_nearest(x, [2 * k for k in u]), rtol=0, atol=0)
+        y = torch.randn_like(up)
+        torch.testing.assert_close((up * y).sum(), (x * _sum_windows(y, u)).sum())   # <U x, y> = <x, U^T y>
+
+
 # -- the block against a brute-force reference ---------------------------------------------------------
 def _reference(blk, h, sources):
     """Materialise every rescaled source, per-position top-k softmax attention with the null slot first."""
@@ -74,6 +98,7 @@ def _reference(blk, h, sources):
     ((6, 10, 10), [(5, 19, 19), (7, 6, 6)], None),                # non-divisible sizes (padding duplicates
     ((6,), [(5, 4, 4), (4,)], 3),                                 # slots, so ties: compare with keep-all)
     ((6, 12), [(5, 24), (2, 5), (3,)], 3),                        # vector query; 1-D layers
+    ((6, 6, 6), [(5, 18, 18), (7, 2, 2), (3, 3, 6), (4, 12, 3)], 4),   # factors 3 (not powers of 2), mixed
 ])
 def test_block_matches_brute_force_attention(qshape, sshapes, top_k):
     torch.manual_seed(0)

@@ -127,17 +127,26 @@ def _grids(src: torch.Tensor, query_size: Sequence[int]) -> Tuple[torch.Tensor, 
     return src, q, slots_for(src.shape[2:], q)
 
 
+def _replicate_pad(x: torch.Tensor, dim: int, size: int) -> torch.Tensor:
+    """Pad dim ``dim`` of ``x`` up to ``size`` by repeating its last entry (one ``cat``; an ``index_select``
+    of the whole map is several times slower, forward and backward)."""
+    n = x.shape[dim]
+    if n >= size:
+        return x
+    edge = x.narrow(dim, n - 1, 1)
+    return torch.cat([x, edge.expand(*x.shape[:dim], size - n, *x.shape[dim + 1:])], dim=dim)
+
+
 def _window_view(x: torch.Tensor, q: Size, f: Size) -> torch.Tensor:
-    """``(B, C, *S_src)`` -> ``(B, C, q_1 * f_1, ..., q_d * f_d)`` by index selection (identity, nearest
-    upsampling, or replicate-padding a non-divisible larger source up to a multiple of the window)."""
+    """``(B, C, *S_src)`` -> ``(B, C, q_1 * f_1, ..., q_d * f_d)`` (identity, nearest upsampling by index,
+    or replicate-padding a non-divisible larger source up to a multiple of the window)."""
     for d, (n_src, n_q, k) in enumerate(zip(x.shape[2:], q, f)):
         if n_src == n_q * k:
             continue                                                   # same size, or exact windows
         if n_src < n_q:
-            idx = _nearest_index(n_src, n_q, x.device)
-        else:                                                          # replicate-pad to n_q * k
-            idx = torch.arange(n_q * k, device=x.device).clamp_(max=n_src - 1)
-        x = x.index_select(2 + d, idx)
+            x = x.index_select(2 + d, _nearest_index(n_src, n_q, x.device))
+        else:
+            x = _replicate_pad(x, 2 + d, n_q * k)
     return x
 
 
@@ -161,20 +170,33 @@ def rescale(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 # The NFM block
 # ----------------------------------------------------------------------------------------------------
 def _pointwise(lin: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """A 1x1 convolution with ``lin``'s weights on ``(B, C_in, N)`` -> ``(B, C_out, N)``.
+    """A 1x1 convolution with ``lin``'s weights on ``(B, C_in, N)`` -> ``(B, C_out, N)``."""
+    return _pointwise_wb(lin.weight, lin.bias, x)
+
+
+def _pointwise_wb(weight: torch.Tensor, bias: Optional[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """A 1x1 convolution with ``weight (C_out, C_in)`` and ``bias`` on ``(B, C_in, N)`` -> ``(B, C_out, N)``.
 
     A batched GEMM over many positions (about 2x faster than ``conv1d`` forward+backward on CPU at
     ``N = 1024``), ``conv1d`` over few (where the per-sample GEMMs are too small to pay off)."""
     if x.shape[-1] < 64:
-        return F.conv1d(x, lin.weight.unsqueeze(-1), lin.bias)
-    w = lin.weight.expand(x.shape[0], -1, -1)
-    return torch.bmm(w, x) if lin.bias is None else torch.baddbmm(lin.bias[:, None], w, x)
+        return F.conv1d(x, weight.unsqueeze(-1), bias)
+    w = weight.expand(x.shape[0], -1, -1)
+    return torch.bmm(w, x) if bias is None else torch.baddbmm(bias[:, None], w, x)
 
 
-def _project_source(lin: nn.Linear, src: torch.Tensor) -> torch.Tensor:
-    """A layer's keys and values at its own resolution: ``(B, C, *S)`` -> ``(B, lin.out_features, *S)``."""
+def _project_source(lin: nn.Linear, src: torch.Tensor, n_k: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """A layer's keys and values at its own resolution: ``(B, C, *S)`` -> keys ``(B, n_k, *S)`` and values
+    ``(B, lin.out_features - n_k, *S)`` (rows ``[0, n_k)`` of ``lin`` make the keys, the rest the values).
+
+    Two GEMMs on row slices of the weight rather than one GEMM split afterwards: the split's backward
+    concatenates the key and value gradients into a fresh buffer, a full extra copy of the projection."""
     b, c = src.shape[:2]
-    return _pointwise(lin, src.reshape(b, c, -1)).reshape(b, -1, *src.shape[2:])
+    x = src.reshape(b, c, -1)
+    w, bias = lin.weight, lin.bias
+    k, v = (_pointwise_wb(w[rows], None if bias is None else bias[rows], x).reshape(b, -1, *src.shape[2:])
+            for rows in (slice(0, n_k), slice(n_k, w.shape[0])))
+    return k, v
 
 
 class NFMAttention(nn.Module):
@@ -247,38 +269,63 @@ class NFMAttention(nn.Module):
         return (f"query_dim={self.query_dim}, sources={len(self.source_dims)}, d_k={self.d_k}, d_v={self.d_v}, "
                 f"heads={self.num_heads}, top_k={self.top_k}, random_attention={self.random_attention}")
 
-    def _project(self, lin: Optional[nn.Linear], src: torch.Tensor, q_size: Size) -> "_Plan":
-        """Project one source at its own resolution (a per-position map commutes with the rescaling, so only
-        the ``h (d_k + d_v)`` projected channels are ever rescaled, never the source's own channels), then
-        bring keys and values onto the query grid with :func:`rescale`: ``(B, h, d, slots, N)`` each.
+    def _project(self, lin: Optional[nn.Linear], src, q_size: Size) -> "_Plan":
+        """One source's keys and values ``(B, h, d, G)`` on its *fine grid* ``G`` against the query grid.
 
-        A same-size source stays a view; a larger one is one space-to-depth copy; a smaller one is one
-        nearest-upsampled copy (as large as the query's keys; broadcasting it instead is slower on CPU).
+        The source is projected at its own resolution first (a projection is per position, so projecting
+        and then rescaling equals rescaling and projecting every slot; tested), and the rescaling is never
+        materialised as slots. Per spatial dimension the fine grid is the source's size where the source
+        is larger (windows of ``f`` positions; the query is upsampled by ``f`` onto it instead, which has
+        fewer channels), and the query's size where the source is smaller (keys and values upsampled
+        nearest; a vector / 1x1 source is only broadcast). Only a non-integer upsampling or a
+        non-divisible larger source is first brought to whole factors by index / replicate padding.
         """
         nh, dk, dv = self.num_heads, self.d_k, self.d_v
-        if lin is None and src.shape[1] != nh * (dk + dv):
-            raise ValueError(f"a projected source needs num_heads * (d_k + d_v) = {nh * (dk + dv)} channels, "
-                             f"got {tuple(src.shape)}")
-        proj = rescale(src if lin is None else _project_source(lin, src), q_size)   # (B, h(dk+dv), s, *S_q)
-        b, _, slots = proj.shape[:3]
-        k, v = proj.split([nh * dk, nh * dv], dim=1)                    # split: no zero-filled slice grads
-        return _Plan(k.reshape(b, nh, dk, slots, -1), v.reshape(b, nh, dv, slots, -1), slots)
+        if lin is not None:
+            k, v = _project_source(lin, src, nh * dk)                        # (B, h d, *S_src) each
+        elif isinstance(src, (tuple, list)):
+            k, v = src
+        else:
+            if src.shape[1] != nh * (dk + dv):
+                raise ValueError(f"a projected source needs num_heads * (d_k + d_v) = {nh * (dk + dv)} "
+                                 f"channels, got {tuple(src.shape)}")
+            k, v = src.split([nh * dk, nh * dv], dim=1)
+        if k.shape[1] != nh * dk or v.shape[1] != nh * dv or k.shape[2:] != v.shape[2:]:
+            raise ValueError(f"a projected source needs keys of num_heads * d_k = {nh * dk} and values of "
+                             f"num_heads * d_v = {nh * dv} channels, got {tuple(k.shape)}, {tuple(v.shape)}")
+        (k, q, f), (v, _, _) = _grids(k, q_size), _grids(v, q_size)
+        grid_q = tuple(n_q if n_s >= n_q or n_q % n_s else n_s for n_s, n_q in zip(k.shape[2:], q))
+        k, v = (_window_view(t, grid_q, f) for t in (k, v))                 # no-op unless non-integer sizes
+        u = tuple(n_q // n for n, n_q in zip(grid_q, q))                     # integer upsampling factors
+        if any(x > 1 for x in u) and any(n > 1 for n in k.shape[2:]):        # (a 1x1 source just broadcasts)
+            k, v = _upsample_int(k, u), _upsample_int(v, u)
+        b = k.shape[0]
+        return _Plan(k.reshape(b, nh, dk, -1), v.reshape(b, nh, dv, -1), q, f, math.prod(f))
 
-    # Internally scores and weights are (B, h, slots, N): positions innermost, so every elementwise op
-    # below runs over contiguous memory and no transposes are needed.
+    # Scores and weights are (B, h, slots, N); a source's products run on its fine grid, contiguous.
     @staticmethod
-    def _scores(q: torch.Tensor, pl: "_Plan") -> torch.Tensor:
-        """``Q K^T`` for every slot and query position of one source: ``q (B, h, d_k, N)`` -> ``(B, h, slots, N)``."""
+    def _scores(q: torch.Tensor, pl: "_Plan", q_fine: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``Q K^T`` for every slot and query position of one source: ``q (B, h, d_k, N)`` -> ``(B, h, slots, N)``.
+        ``q_fine``: ``q`` already upsampled onto the source's fine grid (shared by same-grid sources)."""
         if pl.slots == 1:
-            return (q * pl.k.squeeze(3)).sum(2, keepdim=True)
-        return (q.unsqueeze(3) * pl.k).sum(2)
+            return (pl.k * q).sum(2, keepdim=True)
+        b, nh, dk = q.shape[:3]
+        if q_fine is None:
+            q_fine = _upsample_int(q.reshape(b, nh * dk, *pl.grid), pl.f).reshape(b, nh, dk, -1)
+        s = (pl.k * q_fine).sum(2)                                            # (B, h, G)
+        return _fold_windows(s.reshape(b, nh, *(n * k for n, k in zip(pl.grid, pl.f))), pl.grid, pl.f
+                             ).reshape(b, nh, pl.slots, -1)                 # small copy: h channels
 
     @staticmethod
     def _read(w: torch.Tensor, pl: "_Plan") -> torch.Tensor:
         """The weighted sum of one source's values: weights ``(B, h, slots, N)`` -> ``(B, h, d_v, N)``."""
         if pl.slots == 1:
-            return w * pl.v.squeeze(3)
-        return (w.unsqueeze(2) * pl.v).sum(3)
+            return pl.v * w
+        b, nh, dv = pl.v.shape[:3]
+        wf = depth_to_space(w.reshape(b, nh, pl.slots, *pl.grid), pl.f)      # (B, h, *G), small copy
+        a = pl.v * wf.reshape(b, nh, 1, -1)                                  # (B, h, d_v, G)
+        fine = tuple(n * k for n, k in zip(pl.grid, pl.f))
+        return _sum_windows(a.reshape(b, nh * dv, *fine), pl.f).reshape(b, nh, dv, -1)
 
     def _weights(self, scores: torch.Tensor) -> torch.Tensor:
         """Top-k softmax over the slots (dim 2): softmax over the ``k`` largest scores, scattered back, so
@@ -303,7 +350,11 @@ class NFMAttention(nn.Module):
         if self.random_attention:                                                   # ablation: random scores
             scores = [q.new_zeros(b, nh, 1, n), torch.randn(b, nh, sum(slots), n, device=h.device, dtype=h.dtype)]
         else:
-            scores = [q.new_zeros(b, nh, 1, n)] + [self._scores(q, pl) for pl in plans]   # null slot first
+            fine = {}                                      # the query upsampled once per (grid, window)
+            for pl in plans:
+                if pl.slots > 1 and (pl.grid, pl.f) not in fine:
+                    fine[pl.grid, pl.f] = _upsample_int(q.reshape(b, -1, *pl.grid), pl.f).reshape(b, nh, self.d_k, -1)
+            scores = [q.new_zeros(b, nh, 1, n)] + [self._scores(q, pl, fine.get((pl.grid, pl.f))) for pl in plans]
         w = self._weights(torch.cat(scores, dim=2))                                 # (B, h, L, N)
         a = sum(self._read(wj, pl) for pl, wj in zip(plans, torch.split(w[:, :, 1:], slots, dim=2)))
         a = a.reshape(b, nh * self.d_v, n)                                          # null value is 0
@@ -313,10 +364,41 @@ class NFMAttention(nn.Module):
 
 
 class _Plan(NamedTuple):
-    """One source on the query grid: keys ``(B, h, d_k, slots, N)``, values ``(B, h, d_v, slots, N)``."""
+    """One source on its fine grid ``G`` (see :meth:`NFMAttention._project`): keys ``(B, h, d_k, G)``,
+    values ``(B, h, d_v, G)`` (``G`` is ``N`` or 1 for one slot), the query grid and the window per dim."""
     k: torch.Tensor
     v: torch.Tensor
+    grid: Size
+    f: Size
     slots: int
+
+
+def _pow2(x: int) -> bool:
+    return x & (x - 1) == 0
+
+
+def _upsample_int(x: torch.Tensor, u: Size) -> torch.Tensor:
+    """Nearest upsampling by whole factors: ``(B, C, *S)`` -> ``(B, C, *(S * u))``, output ``i`` reads input
+    ``i // u``. ``F.interpolate`` where its float scale is exact (powers of two, 1-3 dims), else a
+    broadcast copy."""
+    size = tuple(n * k for n, k in zip(x.shape[2:], u))
+    if 1 <= len(u) <= 3 and all(_pow2(k) for k in u):
+        return F.interpolate(x, size=size, mode="nearest")
+    b, c = x.shape[:2]
+    view = [v for n in x.shape[2:] for v in (n, 1)]
+    full = [v for n, k in zip(x.shape[2:], u) for v in (n, k)]
+    return x.reshape(b, c, *view).expand(b, c, *full).reshape(b, c, *size)
+
+
+def _sum_windows(x: torch.Tensor, f: Size) -> torch.Tensor:
+    """Sum over every ``f`` window: ``(B, C, *(S * f))`` -> ``(B, C, *S)`` (sum pooling; the adjoint of
+    :func:`_upsample_int`)."""
+    nd = len(f)
+    if 1 <= nd <= 3:
+        return getattr(F, f"avg_pool{nd}d")(x, f, f) * math.prod(f)
+    b, c = x.shape[:2]
+    return x.reshape(b, c, *[v for n, k in zip(x.shape[2:], f) for v in (n // k, k)]).sum(
+        [3 + 2 * d for d in range(nd)])
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -409,7 +491,7 @@ class NFM(nn.Module):
                         channels[i - 1] if i else in_chans, [channels[j] for _, j in src], d_k=d_k, d_v=d_v,
                         num_heads=num_heads, top_k=top_k, hidden_dim=hidden_dim, batch_norm=batch_norm,
                         scale=scale, project_sources=not share_kv)
-        self.share_kv = share_kv
+        self.share_kv, self.key_channels = share_kv, num_heads * d_k
         self.kv = nn.ModuleDict({f"{p}_{j}": nn.Linear(channels[j], num_heads * (d_k + d_v))
                                  for p, j in sorted(read)}) if share_kv else None
         self.grad_checkpointing = False
@@ -463,7 +545,7 @@ class NFM(nn.Module):
                 trace.memory_index.append((p, i))
                 if self.kv is not None:                                   # shared projection, once per layer
                     lin = self.kv[f"{p}_{i}"] if f"{p}_{i}" in self.kv else None
-                    reads.append(None if lin is None else _project_source(lin, h))
+                    reads.append(None if lin is None else _project_source(lin, h, self.key_channels))
         trace.output = h
         return trace
 
