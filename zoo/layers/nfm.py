@@ -270,15 +270,16 @@ class NFMAttention(nn.Module):
                 f"heads={self.num_heads}, top_k={self.top_k}, random_attention={self.random_attention}")
 
     def _project(self, lin: Optional[nn.Linear], src, q_size: Size) -> "_Plan":
-        """One source's keys and values ``(B, h, d, G)`` on its *fine grid* ``G`` against the query grid.
+        """One source's keys and values against the query grid: ``(B, h, d, N)`` (or ``(B, h, d, 1)`` for a
+        vector / 1x1 source, broadcast) for one slot, ``(B, h, d, slots, N)`` for windows.
 
-        The source is projected at its own resolution first (a projection is per position, so projecting
-        and then rescaling equals rescaling and projecting every slot; tested), and the rescaling is never
-        materialised as slots. Per spatial dimension the fine grid is the source's size where the source
-        is larger (windows of ``f`` positions; the query is upsampled by ``f`` onto it instead, which has
-        fewer channels), and the query's size where the source is smaller (keys and values upsampled
-        nearest; a vector / 1x1 source is only broadcast). Only a non-integer upsampling or a
-        non-divisible larger source is first brought to whole factors by index / replicate padding.
+        The source is projected at its own resolution first, keys and values by two GEMMs (a projection is
+        per position, so projecting and then rescaling equals rescaling and projecting every slot; tested),
+        so only the ``h d_k`` + ``h d_v`` projected channels are rescaled, never the source's own channels:
+        a larger source is one space-to-depth copy each, a smaller one is upsampled nearest by
+        ``F.interpolate`` (integer factors; its backward is a fast sum pooling, unlike ``index_select``'s
+        ``index_add``); only a non-integer upsampling or a non-divisible larger source goes through
+        ``index_select`` / replicate padding first.
         """
         nh, dk, dv = self.num_heads, self.d_k, self.d_v
         if lin is not None:
@@ -299,33 +300,26 @@ class NFMAttention(nn.Module):
         u = tuple(n_q // n for n, n_q in zip(grid_q, q))                     # integer upsampling factors
         if any(x > 1 for x in u) and any(n > 1 for n in k.shape[2:]):        # (a 1x1 source just broadcasts)
             k, v = _upsample_int(k, u), _upsample_int(v, u)
-        b = k.shape[0]
-        return _Plan(k.reshape(b, nh, dk, -1), v.reshape(b, nh, dv, -1), q, f, math.prod(f))
+        b, slots = k.shape[0], math.prod(f)
+        if slots > 1:                                  # windows: one space-to-depth copy each of k and v
+            k, v = _fold_windows(k, q, f), _fold_windows(v, q, f)            # (B, h d, slots, *S_q)
+        return _Plan(k.reshape(b, nh, dk, slots, -1) if slots > 1 else k.reshape(b, nh, dk, -1),
+                     v.reshape(b, nh, dv, slots, -1) if slots > 1 else v.reshape(b, nh, dv, -1), q, f, slots)
 
-    # Scores and weights are (B, h, slots, N); a source's products run on its fine grid, contiguous.
+    # Scores and weights are (B, h, slots, N): positions innermost, so the products run over contiguous memory.
     @staticmethod
-    def _scores(q: torch.Tensor, pl: "_Plan", q_fine: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``Q K^T`` for every slot and query position of one source: ``q (B, h, d_k, N)`` -> ``(B, h, slots, N)``.
-        ``q_fine``: ``q`` already upsampled onto the source's fine grid (shared by same-grid sources)."""
+    def _scores(q: torch.Tensor, pl: "_Plan") -> torch.Tensor:
+        """``Q K^T`` for every slot and query position of one source: ``q (B, h, d_k, N)`` -> ``(B, h, slots, N)``."""
         if pl.slots == 1:
             return (pl.k * q).sum(2, keepdim=True)
-        b, nh, dk = q.shape[:3]
-        if q_fine is None:
-            q_fine = _upsample_int(q.reshape(b, nh * dk, *pl.grid), pl.f).reshape(b, nh, dk, -1)
-        s = (pl.k * q_fine).sum(2)                                            # (B, h, G)
-        return _fold_windows(s.reshape(b, nh, *(n * k for n, k in zip(pl.grid, pl.f))), pl.grid, pl.f
-                             ).reshape(b, nh, pl.slots, -1)                 # small copy: h channels
+        return (pl.k * q.unsqueeze(3)).sum(2)
 
     @staticmethod
     def _read(w: torch.Tensor, pl: "_Plan") -> torch.Tensor:
         """The weighted sum of one source's values: weights ``(B, h, slots, N)`` -> ``(B, h, d_v, N)``."""
         if pl.slots == 1:
             return pl.v * w
-        b, nh, dv = pl.v.shape[:3]
-        wf = depth_to_space(w.reshape(b, nh, pl.slots, *pl.grid), pl.f)      # (B, h, *G), small copy
-        a = pl.v * wf.reshape(b, nh, 1, -1)                                  # (B, h, d_v, G)
-        fine = tuple(n * k for n, k in zip(pl.grid, pl.f))
-        return _sum_windows(a.reshape(b, nh * dv, *fine), pl.f).reshape(b, nh, dv, -1)
+        return (pl.v * w.unsqueeze(2)).sum(3)
 
     def _weights(self, scores: torch.Tensor) -> torch.Tensor:
         """Top-k softmax over the slots (dim 2): softmax over the ``k`` largest scores, scattered back, so
@@ -350,11 +344,7 @@ class NFMAttention(nn.Module):
         if self.random_attention:                                                   # ablation: random scores
             scores = [q.new_zeros(b, nh, 1, n), torch.randn(b, nh, sum(slots), n, device=h.device, dtype=h.dtype)]
         else:
-            fine = {}                                      # the query upsampled once per (grid, window)
-            for pl in plans:
-                if pl.slots > 1 and (pl.grid, pl.f) not in fine:
-                    fine[pl.grid, pl.f] = _upsample_int(q.reshape(b, -1, *pl.grid), pl.f).reshape(b, nh, self.d_k, -1)
-            scores = [q.new_zeros(b, nh, 1, n)] + [self._scores(q, pl, fine.get((pl.grid, pl.f))) for pl in plans]
+            scores = [q.new_zeros(b, nh, 1, n)] + [self._scores(q, pl) for pl in plans]   # null slot first
         w = self._weights(torch.cat(scores, dim=2))                                 # (B, h, L, N)
         a = sum(self._read(wj, pl) for pl, wj in zip(plans, torch.split(w[:, :, 1:], slots, dim=2)))
         a = a.reshape(b, nh * self.d_v, n)                                          # null value is 0
@@ -364,8 +354,8 @@ class NFMAttention(nn.Module):
 
 
 class _Plan(NamedTuple):
-    """One source on its fine grid ``G`` (see :meth:`NFMAttention._project`): keys ``(B, h, d_k, G)``,
-    values ``(B, h, d_v, G)`` (``G`` is ``N`` or 1 for one slot), the query grid and the window per dim."""
+    """One source on the query grid (see :meth:`NFMAttention._project`): keys ``(B, h, d_k, [slots,] N or 1)``,
+    values likewise, the query grid and the window per spatial dimension."""
     k: torch.Tensor
     v: torch.Tensor
     grid: Size
@@ -388,17 +378,6 @@ def _upsample_int(x: torch.Tensor, u: Size) -> torch.Tensor:
     view = [v for n in x.shape[2:] for v in (n, 1)]
     full = [v for n, k in zip(x.shape[2:], u) for v in (n, k)]
     return x.reshape(b, c, *view).expand(b, c, *full).reshape(b, c, *size)
-
-
-def _sum_windows(x: torch.Tensor, f: Size) -> torch.Tensor:
-    """Sum over every ``f`` window: ``(B, C, *(S * f))`` -> ``(B, C, *S)`` (sum pooling; the adjoint of
-    :func:`_upsample_int`)."""
-    nd = len(f)
-    if 1 <= nd <= 3:
-        return getattr(F, f"avg_pool{nd}d")(x, f, f) * math.prod(f)
-    b, c = x.shape[:2]
-    return x.reshape(b, c, *[v for n, k in zip(x.shape[2:], f) for v in (n // k, k)]).sum(
-        [3 + 2 * d for d in range(nd)])
 
 
 # ----------------------------------------------------------------------------------------------------
