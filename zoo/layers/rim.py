@@ -335,9 +335,10 @@ class RIMCell(nn.Module):
         return h_next, c_next, comm_probs
 
     def step(self, k: torch.Tensor, v: torch.Tensor, h: torch.Tensor, c: torch.Tensor,
-             reset: Optional[torch.Tensor] = None):
+             reset: Optional[torch.Tensor] = None, w_qkv: Optional[torch.Tensor] = None):
         """One step on unit-major state (the general path: any number of rows, every option). k, v from
-        :meth:`project_input` for this step; h, c (U, B, d); reset (B,) or None. Returns ``h, c``
+        :meth:`project_input` for this step; h, c (U, B, d); reset (B,) or None; w_qkv: optional
+        :meth:`_comm_weight` (computed if None). Returns ``h, c``
         (U, B, d), mask (U, B), input probs (U, B, H, 1+N), comm probs (U, U, B, H) or None."""
         if reset is not None:
             keep = (1 - reset.to(h.dtype)).view(1, -1, 1)
@@ -345,7 +346,7 @@ class RIMCell(nn.Module):
         read, in_probs, score = self._input_attention(k, v, h)
         mask = self._competition(score)
         h_cand, c_cand = self._dynamics(read, h, c)
-        h_next, c_next, comm_probs = self._merge(h, c, h_cand, c_cand, mask.unsqueeze(-1))
+        h_next, c_next, comm_probs = self._merge(h, c, h_cand, c_cand, mask.unsqueeze(-1), w_qkv)
         return h_next, c_next, mask, in_probs, comm_probs
 
     # --- the fast path: one input row, no key/value bias, no input dropout ------------------------
@@ -460,9 +461,10 @@ class RIMCell(nn.Module):
                     infos.append(self.info(mask, in_probs, comm_probs))
         else:
             keys, values = (t.unbind(0) for t in self.project_input(rows))
+            w_qkv = self._comm_weight() if self.comm else None
             for t in range(steps):
                 reset = None if episode_starts is None else episode_starts[t]
-                h, c, mask, in_probs, comm_probs = self.step(keys[t], values[t], h, c, reset)
+                h, c, mask, in_probs, comm_probs = self.step(keys[t], values[t], h, c, reset, w_qkv)
                 outs.append(self.readout(h, mask))
                 if return_info:
                     infos.append(self.info(mask, in_probs, comm_probs))
