@@ -20,7 +20,9 @@ Speed. sb3-contrib's ``_process_sequence`` steps its LSTM one time step at a tim
 sequence holds an episode start, which is nearly every training minibatch. Here the core gets the whole
 sequence and its episode-start mask in one call (:func:`rl.cores.run_core`); since the rollout buffer cuts
 sequences at episode starts, the only resets in training are at a sequence's first step, and the LSTM/GRU
-cores run as one ATen call. Hidden states reset exactly at episode starts, as the stock LSTM's do.
+cores run as one ATen call. Hidden states reset exactly at episode starts, as the stock LSTM's do. The RIM
+core still loops over time inside :class:`zoo.RIM`, on its one-row fast path (features are one vector per
+step): at hidden 252 it trains at about 1.3x the stock ``MlpLstmPolicy``'s steps/s (docs/rl.md).
 """
 from __future__ import annotations
 
