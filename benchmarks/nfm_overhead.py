@@ -1,7 +1,7 @@
 """Step-time overhead of NFM (thesis ch. 10) against its plain backbone.
 
     python benchmarks/nfm_overhead.py                          # nfm_preactresnet18, 1 and 2 passes, batch 64x3x32x32
-    python benchmarks/nfm_overhead.py --threads 1 --repeats 5  # the numbers of docs/nfm.md
+    python benchmarks/nfm_overhead.py --threads 1 --repeats 7  # the numbers of docs/nfm.md
     python benchmarks/nfm_overhead.py --backbone mnist_convnet --chans 1 --size 28
 
 One full training step each (forward, cross-entropy, backward, SGD step) of the plain backbone and of its
