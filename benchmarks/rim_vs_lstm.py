@@ -10,14 +10,12 @@ RIM / LSTM (goal: at most 1.5x on the default config). Memory is the bytes autog
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
+from timing import add_run_options, interleave, medians, prepare
 from torch import nn
 
 import zoo
-from zoo.engine import resolve_device
 
 
 def saved_bytes(model: nn.Module, x: torch.Tensor) -> int:
@@ -39,15 +37,6 @@ def saved_bytes(model: nn.Module, x: torch.Tensor) -> int:
     return total
 
 
-def step_time(model: nn.Module, x: torch.Tensor) -> float:
-    t0 = time.perf_counter()
-    out, _ = model(x)
-    out.float().sum().backward()
-    if x.is_cuda:
-        torch.cuda.synchronize()
-    return time.perf_counter() - t0
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=100, help="sequence length T")
@@ -56,14 +45,9 @@ def main() -> None:
     p.add_argument("--hidden", type=int, default=600)
     p.add_argument("--units", type=int, default=6)
     p.add_argument("--k-active", type=int, default=4)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--device", default="auto")
+    add_run_options(p, repeats=5)
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    torch.manual_seed(0)
+    device = prepare(args)
     x = torch.randn(args.steps, args.batch, args.input, device=device)
     models = {
         "nn.LSTM": nn.LSTM(args.input, args.hidden),
@@ -73,24 +57,22 @@ def main() -> None:
         "RIM (official numerics)": zoo.RIM(args.input, args.hidden, num_units=args.units,
                                            k_active=args.k_active, official=True),
     }
-    for m in models.values():
+
+    def fwd_bwd(m):
         m.to(device)
-        step_time(m, x)                                                   # warm-up
-    times = {name: [] for name in models}
-    for _ in range(args.repeats):                                         # interleaved: fair under load
-        for name, m in models.items():
-            times[name].append(step_time(m, x))
-    base = statistics.median(times["nn.LSTM"])
+        return lambda i: m(x)[0].float().sum().backward()
+
+    med = medians(interleave({name: fwd_bwd(m) for name, m in models.items()}, args.repeats, device, warmup=1))
+    base = med["nn.LSTM"]
     base_mem = saved_bytes(models["nn.LSTM"], x)
     print(f"forward+backward, T={args.steps}, batch={args.batch}, input={args.input}, hidden={args.hidden}, "
           f"units={args.units}, k_active={args.k_active}, device={device}, threads={torch.get_num_threads()}, "
           f"median of {args.repeats}")
     print(f"{'model':<26}{'time (ms)':>11}{'x LSTM':>9}{'saved MiB':>11}{'x LSTM':>9}{'params':>10}")
     for name, m in models.items():
-        med = statistics.median(times[name])
         mem = saved_bytes(m, x)
         n_params = sum(p.numel() for p in m.parameters())
-        print(f"{name:<26}{med * 1e3:>11.1f}{med / base:>9.2f}{mem / 2**20:>11.1f}{mem / base_mem:>9.2f}"
+        print(f"{name:<26}{med[name] * 1e3:>11.1f}{med[name] / base:>9.2f}{mem / 2**20:>11.1f}{mem / base_mem:>9.2f}"
               f"{n_params:>10,}")
 
 

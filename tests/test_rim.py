@@ -87,12 +87,17 @@ def test_gradient_reaches_inactive_units_earlier_state():
 
 
 def test_gradient_flows_through_a_dormant_unit_over_time():
-    rim = RIM(8, 24, num_units=4, k_active=1, comm=False)
-    h0 = torch.randn(1, 3, 24, requires_grad=True)
-    c0 = torch.zeros(1, 3, 24)
-    out, _, info = rim(torch.randn(6, 3, 8), (h0, c0), return_info=True)
-    # pick a (sample, unit) that stayed inactive for all 6 steps: its final state is its initial state
-    never = (info.mask[:, 0] == 0).all(0)                             # (B, U)
+    # seeded: find a (sample, unit) that stayed inactive for all 6 steps (with k_active=1 of 4 units most
+    # draws have one); its final state must be its initial state, and the gradient must reach it
+    for seed in range(20):
+        torch.manual_seed(seed)
+        rim = RIM(8, 24, num_units=4, k_active=1, comm=False)
+        h0 = torch.randn(1, 3, 24, requires_grad=True)
+        c0 = torch.zeros(1, 3, 24)
+        out, _, info = rim(torch.randn(6, 3, 8), (h0, c0), return_info=True)
+        never = (info.mask[:, 0] == 0).all(0)                         # (B, U)
+        if never.any():
+            break
     b, u = never.nonzero()[0].tolist()
     sl = slice(u * 6, (u + 1) * 6)
     assert torch.equal(out[-1, b, sl], h0[0, b, sl])

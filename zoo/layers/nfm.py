@@ -59,7 +59,7 @@ def space_to_depth(x: torch.Tensor, factor: Union[int, Sequence[int]]) -> torch.
     f = _as_tuple(factor, nd, "factor")
     if any(s % k for s, k in zip(x.shape[2:], f)):
         raise ValueError(f"space_to_depth: spatial size {tuple(x.shape[2:])} is not divisible by factor {f}")
-    return _fold_windows(x, tuple(s // k for s, k in zip(x.shape[2:], f)), f)
+    return _fold_windows(x, f)
 
 
 def depth_to_space(x: torch.Tensor, factor: Union[int, Sequence[int]]) -> torch.Tensor:
@@ -98,10 +98,11 @@ def slots_for(src: Sequence[int], query: Sequence[int]) -> Size:
     return tuple(-(-s // q) if s > q else 1 for s, q in zip(src, query))
 
 
-def _fold_windows(x: torch.Tensor, size: Size, f: Size) -> torch.Tensor:
+def _fold_windows(x: torch.Tensor, f: Size) -> torch.Tensor:
     """``(B, C, *(size * f))`` -> ``(B, C, prod(f), *size)``, window offsets row-major."""
-    nd = len(size)
+    nd = len(f)
     b, c = x.shape[:2]
+    size = tuple(n // k for n, k in zip(x.shape[2:], f))
     x = x.reshape(b, c, *[v for n, k in zip(size, f) for v in (n, k)])
     perm = [0, 1] + [2 + 2 * d + 1 for d in range(nd)] + [2 + 2 * d for d in range(nd)]
     return x.permute(perm).reshape(b, c, math.prod(f), *size)
@@ -161,9 +162,24 @@ def rescale(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 
     Shapes: ``(B, C, *S_src)`` or ``(B, C)`` -> ``(B, C, slots, *size)`` with ``slots = prod(f)``.
     """
-    x, q, f = _grids(x, size)
-    out = _fold_windows(_window_view(x, q, f), q, f)
+    out = _on_grid(x, size)
     return out.reshape(*out.shape[:3], *size)
+
+
+def _on_grid(x: torch.Tensor, size: Sequence[int], broadcast: bool = False) -> torch.Tensor:
+    """:func:`rescale` without the final reshape: ``(B, C, *S_src)`` or ``(B, C)`` -> ``(B, C, slots, *S_q)``.
+
+    Whole-factor upsampling goes through :func:`_upsample_int` (``F.interpolate``, whose backward is a fast
+    sum pooling, unlike ``index_select``'s ``index_add``); only non-integer factors are upsampled by index.
+    With ``broadcast=True`` a source of a single position is left ``(B, C, 1, 1, ...)``, for broadcasting.
+    """
+    x, q, f = _grids(x, size)
+    grid_q = tuple(n_q if n_s >= n_q or n_q % n_s else n_s for n_s, n_q in zip(x.shape[2:], q))
+    x = _window_view(x, grid_q, f)                                      # non-integer upsampling, padding
+    u = tuple(n_q // n for n, n_q in zip(grid_q, q))                     # whole upsampling factors
+    if any(k > 1 for k in u) and not (broadcast and all(n == 1 for n in x.shape[2:])):
+        x = _upsample_int(x, u)
+    return _fold_windows(x, f)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -294,17 +310,11 @@ class NFMAttention(nn.Module):
         if k.shape[1] != nh * dk or v.shape[1] != nh * dv or k.shape[2:] != v.shape[2:]:
             raise ValueError(f"a projected source needs keys of num_heads * d_k = {nh * dk} and values of "
                              f"num_heads * d_v = {nh * dv} channels, got {tuple(k.shape)}, {tuple(v.shape)}")
-        (k, q, f), (v, _, _) = _grids(k, q_size), _grids(v, q_size)
-        grid_q = tuple(n_q if n_s >= n_q or n_q % n_s else n_s for n_s, n_q in zip(k.shape[2:], q))
-        k, v = (_window_view(t, grid_q, f) for t in (k, v))                 # no-op unless non-integer sizes
-        u = tuple(n_q // n for n, n_q in zip(grid_q, q))                     # integer upsampling factors
-        if any(x > 1 for x in u) and any(n > 1 for n in k.shape[2:]):        # (a 1x1 source just broadcasts)
-            k, v = _upsample_int(k, u), _upsample_int(v, u)
-        b, slots = k.shape[0], math.prod(f)
-        if slots > 1:                                  # windows: one space-to-depth copy each of k and v
-            k, v = _fold_windows(k, q, f), _fold_windows(v, q, f)            # (B, h d, slots, *S_q)
-        return _Plan(k.reshape(b, nh, dk, slots, -1) if slots > 1 else k.reshape(b, nh, dk, -1),
-                     v.reshape(b, nh, dv, slots, -1) if slots > 1 else v.reshape(b, nh, dv, -1), q, f, slots)
+        k, v = _on_grid(k, q_size, broadcast=True), _on_grid(v, q_size, broadcast=True)   # (B, h d, slots, *S)
+        b, slots = k.shape[0], k.shape[2]
+        if slots == 1:                                                       # (B, h, d, N), or N = 1: broadcast
+            return _Plan(k.reshape(b, nh, dk, -1), v.reshape(b, nh, dv, -1), 1)
+        return _Plan(k.reshape(b, nh, dk, slots, -1), v.reshape(b, nh, dv, slots, -1), slots)
 
     # Scores and weights are (B, h, slots, N): positions innermost, so the products run over contiguous memory.
     @staticmethod
@@ -355,11 +365,9 @@ class NFMAttention(nn.Module):
 
 class _Plan(NamedTuple):
     """One source on the query grid (see :meth:`NFMAttention._project`): keys ``(B, h, d_k, [slots,] N or 1)``,
-    values likewise, the query grid and the window per spatial dimension."""
+    values likewise (the slots dimension only when ``slots > 1``)."""
     k: torch.Tensor
     v: torch.Tensor
-    grid: Size
-    f: Size
     slots: int
 
 

@@ -256,22 +256,32 @@ class RIMCell(nn.Module):
 
     def _competition(self, score: torch.Tensor) -> torch.Tensor:
         """score: (U, B) -> mask (U, B) with exactly ``k_active`` ones per sample (section 8.2.2)."""
+        if self.k_active == self.num_units:
+            return torch.ones_like(score)
         idx = score.detach().topk(self.k_active, dim=0).indices
         return torch.zeros_like(score).scatter_(0, idx, 1.0)
 
     def _dynamics(self, read: torch.Tensor, h: torch.Tensor, c: torch.Tensor):
         """Per-unit LSTM/GRU (section 8.2.3): read (U, B, H*dv), h, c (U, B, d) -> candidates h~, c~."""
-        d = self.unit_size
         if self.cell == "lstm":
-            # split (not slicing): its backward is one cat instead of zero-filled buffers per slice
-            ifo, g = (self.w_ih.unit_major(read) + self.w_hh.unit_major(h)).split([3 * d, d], dim=-1)
-            i, f, o = torch.sigmoid(ifo).chunk(3, dim=-1)
-            c_new = f * c + i * torch.tanh(g)
-            return o * torch.tanh(c_new), c_new
-        xrz, xn = self.w_ih.unit_major(read).split([2 * d, d], dim=-1)
+            return self._lstm_update(self.w_ih.unit_major(read) + self.w_hh.unit_major(h), c)
+        return self._gru_update(self.w_ih.unit_major(read), h)
+
+    def _lstm_update(self, pre: torch.Tensor, c: torch.Tensor):
+        """The LSTM of every unit from its gate pre-activations ``W^ih A + W^hh h + b`` (U, B, 4d) -> h~, c~."""
+        # split (not slicing): its backward is one cat instead of zero-filled buffers per slice
+        ifo, g = pre.split([3 * self.unit_size, self.unit_size], dim=-1)
+        i, f, o = torch.sigmoid(ifo).chunk(3, dim=-1)
+        c_new = torch.addcmul(f * c, i, torch.tanh(g))
+        return o * torch.tanh(c_new), c_new
+
+    def _gru_update(self, x_gates: torch.Tensor, h: torch.Tensor):
+        """The GRU of every unit from its input-side pre-activations ``W^ih A + b^ih`` (U, B, 3d) and h -> h~, h~."""
+        d = self.unit_size
+        xrz, xn = x_gates.split([2 * d, d], dim=-1)
         hrz, hn = self.w_hh.unit_major(h).split([2 * d, d], dim=-1)
         r, z = torch.sigmoid(xrz + hrz).chunk(2, dim=-1)
-        h_new = torch.lerp(torch.tanh(xn + r * hn), h, z)                   # (1 - z) n + z h
+        h_new = torch.lerp(torch.tanh(torch.addcmul(xn, r, hn)), h, z)    # (1 - z) n + z h
         return h_new, h_new
 
     def _comm_weight(self) -> torch.Tensor:
@@ -385,13 +395,13 @@ class RIMCell(nn.Module):
         p_in = torch.einsum("tbhv,uhvg->utbhg", v.reshape(steps, batch, H, dv), self.w_ih.weight.view(U, H, dv, -1))
         return g, p_in
 
-    def _fast_step(self, g, p_in, h, c, zeros, bias, w_qkv, keep=None):
+    def _fast_step(self, g, p_in, h, c, bias, w_qkv, keep=None):
         """One step of the fast path; g, p_in this step's slices of :meth:`_fast_inputs`, h, c (U, B, d),
         bias: the LSTM's ``b_ih + b_hh`` (U, 1, 4d) or the GRU's ``b_ih`` (U, 1, 3d); keep (1, B, 1) or
         None. Returns ``h, c``, mask (U, B), logits (U, B, H) and comm probs, as :meth:`step`."""
         if keep is not None:
             h, c = h * keep, c * keep
-        heads, d = self.input_heads, self.unit_size
+        heads = self.input_heads
         if heads == 1:
             logit = (h * g).sum(-1, keepdim=True)                            # (U, B, 1), eq. 8.1
         else:
@@ -405,26 +415,16 @@ class RIMCell(nn.Module):
             score = -torch.sigmoid(-score).mean(-1)
         else:
             score = score.mean(-1)
-        if self.k_active == self.num_units:
-            mask = zeros + 1.0
-        else:
-            mask = zeros.scatter(0, score.topk(self.k_active, dim=0).indices, 1.0)
-        m = mask.unsqueeze(-1)
+        mask = self._competition(score)
         if heads == 1:
             read_gates = lambda base: torch.addcmul(base, p, p_in)          # noqa: E731 - base + p * W^ih v
         else:
             read_gates = lambda base: base + (p.unsqueeze(-1) * p_in).sum(-2)  # noqa: E731
         if self.cell == "lstm":
-            ifo, gg = read_gates(torch.baddbmm(bias, h, self.w_hh.weight)).split([3 * d, d], dim=-1)
-            i, f, o = torch.sigmoid(ifo).chunk(3, dim=-1)
-            c_cand = torch.addcmul(f * c, i, torch.tanh(gg))
-            h_cand = o * torch.tanh(c_cand)
+            h_cand, c_cand = self._lstm_update(read_gates(torch.baddbmm(bias, h, self.w_hh.weight)), c)
         else:
-            xrz, xn = read_gates(bias).split([2 * d, d], dim=-1)
-            hrz, hn = self.w_hh.unit_major(h).split([2 * d, d], dim=-1)
-            r, z = torch.sigmoid(xrz + hrz).chunk(2, dim=-1)
-            h_cand = c_cand = torch.lerp(torch.tanh(torch.addcmul(xn, r, hn)), h, z)
-        h_next, c_next, comm_probs = self._merge(h, c, h_cand, c_cand, m, w_qkv)
+            h_cand, c_cand = self._gru_update(read_gates(bias), h)
+        h_next, c_next, comm_probs = self._merge(h, c, h_cand, c_cand, mask.unsqueeze(-1), w_qkv)
         return h_next, c_next, mask, logit, comm_probs
 
     def run(self, rows: torch.Tensor, h: torch.Tensor, c: torch.Tensor,
@@ -439,21 +439,20 @@ class RIMCell(nn.Module):
         steps = rows.shape[0]
         h = h.contiguous()
         c = h if self.cell == "gru" else c.contiguous()
-        resets = [None] * steps if episode_starts is None else \
-            (1 - episode_starts.to(h.dtype)).view(steps, 1, -1, 1).unbind(0)
         outs, infos = [], []
         if self.fast_path_applies(rows.shape[2]):
+            keeps = [None] * steps if episode_starts is None else \
+                (1 - episode_starts.to(h.dtype)).view(steps, 1, -1, 1).unbind(0)
             # unbind (not g[t]): indexing would give each step's backward a zero-filled buffer the size of
             # the whole sequence, O(T^2) work; unbind's backward is one stack
             gs, ps = (t.unbind(1) for t in self._fast_inputs(rows.squeeze(2)))
-            zeros = h.new_zeros(h.shape[:2])
             if self.cell == "lstm":
                 bias = (self.w_ih.bias + self.w_hh.bias).unsqueeze(1)
             else:
                 bias = self.w_ih.bias.unsqueeze(1)
             w_qkv = self._comm_weight() if self.comm else None
             for t in range(steps):
-                h, c, mask, logit, comm_probs = self._fast_step(gs[t], ps[t], h, c, zeros, bias, w_qkv, resets[t])
+                h, c, mask, logit, comm_probs = self._fast_step(gs[t], ps[t], h, c, bias, w_qkv, keeps[t])
                 outs.append(self.readout(h, mask))
                 if return_info:
                     # the two-way softmax over [null ; x]: null column sigmoid(-l) = 1 - p
@@ -604,10 +603,7 @@ class RIM(nn.Module):
             c_n.append(c.transpose(0, 1).reshape(batch, self.hidden_size))
             infos.append(layer_info)
         output = rows.squeeze(2)                                             # (T, B, H)
-        if self.num_layers == 1:
-            h_n, c_n = h_n[0].unsqueeze(0), c_n[0].unsqueeze(0)
-        else:
-            h_n, c_n = torch.stack(h_n), torch.stack(c_n)
+        h_n, c_n = torch.stack(h_n), torch.stack(c_n)
         if unbatched:
             output, h_n, c_n = output.squeeze(1), h_n.squeeze(1), c_n.squeeze(1)
         elif self.batch_first:
