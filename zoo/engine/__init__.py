@@ -7,6 +7,7 @@ from .jobs import command_line, default_workers, run_grid, run_jobs, write_repor
 from .logger import MetricLogger
 from .loop import FitResult, cycle, fit, to_device
 from .results import markdown_table, summarize_seeds
+from .streams import MapStream, SeededStream, ShuffledBatches, Stream, ZipStream, restore_stream, stream_state
 from .seed import resolve_device, seed_everything
 
 __all__ = [
@@ -15,5 +16,6 @@ __all__ = [
     "check_writable_dir", "check_writable_file", "parse_json_object", "RunError", "CheckpointError", "Interrupted",
     "run_cli", "MetricLogger", "default_workers", "run_jobs", "run_grid", "command_line", "write_report",
     "FitResult", "cycle", "fit", "to_device",
-    "markdown_table", "summarize_seeds", "resolve_device", "seed_everything",
+    "markdown_table", "summarize_seeds", "Stream", "SeededStream", "ShuffledBatches", "ZipStream", "MapStream",
+    "stream_state", "restore_stream", "resolve_device", "seed_everything",
 ]
