@@ -16,124 +16,68 @@ Writes ``results.md``, ``results.json`` and ``robustness.png`` to ``--out``.
 """
 from __future__ import annotations
 
-import dataclasses
+import difflib
 import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
+import timm
 import torch
 
 import zoo
 from zoo import methods as zoo_methods
 from zoo import robustness
-from zoo.data import embedded_mnist_split, load_mnist
-from zoo.engine import (arg, command_line, fit, load_checkpoint, markdown_table, parse_config, resolve_device,
-                        run_grid, seed_everything, summarize_seeds, write_json, write_report, write_text)
+from zoo.data import DATASETS, dataset_missing, load_dataset
+from zoo.engine import (ConfigError, check_finite, MapStream, RunConfig, ShuffledBatches, Stream, ZipStream, arg, command_line,
+                        config_to_dict, fit, load_checkpoint, markdown_table, parse_config, parse_json_object,
+                        resolve_device, run_cli, run_grid, seed_everything, summarize_seeds, write_json,
+                        write_report, write_text)
 
-DATASETS = ("digits", "mnist", "cifar10", "cifar100", "svhn")
+__all__ = ["Config", "run", "main", "load_dataset", "method_batches", "build_model", "test_accuracy"]
+
+PROG = "python -m tasks.classify"
+#: input channels and classes of each data set (to check a model at parse time without loading data)
+_SHAPES = {"digits": (1, 10), "mnist": (1, 10), "cifar10": (3, 10), "cifar100": (3, 100), "svhn": (3, 10)}
 
 
 # ---------------------------------------------------------------------------------------------------------
 # data
 # ---------------------------------------------------------------------------------------------------------
-def _torchvision(name: str, root: str, download: bool) -> dict:
-    import numpy as np
-    import torchvision.datasets as tvd
-
-    def wrap(make):
-        try:
-            return make()
-        except RuntimeError as e:
-            raise FileNotFoundError(f"{name} not found under {root!r}; add --download (needs internet) or point "
-                                    f"--data-root at a folder holding it. Offline: --dataset digits.") from e
-
-    if name == "mnist":
-        return {"train": wrap(lambda: load_mnist(root, True, download)),
-                "test": wrap(lambda: load_mnist(root, False, download))}
-    out = {}
-    for split in ("train", "test"):
-        if name == "svhn":
-            ds = wrap(lambda: tvd.SVHN(root, split=split, download=download))
-            x, y = torch.from_numpy(ds.data).float() / 255.0, torch.from_numpy(np.asarray(ds.labels)).long()
-        else:
-            cls = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
-            ds = wrap(lambda: cls(root, train=split == "train", download=download))
-            x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).float() / 255.0
-            y = torch.as_tensor(ds.targets).long()
-        out[split] = (x, y)
-    return out
-
-
-def _few_labels(train: Tuple[torch.Tensor, torch.Tensor], per_class: int, seed: int) -> dict:
-    x, y = train
-    g = torch.Generator().manual_seed(seed)
-    lab, unl = [], []
-    for c in y.unique():
-        idx = (y == c).nonzero().flatten()
-        idx = idx[torch.randperm(len(idx), generator=g)]
-        if per_class > len(idx):
-            raise ValueError(f"labels_per_class={per_class} exceeds the {len(idx)} training images of class {int(c)}")
-        lab.append(idx[:per_class])
-        unl.append(idx[per_class:])
-    lab, unl = torch.cat(lab), torch.cat(unl)
-    return {"train": (x[lab], y[lab]), "unlabeled": (x[unl], y[unl])}
-
-
-def load_dataset(name: str, root: str = "data", download: bool = False, labels_per_class: int = 0,
-                 seed: int = 0) -> dict:
-    """``{"train": (x, y), "test": (x, y), ["unlabeled": (x, y)], "num_classes": K}``, images in ``[0, 1]``.
-
-    ``digits`` is the 5,000 embedded MNIST digits with the fixed 4,000 / 1,000 split; the others come
-    through torchvision. ``labels_per_class > 0`` keeps that many labels per class and returns the rest of
-    the training images as ``unlabeled`` (semi-supervised mode).
-    """
-    if name not in DATASETS:
-        raise ValueError(f"dataset must be one of {DATASETS}, got {name!r}")
-    if name == "digits":
-        data = embedded_mnist_split(labels_per_class=labels_per_class or None)
-    else:
-        data = _torchvision(name, root, download)
-        if labels_per_class:
-            data.update(_few_labels(data["train"], labels_per_class, seed))
-    data["num_classes"] = 100 if name == "cifar100" else 10
-    return data
-
-
-def batches(x: torch.Tensor, y: Optional[torch.Tensor], batch_size: int, seed: int) -> Iterator:
-    """Endless shuffled epochs of ``(x, y)`` minibatches (``y=None``: images only)."""
-    g = torch.Generator().manual_seed(seed)
-    n = len(x)
-    while True:
-        perm = torch.randperm(n, generator=g)
-        for i in range(0, n - batch_size + 1 if n >= batch_size else 1, batch_size):
-            idx = perm[i:i + batch_size]
-            yield (x[idx], None if y is None else y[idx])
-
-
 def method_batches(data: dict, batch_size: int, unlabeled_batch_size: int, needs_unlabeled: bool,
-                   seed: int) -> Iterator[dict]:
-    """Batch dicts ``{"x", "y"}`` (+ ``"x_u"`` from the unlabeled set, or the train images without labels)."""
-    lab = batches(*data["train"], batch_size, seed)
+                   seed: int) -> Stream:
+    """A checkpointable stream of batch dicts ``{"x", "y"}`` (+ ``"x_u"`` from the unlabeled set, or the
+    train images without labels), reshuffled every epoch."""
+    lab = ShuffledBatches(*data["train"], batch_size=batch_size, seed=seed)
     if not needs_unlabeled:
-        for x, y in lab:
-            yield {"x": x, "y": y}
+        return MapStream(lab, lambda b: {"x": b[0], "y": b[1]})
     pool = data["unlabeled"][0] if "unlabeled" in data else data["train"][0]
-    unl = batches(pool, None, unlabeled_batch_size, seed + 7919)
-    for (x, y), (u, _) in zip(lab, unl):
-        yield {"x": x, "y": y, "x_u": u}
+    unl = ShuffledBatches(pool, None, batch_size=unlabeled_batch_size, seed=seed + 7919)
+    return ZipStream(lab, unl, combine=lambda b, u: {"x": b[0], "y": b[1], "x_u": u[0]})
 
 
 # ---------------------------------------------------------------------------------------------------------
 # config
 # ---------------------------------------------------------------------------------------------------------
+def _check_methods(names: List[str]) -> Optional[str]:
+    unknown = [m for m in names if m not in zoo_methods.list_methods()]
+    return f"registered methods: {', '.join(zoo_methods.list_methods())}" if unknown else None
+
+
+def _check_evaluations(names: List[str]) -> Optional[str]:
+    if names == ["all"]:
+        return None
+    unknown = [e for e in names if e not in robustness.list_evaluations()]
+    return f"'all' or registered evaluations: {', '.join(robustness.list_evaluations())}" if unknown else None
+
+
 @dataclass
-class Config:
+class Config(RunConfig):
     """Train classifiers with registered methods (ERM, mixup family, ICT, ...) and evaluate robustness."""
 
     method: List[str] = arg(["erm"], help="registered methods to train, one run each "
-                                          "(zoo.methods.list_methods())")
+                                          "(zoo.methods.list_methods())", check=_check_methods)
     method_kwargs: str = arg("{}", help='JSON hyperparameters for every method, e.g. \'{"alpha": 2.0}\', or per '
                                         'method: \'{"manifold_mixup": {"alpha": 2.0}, "ict": {"w_max": 10}}\'')
     model: str = arg("test_resnet", help="registry name (zoo or timm), built with in_chans/num_classes")
@@ -142,42 +86,73 @@ class Config:
                        choices=DATASETS)
     data_root: str = arg("data", help="torchvision dataset folder")
     download: bool = arg(False, help="let torchvision download the dataset")
-    labels_per_class: int = arg(0, help="keep this many labels per class, the rest is unlabeled (0: all labeled)")
-    steps: int = arg(1000, help="optimizer steps per run")
-    batch_size: int = arg(64, help="labeled batch size")
-    unlabeled_batch_size: int = arg(64, help="unlabeled batch size (methods that need unlabeled data)")
+    labels_per_class: int = arg(0, help="keep this many labels per class, the rest is unlabeled (0: all labeled)",
+                                ge=0)
+    steps: int = arg(1000, help="optimizer steps per run", ge=1)
+    batch_size: int = arg(64, help="labeled batch size", ge=1)
+    unlabeled_batch_size: int = arg(64, help="unlabeled batch size (methods that need unlabeled data)", ge=1)
     optimizer: str = arg("sgd", help="sgd (nesterov momentum 0.9, the papers) or adam", choices=("sgd", "adam"))
-    lr: float = arg(0.05, help="peak learning rate (cosine-annealed to 0)")
-    weight_decay: float = arg(1e-4, help="L2 weight decay (papers: 1e-4)")
-    clip_grad: float = arg(0.0, help="gradient-norm clip (0: none)")
-    seeds: int = arg(1, help="seeds per method (seed, seed+1, ...); the table shows mean ± std")
-    seed: int = arg(0, help="first seed")
-    evaluations: List[str] = arg(["all"], help="robustness evaluations (zoo.robustness.list_evaluations()); all")
-    eval_size: int = arg(1000, help="test images used by the robustness evaluations (0: all)")
-    fgsm_eps: List[float] = arg([0.05, 0.1, 0.2, 0.3], help="FGSM epsilons (inputs in [0, 1])")
-    noise_std: List[float] = arg([0.1, 0.2, 0.3, 0.5, 0.8], help="Gaussian noise standard deviations")
-    occlusion: int = arg(16, help="occlusion box side in pixels")
-    eval_every: int = arg(250, help="test accuracy every this many steps (0: only at the end)")
-    log_every: int = arg(50, help="log training metrics every this many steps")
+    lr: float = arg(0.05, help="peak learning rate (cosine-annealed to 0)", gt=0, le=10)
+    weight_decay: float = arg(1e-4, help="L2 weight decay (papers: 1e-4)", ge=0)
+    clip_grad: float = arg(0.0, help="gradient-norm clip (0: none)", ge=0)
+    evaluations: List[str] = arg(["all"], help="robustness evaluations (zoo.robustness.list_evaluations()); all",
+                                 check=_check_evaluations)
+    eval_size: int = arg(1000, help="test images used by the robustness evaluations (0: all)", ge=0)
+    fgsm_eps: List[float] = arg([0.05, 0.1, 0.2, 0.3], help="FGSM epsilons (inputs in [0, 1])", ge=0, le=1)
+    noise_std: List[float] = arg([0.1, 0.2, 0.3, 0.5, 0.8], help="Gaussian noise standard deviations", ge=0)
+    occlusion: int = arg(16, help="occlusion box side in pixels", ge=1)
+    eval_every: int = arg(250, help="test accuracy every this many steps (0: only at the end)", ge=0)
     eval_only: str = arg("", help="evaluate this checkpoint.pt (or run folder) instead of training; "
-                                  "--model/--method name it")
-    out: str = arg("runs/classify", help="output folder")
-    device: str = arg("auto", help="'auto' (CUDA if present), 'cpu', 'cuda', ...")
-    workers: int = arg(0, help="parallel training processes (0: one per CPU core, one on a GPU)")
-    threads: int = arg(1, help="torch threads per worker process")
-    resume: bool = arg(False, help="continue runs from their checkpoints")
-    progress: bool = arg(True, help="show progress bars")
+                                  "--model/--method name it", path="in_any", allow_empty=True)
+    out: str = arg("runs/classify", help="output folder", path="out_dir")
+
+    def check(self) -> None:
+        super().check()
+        for name in self.method:
+            method_hparams(self, name)                     # raises ConfigError for unknown names/values
+        if not timm.is_model(self.model):
+            close = difflib.get_close_matches(self.model, timm.list_models(), n=6, cutoff=0.6)
+            raise ConfigError(f"--model {self.model!r} is not a registered model"
+                              + (f"; close names: {', '.join(close)}" if close else "; see zoo.list_models() "
+                                 "and timm.list_models()"))
+        kwargs = parse_json_object(self.model_kwargs, "--model-kwargs")
+        in_chans, num_classes = _SHAPES[self.dataset]
+        try:
+            with torch.device("meta"):                     # no memory, no time: just the constructor's checks
+                zoo.create_model(self.model, in_chans=in_chans, num_classes=num_classes, **kwargs)
+        except (TypeError, ValueError, AssertionError) as e:
+            raise ConfigError(f"--model {self.model} does not accept --model-kwargs {self.model_kwargs}: "
+                              f"{str(e).splitlines()[0]}") from None
+        if not self.download and not self.eval_only:
+            missing = dataset_missing(self.dataset, self.data_root)
+            if missing:
+                raise ConfigError(f"--dataset {missing}")
 
 
 def method_hparams(cfg: Config, name: str) -> dict:
-    """The hyperparameters of method ``name`` from ``--method-kwargs`` (shared or per-method JSON)."""
-    kw = json.loads(cfg.method_kwargs)
-    if not isinstance(kw, dict):
-        raise ValueError(f"--method-kwargs must be a JSON object, got {cfg.method_kwargs!r}")
+    """The hyperparameters of method ``name`` from ``--method-kwargs``: one JSON object shared by every
+    method, or one object per method name. Unknown method names and hyperparameters are a
+    :class:`ConfigError`."""
+    kw = parse_json_object(cfg.method_kwargs, "--method-kwargs")
     known = set(zoo_methods.list_methods())
-    if kw and all(k in known and isinstance(v, dict) for k, v in kw.items()):
-        return dict(kw.get(name, {}))
-    return kw
+    nested = {k for k, v in kw.items() if isinstance(v, dict)}
+    if nested:
+        unknown = sorted(nested - known)
+        if unknown:
+            raise ConfigError(f"--method-kwargs names unknown method(s) {unknown}; registered: {', '.join(sorted(known))}")
+        if len(nested) != len(kw):
+            raise ConfigError("--method-kwargs mixes per-method objects with shared values; give either "
+                              "'{\"alpha\": 2}' or '{\"manifold_mixup\": {\"alpha\": 2}}'")
+        hp = dict(kw.get(name, {}))
+    else:
+        hp = kw
+    try:
+        zoo_methods.create_method(name, **hp)
+    except (TypeError, ValueError) as e:
+        hint = ("" if nested else f" (shared values go to every method; set them for one method with "
+                                   f"'{{\"<method>\": {json.dumps(kw)}}}')")
+        raise ConfigError(f"--method-kwargs for {name}: {str(e).splitlines()[0]}{hint}") from None
+    return hp
 
 
 def build_model(cfg: Config, in_chans: int, num_classes: int) -> torch.nn.Module:
@@ -222,6 +197,7 @@ def train_one(cfg: Config, method_name: str, seed: int, position: int = 0) -> di
     seed_everything(seed)
     model = build_model(cfg, in_chans, data["num_classes"]).to(device)
     method = zoo_methods.create_method(method_name, **method_hparams(cfg, method_name))
+    run_meta = {**config_to_dict(cfg, include_run_control=False), "method": method_name, "seed": seed}
     method.total_steps = cfg.steps
     method.setup(model)
     if cfg.optimizer == "sgd":
@@ -235,7 +211,7 @@ def train_one(cfg: Config, method_name: str, seed: int, position: int = 0) -> di
     result = fit(model, opt, stream, steps=cfg.steps, device=device, out_dir=_run_dir(cfg, method_name, seed),
                  clip_grad=cfg.clip_grad or None, scheduler=sched, log_every=cfg.log_every,
                  eval_fn=lambda m: test_accuracy(method.eval_model(m), x_test, y_test, device),
-                 eval_every=cfg.eval_every, ckpt_every=max(cfg.eval_every, 500), resume=cfg.resume,
+                 eval_every=cfg.eval_every, ckpt_every=cfg.checkpoint_every, resume=cfg.resume, run_meta=run_meta,
                  desc=f"{method_name} s{seed}", progress=cfg.progress, position=position, **method.fit_kwargs())
     method.remove()                                        # taps off: evaluate the plain network
     net = method.eval_model(model)
@@ -249,16 +225,17 @@ def train_one(cfg: Config, method_name: str, seed: int, position: int = 0) -> di
 def eval_only(cfg: Config) -> dict:
     """Evaluate a saved checkpoint (``fit``'s ``checkpoint.pt``; ICT's teacher when present)."""
     path = Path(cfg.eval_only)
-    if path.is_dir():
+    if path.is_dir() and (path / "checkpoint.pt").exists():
         path = path / "checkpoint.pt"
-    if not path.exists():
-        raise SystemExit(f"no checkpoint at {path}")
     device = resolve_device(cfg.device)
     data = load_dataset(cfg.dataset, cfg.data_root, cfg.download)
     model = build_model(cfg, data["train"][0].shape[1], data["num_classes"])
     payload = load_checkpoint(path, map_location="cpu")
-    key = "ict_teacher" if "ict_teacher" in payload else "model"
-    model.load_state_dict(payload[key])
+    extra = payload.get("extra") or {}
+    key = "ict_teacher" if "ict_teacher" in extra else "model"
+    load_checkpoint(path, map_location="cpu", **({"model": model} if key == "model" else {}))
+    if key != "model":
+        model.load_state_dict(extra[key])
     model.to(device).eval()
     xe, ye = _test_subset(cfg, data)
     rob = robustness.evaluate_robustness(model, xe, ye, evaluation_names(cfg), eval_context(cfg, device, cfg.seed))
@@ -266,7 +243,9 @@ def eval_only(cfg: Config) -> dict:
     label = f"{cfg.model} ({path})"
     table = robustness.robustness_table({label: rob}, label="checkpoint")
     out = Path(cfg.out)
-    results = {label: rob, "_meta": {"checkpoint": str(path), "weights": key, "config": dataclasses.asdict(cfg)}}
+    check_finite(rob, "evaluation")
+    results = {label: rob, "_meta": {"checkpoint": str(path), "weights": key,
+                                     "config": config_to_dict(cfg, include_run_control=False)}}
     write_json(out / "results.json", results)
     write_text(out / "results.md", f"# Robustness of {path} ({key})\n\n{table}")
     print("\n" + table)
@@ -283,34 +262,35 @@ def summarize(cfg: Config, runs: List[dict]) -> Dict[str, Dict[str, float]]:
         out[name]["_std"] = {k: v["std"] for k, v in stats.items()}
         out[name]["_per_seed"] = mine
         out[name]["_hparams"] = next(r["hparams"] for r in runs if r["method"] == name)
-        out[name]["_train_seconds"] = sum(r["seconds"] for r in runs if r["method"] == name) / len(mine)
     return out
 
 
-def main(argv: Optional[List[str]] = None) -> dict:
-    cfg = parse_config(Config, argv)
-    unknown = [m for m in cfg.method if m not in zoo_methods.list_methods()]
-    if unknown:
-        raise SystemExit(f"unknown method(s) {unknown}; registered: {', '.join(zoo_methods.list_methods())}")
-    bad_eval = [e for e in evaluation_names(cfg) if e not in robustness.list_evaluations()]
-    if bad_eval:
-        raise SystemExit(f"unknown evaluation(s) {bad_eval}; registered: {robustness.list_evaluations()}")
+def run(cfg: Config, command: Optional[str] = None) -> dict:
+    """Train every method x seed of ``cfg`` (or evaluate ``cfg.eval_only``); write the report; return results."""
+    command = command or command_line(PROG, [])
     if cfg.eval_only:
         return eval_only(cfg)
     runs, wall, out = run_grid(cfg, train_one, cfg.method, "classify",
-                               f"; {cfg.model} on {cfg.dataset}, {cfg.steps} steps each")
+                               f"; {cfg.model} on {cfg.dataset}, {cfg.steps} steps each", command=command)
     results = summarize(cfg, runs)
     means = {name: {k: v for k, v in r.items() if not k.startswith("_")} for name, r in results.items()}
     table = robustness.robustness_table(means, label="method")
     curves = robustness.plot_curves(means, out / "robustness.png",
                                     title=f"{cfg.model} on {cfg.dataset}, {cfg.steps} steps")
+    seconds = {name: sum(r["seconds"] for r in runs if r["method"] == name) / cfg.seeds for name in cfg.method}
     hp = markdown_table(["method", "hyperparameters", "train s"],
-                        [[n, json.dumps(r["_hparams"]), f"{r['_train_seconds']:.0f}"] for n, r in results.items()
+                        [[n, json.dumps(r["_hparams"]), f"{seconds[n]:.0f}"] for n, r in results.items()
                          if not n.startswith("_")])
-    write_report(out, cfg, results, wall, f"Classification and robustness: {cfg.model} on {cfg.dataset}, {cfg.seeds} seed(s), mean shown",
-                 command_line("python -m tasks.classify", argv), table, extra=f"\n{hp}", figures=(curves,))
+    timing = {"train_seconds": {f"{r['method']}/seed{r['seed']}": r["seconds"] for r in runs}}
+    write_report(out, cfg, results, wall,
+                 f"Classification and robustness: {cfg.model} on {cfg.dataset}, {cfg.seeds} seed(s), mean shown",
+                 command, table, extra=f"\n{hp}", figures=(curves,), timing=timing)
     return results
 
 
+def main(argv: Optional[List[str]] = None) -> dict:
+    return run(parse_config(Config, argv, prog=PROG), command_line(PROG, argv))
+
+
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_cli(main))

@@ -18,16 +18,16 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 import zoo
-from zoo.engine import (arg, command_line, fit, markdown_table, parse_config, resolve_device, run_grid,
+from zoo.engine import (ConfigError, RunConfig, SeededStream, arg, command_line, config_to_dict, fit, fmt_mean_std,
+                        markdown_table, parse_config, parse_json_object, resolve_device, run_cli, run_grid,
                         seed_everything, summarize_seeds, write_report)
-from zoo.engine.results import fmt_mean_std
 
 BLANK, MARKER, NUM_TOKENS = 0, 9, 10
 NUM_RECALL = 10
@@ -53,12 +53,10 @@ def copying_batch(T: int, batch_size: int, generator: Optional[torch.Generator] 
     return x, y
 
 
-def copying_batches(T: int, batch_size: int, seed: int, n_sequence: int = NUM_RECALL
-                    ) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-    """An endless stream of fresh training batches (the paper samples new sequences every step)."""
-    g = torch.Generator().manual_seed(seed)
-    while True:
-        yield copying_batch(T, batch_size, g, n_sequence)
+def copying_batches(T: int, batch_size: int, seed: int, n_sequence: int = NUM_RECALL) -> SeededStream:
+    """An endless stream of fresh training batches (the paper samples new sequences every step); its
+    position is saved in checkpoints, so a resumed run sees the same batches."""
+    return SeededStream(lambda g: copying_batch(T, batch_size, g, n_sequence), seed)
 
 
 def copying_metrics(logits: torch.Tensor, y: torch.Tensor, n_sequence: int = NUM_RECALL) -> Dict[str, float]:
@@ -90,31 +88,39 @@ def evaluate(model: torch.nn.Module, T: int, num: int, seed: int, device: torch.
     return {k: v / num for k, v in sums.items()}
 
 
+def _check_model(name: str) -> Optional[str]:
+    if zoo.is_zoo_model(name) and name in zoo.list_models("*seq*"):
+        return None
+    return f"a registered sequence model: {', '.join(zoo.list_models('*seq*'))}"
+
+
 @dataclass
-class Config:
+class Config(RunConfig):
     """Copying task (thesis ch. 8, Table 1): train at dormant length T, test at longer T, RIMs vs LSTM."""
 
     models: List[str] = arg(["rim_lstm_seq_small", "lstm_seq_small"],
-                            help="registered sequence models to compare (zoo.list_models('*seq*'))")
-    train_len: int = arg(50, help="dormant length T in training (sequence length T+20)")
-    test_lens: List[int] = arg([50, 200], help="dormant lengths to test")
-    symbols: int = arg(NUM_RECALL, help="symbols to copy per sequence (paper: 10)")
-    steps: int = arg(2000, help="optimizer steps per model and seed")
-    batch_size: int = arg(64, help="training batch size")
-    lr: float = arg(3e-3, help="Adam learning rate (paper: 1e-3 for hidden 600)")
-    clip_grad: float = arg(1.0, help="gradient-norm clip (paper: 1.0)")
-    seeds: int = arg(1, help="number of seeds per model (seed, seed+1, ...); the table shows mean ± std")
-    seed: int = arg(0, help="first seed")
-    eval_size: int = arg(1000, help="test sequences per dormant length")
-    eval_every: int = arg(250, help="evaluate at train_len every this many steps (0: only at the end)")
-    log_every: int = arg(50, help="log training metrics every this many steps")
+                            help="registered sequence models to compare (zoo.list_models('*seq*'))",
+                            check=lambda names: next(filter(None, map(_check_model, names)), None))
+    train_len: int = arg(50, help="dormant length T in training (sequence length T+20)", ge=1)
+    test_lens: List[int] = arg([50, 200], help="dormant lengths to test", ge=1)
+    symbols: int = arg(NUM_RECALL, help="symbols to copy per sequence (paper: 10)", ge=1)
+    steps: int = arg(2000, help="optimizer steps per model and seed", ge=1)
+    batch_size: int = arg(64, help="training batch size", ge=1)
+    lr: float = arg(3e-3, help="Adam learning rate (paper: 1e-3 for hidden 600)", gt=0, le=10)
+    clip_grad: float = arg(1.0, help="gradient-norm clip (paper: 1.0; 0: none)", ge=0)
+    eval_size: int = arg(1000, help="test sequences per dormant length", ge=1)
+    eval_every: int = arg(250, help="evaluate at train_len every this many steps (0: only at the end)", ge=0)
     model_kwargs: str = arg("{}", help='JSON dict of extra model kwargs, e.g. \'{"k_active": 3}\'')
-    out: str = arg("runs/copying", help="output folder")
-    device: str = arg("auto", help="'auto' (CUDA if present), 'cpu', 'cuda', ...")
-    workers: int = arg(0, help="parallel training processes (0: one per CPU core, one on a GPU)")
-    threads: int = arg(1, help="torch threads per worker process")
-    resume: bool = arg(False, help="continue runs from their checkpoints")
-    progress: bool = arg(True, help="show progress bars")
+    out: str = arg("runs/copying", help="output folder", path="out_dir")
+
+    def check(self) -> None:
+        kwargs = parse_json_object(self.model_kwargs, "--model-kwargs")
+        for name in self.models:                   # build on the meta device: no memory, no time
+            try:
+                with torch.device("meta"):
+                    zoo.create_model(name, num_tokens=NUM_TOKENS, num_classes=NUM_TOKENS, **kwargs)
+            except (TypeError, ValueError) as e:
+                raise ConfigError(f"--model-kwargs {self.model_kwargs} do not fit {name}: {e}") from None
 
 
 def _run_dir(cfg: Config, model_name: str, seed: int) -> Path:
@@ -127,6 +133,7 @@ def train_one(cfg: Config, model_name: str, seed: int, position: int = 0) -> dic
     seed_everything(seed)
     model = zoo.create_model(model_name, num_tokens=NUM_TOKENS, num_classes=NUM_TOKENS,
                              **json.loads(cfg.model_kwargs)).to(device)
+    run_meta = {**config_to_dict(cfg, include_run_control=False), "model": model_name, "seed": seed}
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
 
     def step_fn(m, batch):
@@ -141,7 +148,7 @@ def train_one(cfg: Config, model_name: str, seed: int, position: int = 0) -> dic
                  clip_grad=cfg.clip_grad, log_every=cfg.log_every,
                  eval_fn=lambda m: evaluate(m, cfg.train_len, min(cfg.eval_size, 500), eval_seed, device,
                                             cfg.symbols),
-                 eval_every=cfg.eval_every, ckpt_every=max(cfg.eval_every, 500), resume=cfg.resume,
+                 eval_every=cfg.eval_every, ckpt_every=cfg.checkpoint_every, resume=cfg.resume, run_meta=run_meta,
                  desc=f"{model_name} s{seed}", progress=cfg.progress, position=position)
     tests = {str(T): evaluate(model, T, cfg.eval_size, eval_seed + T, device, cfg.symbols) for T in cfg.test_lens}
     out = {"model": model_name, "seed": seed, "seconds": result.seconds, "tests": tests,
@@ -173,7 +180,6 @@ def summarize(cfg: Config, runs: List[dict]) -> dict:
             results[name][T] = {k: v["mean"] for k, v in stats.items()}
             results[name][T]["std"] = {k: v["std"] for k, v in stats.items()}
             results[name][T]["per_seed"] = [r["tests"][T] for r in mine]
-        results[name]["train_seconds"] = sum(r["seconds"] for r in mine) / len(mine)
     return results
 
 
@@ -243,22 +249,29 @@ def plot_curves(runs: List[dict], cfg: Config, path: Path) -> Path:
     return path
 
 
-def main(argv: Optional[List[str]] = None) -> dict:
-    cfg = parse_config(Config, argv, prog="python -m tasks.copying")
-    for name in cfg.models:
-        if not zoo.is_zoo_model(name):
-            raise SystemExit(f"unknown model {name!r}; sequence models: {', '.join(zoo.list_models('*seq*'))}")
+PROG = "python -m tasks.copying"
+
+
+def run(cfg: Config, command: Optional[str] = None) -> dict:
+    """Train and test every model x seed of ``cfg``; write the report; return ``results``."""
+    command = command or command_line(PROG, [])
     runs, wall, out = run_grid(cfg, train_one, cfg.models, "copying",
-                               f"; train T={cfg.train_len}, test T={cfg.test_lens}, {cfg.steps} steps each")
+                               f"; train T={cfg.train_len}, test T={cfg.test_lens}, {cfg.steps} steps each",
+                               command=command)
 
     table = results_table(cfg, runs)
     results = summarize(cfg, runs)
     act = plot_activations(runs, cfg, out / "activations.png")
     curves = plot_curves(runs, cfg, out / "curves.png")
+    timing = {"train_seconds": {f"{r['model']}/seed{r['seed']}": r["seconds"] for r in runs}}
     write_report(out, cfg, results, wall, f"Copying: train T={cfg.train_len}, test T={cfg.test_lens}",
-                 command_line("python -m tasks.copying", argv), table, figures=(curves, act))
+                 command, table, figures=(curves, act), timing=timing)
     return results
 
 
+def main(argv: Optional[List[str]] = None) -> dict:
+    return run(parse_config(Config, argv, prog=PROG), command_line(PROG, argv))
+
+
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_cli(main))

@@ -18,27 +18,41 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
+import timm
 import torch
 
+import zoo
 from tasks import classify
-from zoo.engine import arg, load_checkpoint, parse_config, write_json
+from zoo.engine import arg, command_line, load_checkpoint, parse_config, run_cli, validate_config, write_json
 
 
 @dataclass
 class Config:
     """Train an NFM model on the embedded digits (tasks.classify) and plot its attention over layers."""
 
-    model: str = arg("nfm_mnist_convnet", help="an nfm_* registry name")
+    model: str = arg("nfm_mnist_convnet", help="an nfm_* registry name",
+                     check=lambda n: None if n.startswith("nfm_") and timm.is_model(n) else
+                     f"an NFM model: {', '.join(zoo.list_models('nfm_*'))}")
     model_kwargs: str = arg('{"widths": [16, 32, 64], "d_k": 8, "d_v": 8}', help="JSON model kwargs")
-    steps: int = arg(300, help="training steps")
-    batch_size: int = arg(32, help="batch size")
-    lr: float = arg(3e-3, help="learning rate (AdamW, cosine)")
-    seed: int = arg(0, help="seed")
-    eval_size: int = arg(500, help="test digits averaged in the plot")
-    checkpoint: str = arg("", help="plot this checkpoint.pt instead of training")
-    out: str = arg("runs/nfm_attention", help="harness output folder")
-    figure: str = arg("runs/nfm_attention/nfm_attention.png", help="where to write the plot")
-    progress: bool = arg(True, help="show progress bars")
+    steps: int = arg(300, help="training steps", ge=1)
+    batch_size: int = arg(32, help="batch size", ge=1)
+    lr: float = arg(3e-3, help="learning rate (AdamW, cosine)", gt=0, le=10)
+    seed: int = arg(0, help="seed", ge=0)
+    eval_size: int = arg(500, help="test digits averaged in the plot", ge=1)
+    checkpoint: str = arg("", help="plot this checkpoint.pt instead of training", path="in_any", allow_empty=True)
+    out: str = arg("runs/nfm_attention", help="harness output folder", path="out_dir")
+    figure: str = arg("runs/nfm_attention/nfm_attention.png", help="where to write the plot", path="out_file")
+    progress: bool = arg(True, help="show progress bars", run_control=True)
+
+    def __post_init__(self) -> None:
+        validate_config(self)
+
+    def harness(self) -> classify.Config:
+        """The classification run that trains the model (ERM, Adam, clean accuracy only)."""
+        return classify.Config(model=self.model, model_kwargs=self.model_kwargs, method=["erm"], steps=self.steps,
+                               batch_size=self.batch_size, optimizer="adam", lr=self.lr, seed=self.seed,
+                               evaluations=["clean"], out=self.out, eval_every=0, workers=1,
+                               progress=self.progress)
 
 
 @torch.no_grad()
@@ -87,18 +101,12 @@ def plot(att: dict, path: Path, title: str) -> Path:
     return path
 
 
-def main(argv: Optional[List[str]] = None) -> dict:
-    cfg = parse_config(Config, argv, prog="python -m tasks.nfm_attention")
-    harness = ["--model", cfg.model, "--model-kwargs", cfg.model_kwargs, "--method", "erm",
-               "--steps", str(cfg.steps), "--batch-size", str(cfg.batch_size), "--optimizer", "adam",
-               "--lr", str(cfg.lr), "--seed", str(cfg.seed), "--evaluations", "clean", "--out", cfg.out,
-               "--eval-every", "0", "--workers", "1", "--progress" if cfg.progress else "--no-progress"]
+def run(cfg: Config) -> dict:
+    hcfg = cfg.harness()
     ckpt = Path(cfg.checkpoint) if cfg.checkpoint else Path(cfg.out) / "erm" / f"seed{cfg.seed}" / "checkpoint.pt"
     acc = None
     if not cfg.checkpoint:
-        results = classify.main(harness)
-        acc = results["erm"]["acc"]
-    hcfg = parse_config(classify.Config, harness)
+        acc = classify.run(hcfg, command_line(PROG, None))["erm"]["acc"]
     data = classify.load_dataset("digits")
     model = classify.build_model(hcfg, data["train"][0].shape[1], data["num_classes"])
     load_checkpoint(ckpt, model=model)
@@ -115,5 +123,12 @@ def main(argv: Optional[List[str]] = None) -> dict:
     return {"attention": att, "acc": acc}
 
 
+PROG = "python -m tasks.nfm_attention"
+
+
+def main(argv: Optional[List[str]] = None) -> dict:
+    return run(parse_config(Config, argv, prog=PROG))
+
+
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_cli(main))

@@ -8,7 +8,7 @@ from torch import nn
 
 import zoo  # noqa: F401
 from tasks import classify
-from zoo.engine import fit, load_checkpoint, seed_everything
+from zoo.engine import ConfigError, fit, load_checkpoint, seed_everything
 from zoo.methods import create_method, list_methods
 
 torch.set_num_threads(1)
@@ -30,7 +30,7 @@ def test_harness_trains_mixup_family_beats_chance_and_eval_only_matches(tmp_path
     md = (out / "results.md").read_text()
     assert "manifold_mixup" in md and "fgsm/0.1" in md and (out / "robustness.png").exists()
     payload = load_checkpoint(out / "manifold_mixup" / "seed0" / "checkpoint.pt")
-    assert payload["step"] == 80 and payload["method_step"]["step"] == 80
+    assert payload["step"] == 80 and payload["extra"]["method_step"]["step"] == 80
     ev = classify.main(["--eval-only", str(out / "erm" / "seed0"), "--out", str(tmp_path / "ev"),
                         "--eval-size", "200", "--fgsm-eps", "0.1", "--noise-std", "0.3"])
     (row,) = [v for k, v in ev.items() if not k.startswith("_")]
@@ -47,13 +47,15 @@ def test_harness_ict_semi_supervised_beats_chance(tmp_path):
 
 
 def test_method_kwargs_shared_or_per_method_and_unknown_names():
-    cfg = classify.parse_config(classify.Config, ["--method-kwargs", '{"alpha": 0.5}'])
+    cfg = classify.parse_config(classify.Config, ["--method", "manifold_mixup", "--method-kwargs", '{"alpha": 0.5}'])
     assert classify.method_hparams(cfg, "manifold_mixup") == {"alpha": 0.5}
     cfg = classify.parse_config(classify.Config, ["--method-kwargs", '{"input_mixup": {"alpha": 0.2}}'])
     assert classify.method_hparams(cfg, "input_mixup") == {"alpha": 0.2}
     assert classify.method_hparams(cfg, "erm") == {}
-    with pytest.raises(SystemExit, match="unknown method"):
-        classify.main(["--method", "nope"])
+    with pytest.raises(ConfigError, match="registered methods"):
+        classify.Config(method=["nope"])
+    with pytest.raises(ConfigError, match="unknown method"):
+        classify.Config(method_kwargs='{"manifold_mixpu": {"alpha": 0.5}}')
 
 
 def test_few_labels_split_and_unlabeled_batches():

@@ -1,4 +1,6 @@
 """Datasets shared by the harnesses: the embedded 5,000 MNIST digits (offline), torchvision sets online."""
+from .images import DATASETS, dataset_missing, few_labels, load_dataset
 from .mnist import embedded_mnist, embedded_mnist_split, load_mnist
 
-__all__ = ["embedded_mnist", "embedded_mnist_split", "load_mnist"]
+__all__ = ["embedded_mnist", "embedded_mnist_split", "load_mnist", "DATASETS", "load_dataset", "few_labels",
+           "dataset_missing"]

@@ -1,21 +1,32 @@
-"""Shared infrastructure for every harness: one training loop, seeding, logging, checkpoints, CLI, results."""
-from .checkpoint import atomic_write, load_checkpoint, save_checkpoint, write_json, write_text
+"""Shared infrastructure for every harness: one training loop, seeding, logging, checkpoints, CLI, results.
+
+See ``docs/engine.md``. A harness is a validated ``Config(RunConfig)``, a checkpointable data stream, a
+``step_fn`` for :func:`fit`, and a ``main(argv)`` that ends in :func:`write_report`; ``tasks/copying.py`` is
+the reference.
+"""
+from .checkpoint import atomic_write, clean_stale_tmp, load_checkpoint, save_checkpoint, write_json, write_text
 from .cli import (ConfigError, RunConfig, arg, check_device, check_writable_dir, check_writable_file,
                   config_to_dict, parse_config, parse_json_object, validate_config)
 from .errors import CheckpointError, Interrupted, RunError, run_cli
-from .jobs import command_line, default_workers, run_grid, run_jobs, write_report
+from .jobs import RunLock, check_finite, command_line, default_workers, run_grid, run_jobs, write_report
 from .logger import MetricLogger
-from .loop import FitResult, cycle, fit, to_device
-from .results import markdown_table, summarize_seeds
-from .streams import MapStream, SeededStream, ShuffledBatches, Stream, ZipStream, restore_stream, stream_state
+from .loop import FitResult, NonFiniteError, cycle, fit, request_stop, stop_requested, to_device
+from .results import fmt_mean_std, markdown_table, summarize_seeds
 from .seed import resolve_device, seed_everything
+from .streams import MapStream, SeededStream, ShuffledBatches, Stream, ZipStream, restore_stream, stream_state
 
 __all__ = [
-    "atomic_write", "load_checkpoint", "save_checkpoint", "write_json", "write_text",
-    "arg", "config_to_dict", "parse_config", "ConfigError", "RunConfig", "validate_config", "check_device",
-    "check_writable_dir", "check_writable_file", "parse_json_object", "RunError", "CheckpointError", "Interrupted",
-    "run_cli", "MetricLogger", "default_workers", "run_jobs", "run_grid", "command_line", "write_report",
-    "FitResult", "cycle", "fit", "to_device",
-    "markdown_table", "summarize_seeds", "Stream", "SeededStream", "ShuffledBatches", "ZipStream", "MapStream",
-    "stream_state", "restore_stream", "resolve_device", "seed_everything",
+    # checkpoints and files
+    "atomic_write", "clean_stale_tmp", "load_checkpoint", "save_checkpoint", "write_json", "write_text",
+    # configs and errors
+    "ConfigError", "RunConfig", "arg", "check_device", "check_writable_dir", "check_writable_file",
+    "config_to_dict", "parse_config", "parse_json_object", "validate_config",
+    "CheckpointError", "Interrupted", "RunError", "NonFiniteError", "run_cli",
+    # training
+    "FitResult", "cycle", "fit", "request_stop", "stop_requested", "to_device", "MetricLogger",
+    "Stream", "SeededStream", "ShuffledBatches", "ZipStream", "MapStream", "restore_stream", "stream_state",
+    "resolve_device", "seed_everything",
+    # grids and reports
+    "RunLock", "check_finite", "command_line", "default_workers", "run_grid", "run_jobs", "write_report",
+    "fmt_mean_std", "markdown_table", "summarize_seeds",
 ]

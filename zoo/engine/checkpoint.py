@@ -5,11 +5,11 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Dict, Union
+from typing import Any, Callable, Dict, List, Union
 
 import torch
 
-__all__ = ["atomic_write", "save_checkpoint", "load_checkpoint", "write_json", "write_text"]
+__all__ = ["atomic_write", "save_checkpoint", "load_checkpoint", "write_json", "write_text", "clean_stale_tmp"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -28,12 +28,19 @@ def atomic_write(path: PathLike, write: Callable[[Any], None], mode: str = "wb")
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())                   # mkstemp makes 0600 files; use the usual mode
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def save_checkpoint(path: PathLike, **state: Any) -> Path:
@@ -43,13 +50,49 @@ def save_checkpoint(path: PathLike, **state: Any) -> Path:
 
 
 def load_checkpoint(path: PathLike, map_location: Any = "cpu", **targets: Any) -> Dict[str, Any]:
-    """Load a checkpoint; entries named in ``targets`` are loaded into those objects (``load_state_dict``)."""
-    payload = torch.load(path, map_location=map_location, weights_only=False)
+    """Load a checkpoint; entries named in ``targets`` are loaded into those objects (``load_state_dict``).
+
+    A missing, truncated, corrupt or foreign file, or a state that does not fit a target, raises
+    :class:`~zoo.engine.errors.CheckpointError` with a one-line message (never a pickle/zip traceback).
+    """
+    from .errors import CheckpointError
+
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file (did you mean {path / 'checkpoint.pt'}?)")
+    if not path.exists():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:  # torch raises many types for garbage: pickle, zip, EOF, runtime errors
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt: "
+                              f"{type(e).__name__}: {str(e).strip().splitlines()[0][:160] if str(e).strip() else ''}); "
+                              f"point to a checkpoint.pt written by a zoo harness") from None
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"{path} holds a {type(payload).__name__}, not a checkpoint dict")
     for key, obj in targets.items():
         if key not in payload:
-            raise KeyError(f"checkpoint {path} has no entry {key!r}; it has {sorted(payload)}")
-        obj.load_state_dict(payload[key])
+            raise CheckpointError(f"checkpoint {path} has no entry {key!r}; it has {sorted(payload)}")
+        try:
+            obj.load_state_dict(payload[key])
+        except (RuntimeError, KeyError, ValueError) as e:
+            raise CheckpointError(f"{path}: {key!r} does not fit ({str(e).strip().splitlines()[0][:300]}); the "
+                                  f"checkpoint belongs to another architecture or options") from None
     return payload
+
+
+def clean_stale_tmp(folder: PathLike) -> List[Path]:
+    """Remove the temporary files (``.<name>.*.tmp``) that a run killed during :func:`atomic_write` left in
+    ``folder`` and below; returns what was removed. Only call it while holding the folder's run lock."""
+    removed = []
+    for p in Path(folder).rglob(".*.tmp"):
+        if p.is_file():
+            try:
+                p.unlink()
+                removed.append(p)
+            except FileNotFoundError:  # pragma: no cover - raced with another cleaner
+                pass
+    return removed
 
 
 def write_json(path: PathLike, obj: Any) -> Path:

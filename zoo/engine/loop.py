@@ -1,29 +1,80 @@
 """The one training loop every harness uses (copying, sequential MNIST, classification, ...).
 
-CleanRL-style: a plain step loop over an iterator of batches, with the per-task logic in a ``step_fn``.
+CleanRL-style: a plain step loop over a stream of batches, with the per-task logic in a ``step_fn``.
 It owns what every harness needs: device placement, gradient clipping, a progress bar, CSV/TensorBoard
-logging, periodic evaluation, atomic checkpoints and resuming.
+logging, periodic evaluation, atomic checkpoints, exact resuming, interrupts and non-finite checks.
+
+Exact resume: a checkpoint holds the model, optimizer, scheduler, ``extra_state``, every RNG (torch CPU
+and CUDA, NumPy, Python), the data stream's position (:mod:`zoo.engine.streams`), the partial averages of
+the metrics being logged and the evaluation history. Killing a run at any point (SIGINT, SIGTERM, SIGKILL)
+and resuming it gives bit-identical weights on the CPU for the same thread count.
 """
 from __future__ import annotations
 
 import math
+import random
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import clean_stale_tmp, load_checkpoint, save_checkpoint
+from .errors import CheckpointError, Interrupted, RunError
 from .logger import MetricLogger
+from .streams import restore_stream, stream_state
 
-__all__ = ["fit", "FitResult", "to_device", "cycle"]
+__all__ = ["fit", "FitResult", "to_device", "cycle", "NonFiniteError", "stop_requested", "request_stop",
+           "stop_handlers", "CHECKPOINT_FORMAT"]
 
 StepFn = Callable[[nn.Module, Any], Tuple[torch.Tensor, Dict[str, float]]]
 
+#: written into every checkpoint; a file without it is not one of ours
+CHECKPOINT_FORMAT = "zoo.engine.fit/2"
 
+
+class NonFiniteError(RunError, FloatingPointError):
+    """A loss, weight or reported metric became NaN or infinite: the run diverged, nothing was reported."""
+
+
+# --- interrupts ------------------------------------------------------------------------------------------
+_STOP = threading.Event()
+
+
+def request_stop(*_: Any) -> None:
+    """Ask every running :func:`fit` in this process to checkpoint and stop after its current step
+    (the SIGINT/SIGTERM handler)."""
+    _STOP.set()
+
+
+def stop_requested() -> bool:
+    return _STOP.is_set()
+
+
+@contextmanager
+def stop_handlers():
+    """While active, SIGINT and SIGTERM set the stop flag instead of raising (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in old:
+        signal.signal(s, request_stop)
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+# --- helpers ---------------------------------------------------------------------------------------------
 def to_device(batch: Any, device: torch.device) -> Any:
     """Move tensors (also nested in tuples, lists and dicts) to ``device``."""
     if torch.is_tensor(batch):
@@ -35,10 +86,38 @@ def to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-def cycle(loader: Iterable) -> Iterator:
-    """Repeat a finite loader forever (a fresh pass, e.g. a new shuffle, each time)."""
+def cycle(loader: Any) -> Iterator:
+    """Repeat a finite loader forever (a fresh pass, e.g. a new shuffle, each time). Resuming replays the
+    batches already consumed; prefer a :mod:`zoo.engine.streams` stream, whose position is saved."""
     while True:
         yield from loader
+
+
+def _rng_state() -> Dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _first_non_finite(model: nn.Module) -> Optional[str]:
+    for name, p in model.named_parameters():
+        if not bool(torch.isfinite(p).all()):
+            return name
+    return None
+
+
+def _diff(saved: Mapping[str, Any], now: Mapping[str, Any]) -> List[str]:
+    keys = sorted(set(saved) | set(now))
+    return [f"{k}: {saved.get(k, '<unset>')!r} -> {now.get(k, '<unset>')!r}" for k in keys if saved.get(k) != now.get(k)]
 
 
 @dataclass
@@ -47,6 +126,7 @@ class FitResult:
     seconds: float
     last_metrics: Dict[str, float]
     eval_history: List[Dict[str, float]] = field(default_factory=list)
+    resumed_from: int = 0
 
 
 def fit(
@@ -67,6 +147,7 @@ def fit(
     resume: bool = False,
     callbacks: Tuple[Callable[[int, nn.Module], None], ...] = (),
     extra_state: Optional[Dict[str, Any]] = None,
+    run_meta: Optional[Dict[str, Any]] = None,
     desc: str = "train",
     progress: bool = True,
     position: int = 0,
@@ -75,90 +156,148 @@ def fit(
     """Train ``model`` for ``steps`` optimizer steps.
 
     Args:
-        batches: an iterator of batches (wrap a finite ``DataLoader`` with :func:`cycle`).
+        batches: an endless stream of batches; a :mod:`zoo.engine.streams` stream (its position is saved
+            in checkpoints) or any deterministic iterator (replayed on resume; wrap a finite ``DataLoader``
+            with :func:`cycle`).
         step_fn: ``step_fn(model, batch) -> (loss, metrics)``; the loop does backward, clipping and the
             optimizer step. ``metrics`` are floats averaged over ``log_every`` steps.
         out_dir: where ``metrics.csv`` and ``checkpoint.pt`` go (``None``: no files).
         eval_fn: ``eval_fn(model) -> metrics`` run every ``eval_every`` steps and at the end (the model is
-            put in eval mode and back).
-        ckpt_every: save an atomic checkpoint this often (and always at the end when ``out_dir`` is set).
-        resume: continue from ``out_dir/checkpoint.pt`` if it exists.
+            put in eval mode and back; metrics must be finite).
+        ckpt_every: save an atomic checkpoint this often (always at the end, and on SIGINT/SIGTERM).
+        resume: continue from ``out_dir/checkpoint.pt`` if it exists. A finished run is not trained or
+            evaluated again: its saved history and final metrics are returned.
         callbacks: called as ``cb(step, model)`` after every optimizer step (EMA teachers, schedules).
         extra_state: objects with ``state_dict`` saved in and restored from checkpoints (e.g. a teacher).
+        run_meta: what defines the run (the harness's options, model, seed); saved in checkpoints, and a
+            checkpoint written under other options is refused on resume (:class:`CheckpointError`).
+
+    Raises:
+        NonFiniteError: the loss, a weight or an evaluation metric became NaN/inf (one-line message).
+        CheckpointError: the checkpoint to resume from is unreadable or belongs to another run.
+        Interrupted: SIGINT/SIGTERM arrived; a checkpoint of the last finished step was saved first.
     """
     model.to(device).train()
     out_dir = Path(out_dir) if out_dir is not None else None
     ckpt = out_dir / "checkpoint.pt" if out_dir is not None else None
+    if out_dir is not None and out_dir.exists():
+        clean_stale_tmp(out_dir)
     extra_state = extra_state or {}
-    start = 0
+    start, seconds_before = 0, 0.0
+    history: List[Dict[str, float]] = []
+    running: Dict[str, float] = {}
+    count, last = 0, {}
     if resume and ckpt is not None and ckpt.exists():
-        payload = load_checkpoint(ckpt, map_location=device, model=model, optimizer=optimizer, **extra_state)
-        start = int(payload["step"])
-        if scheduler is not None and "scheduler" in payload:
+        payload = load_checkpoint(ckpt, map_location=device)
+        if payload.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"{ckpt} was not written by this version of zoo.engine.fit (format "
+                                  f"{payload.get('format')!r}); delete it or start without --resume")
+        if run_meta is not None and payload.get("meta") is not None and payload["meta"] != run_meta:
+            changes = "; ".join(_diff(payload["meta"], run_meta))
+            raise CheckpointError(f"{ckpt} was written by a run with other options ({changes}); resume with "
+                                  f"the same options or use another --out")
+        try:
+            model.load_state_dict(payload["model"])
+            optimizer.load_state_dict(payload["optimizer"])
+            for key, obj in extra_state.items():
+                obj.load_state_dict(payload["extra"][key])
+        except (RuntimeError, KeyError, ValueError) as e:
+            first = str(e).strip().splitlines()[0][:300]
+            raise CheckpointError(f"{ckpt} does not fit this model/optimizer ({first}); it belongs to another "
+                                  f"architecture: delete it or use another --out") from None
+        if scheduler is not None and payload.get("scheduler") is not None:
             scheduler.load_state_dict(payload["scheduler"])
-        torch.set_rng_state(payload["torch_rng"])
+        start, seconds_before = int(payload["step"]), float(payload.get("seconds", 0.0))
+        history, running, count, last = (list(payload["history"]), dict(payload["running"]),
+                                         int(payload["count"]), dict(payload["last"]))
+        _set_rng_state(payload["rng"])
+        restore_stream(batches, payload.get("data"), start)
+        if payload.get("finished"):
+            return FitResult(steps=start, seconds=seconds_before, last_metrics=last, eval_history=history,
+                             resumed_from=start)
     logger = (MetricLogger(out_dir, tensorboard=tensorboard, resume_step=start if resume else None)
               if out_dir is not None else None)
+    t0 = time.perf_counter()
 
-    def checkpoint(step: int) -> None:
-        if ckpt is not None:
-            state = dict(model=model, optimizer=optimizer, step=step, torch_rng=torch.get_rng_state(), **extra_state)
-            if scheduler is not None:
-                state["scheduler"] = scheduler
-            save_checkpoint(ckpt, **state)
+    def checkpoint(step: int, finished: bool = False) -> None:
+        if ckpt is None:
+            return
+        bad = _first_non_finite(model)
+        if bad is not None:
+            raise NonFiniteError(f"weight {bad!r} became non-finite by step {step}: the run diverged; lower the "
+                                 f"learning rate or clip gradients (no checkpoint or results written)")
+        save_checkpoint(
+            ckpt, format=CHECKPOINT_FORMAT, model=model, optimizer=optimizer,
+            scheduler=scheduler.state_dict() if scheduler is not None else None,
+            extra={k: v.state_dict() for k, v in extra_state.items()}, step=step, finished=finished,
+            seconds=seconds_before + time.perf_counter() - t0, rng=_rng_state(), data=stream_state(batches),
+            running=running, count=count, last=last, history=history, meta=run_meta)
 
     def evaluate(step: int) -> Dict[str, float]:
         model.eval()
         with torch.no_grad():
-            metrics = eval_fn(model)
+            metrics = eval_fn(model)  # type: ignore[misc]
         model.train()
+        bad = {k: v for k, v in metrics.items() if not math.isfinite(float(v))}
+        if bad:
+            raise NonFiniteError(f"evaluation at step {step} gave non-finite {bad}: the run diverged; lower the "
+                                 f"learning rate or clip gradients (no results written)")
         if logger is not None:
             logger.log(step, metrics, prefix="eval")
-        history.append({"step": step, **metrics})
+        history.append({"step": step, **{k: float(v) for k, v in metrics.items()}})
         return metrics
 
-    history: List[Dict[str, float]] = []
-    running: Dict[str, float] = {}
-    count, last = 0, {}
-    t0 = time.perf_counter()
     bar = tqdm(range(start, steps), initial=start, total=steps, desc=desc, disable=not progress,
                dynamic_ncols=True, leave=False, position=position)
-    for step in bar:
-        batch = to_device(next(batches), device)
-        loss, metrics = step_fn(model, batch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()} at step {step + 1}; lower the learning rate "
-                                     f"or enable gradient clipping")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if clip_grad:
-            metrics = {**metrics, "grad_norm": float(nn.utils.clip_grad_norm_(model.parameters(), clip_grad))}
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        for cb in callbacks:
-            cb(step + 1, model)
-        metrics = {"loss": float(loss.detach()), **metrics}
-        for k, v in metrics.items():
-            running[k] = running.get(k, 0.0) + float(v)
-        count += 1
-        done = step + 1
-        if done % log_every == 0 or done == steps:
-            last = {k: v / count for k, v in running.items()}
-            running, count = {}, 0
-            if logger is not None:
-                logger.log(done, {**last, "lr": optimizer.param_groups[0]["lr"]}, prefix="train")
-            bar.set_postfix({k: f"{v:.4g}" for k, v in list(last.items())[:3]})
-        if eval_fn is not None and eval_every and done % eval_every == 0 and done != steps:
-            evaluate(done)
-        if ckpt_every and done % ckpt_every == 0:
+    with stop_handlers():
+        done = start
+        for step in bar:
+            if stop_requested():
+                break
+            batch = to_device(next(batches), device)
+            loss, metrics = step_fn(model, batch)
+            if not bool(torch.isfinite(loss)):
+                raise NonFiniteError(f"loss became {loss.item()} at step {step + 1}: the run diverged; lower the "
+                                     f"learning rate or clip gradients (no results written)")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if clip_grad:
+                metrics = {**metrics, "grad_norm": float(nn.utils.clip_grad_norm_(model.parameters(), clip_grad))}
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            for cb in callbacks:
+                cb(step + 1, model)
+            metrics = {"loss": float(loss.detach()), **metrics}
+            for k, v in metrics.items():
+                running[k] = running.get(k, 0.0) + float(v)
+            count += 1
+            done = step + 1
+            if done % log_every == 0 or done == steps:
+                last = {k: v / count for k, v in running.items()}
+                running, count = {}, 0
+                if logger is not None:
+                    logger.log(done, {**last, "lr": optimizer.param_groups[0]["lr"]}, prefix="train")
+                bar.set_postfix({k: f"{v:.4g}" for k, v in list(last.items())[:3]})
+            if eval_fn is not None and eval_every and done % eval_every == 0 and done != steps:
+                evaluate(done)
+            if ckpt_every and done % ckpt_every == 0 and done != steps:
+                checkpoint(done)
+        bar.close()
+        if stop_requested() and done < steps:
             checkpoint(done)
-    bar.close()
+            if logger is not None:
+                logger.close()
+            where = f" (checkpoint {ckpt})" if ckpt is not None else " (no out_dir: nothing saved)"
+            raise Interrupted(f"interrupted at step {done} of {steps}{where}", step=done)
+    bad = _first_non_finite(model)
+    if bad is not None:
+        raise NonFiniteError(f"weight {bad!r} became non-finite during training: the run diverged; lower the "
+                             f"learning rate or clip gradients (no results written)")
     if eval_fn is not None:
         last = {**last, **{f"eval/{k}": v for k, v in evaluate(steps).items()}}
-    checkpoint(steps)
+    checkpoint(steps, finished=True)
     if logger is not None:
         logger.close()
-    return FitResult(steps=steps, seconds=time.perf_counter() - t0, last_metrics=last, eval_history=history)
-
-
+    return FitResult(steps=steps, seconds=seconds_before + time.perf_counter() - t0, last_metrics=last,
+                     eval_history=history, resumed_from=start)

@@ -8,8 +8,7 @@ time to regenerate them).
 
 * :class:`SeededStream`: ``make_batch(rng)`` called with the stream's own generator (torch or numpy):
   synthetic tasks (copying, bouncing balls, Sort-of-CLEVR questions) that draw fresh data every step.
-* :class:`ShuffledBatches`: minibatches of in-memory tensors, reshuffled every epoch (epoch ``e`` uses a
-  permutation seeded by ``(seed, e)``), so the position is two integers.
+* :class:`ShuffledBatches`: minibatches of in-memory tensors, reshuffled every epoch.
 * :class:`ZipStream`: several streams advanced together (a labeled and an unlabeled stream), mapped to
   one batch by ``combine``.
 """
@@ -75,9 +74,11 @@ class SeededStream(Stream):
 class ShuffledBatches(Stream):
     """Endless shuffled epochs of minibatches of ``tensors`` (all of the same length).
 
-    Yields a tuple of the tensors indexed by the batch's indices (a single tensor if one was given).
-    With ``drop_last`` (default) every batch has ``batch_size`` items; a data set smaller than one batch
-    yields the whole (shuffled) set each time.
+    Yields a tuple of the tensors indexed by the batch's indices (``None`` stays ``None``; a single tensor
+    if one was given). Every epoch draws a new permutation from the stream's generator (seeded with
+    ``seed``); with ``drop_last`` (default) every batch has ``batch_size`` items, and a data set smaller
+    than one batch yields the whole (shuffled) set each time. The state is the generator's state at the
+    start of the current epoch and the position in it.
     """
 
     def __init__(self, *tensors: Optional[torch.Tensor], batch_size: int, seed: int, drop_last: bool = True) -> None:
@@ -91,34 +92,42 @@ class ShuffledBatches(Stream):
             raise ValueError("ShuffledBatches got an empty data set")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.tensors, self.n, self.batch_size, self.seed, self.drop_last = tensors, n, batch_size, seed, drop_last
-        self.epoch, self.pos = 0, 0
+        self.tensors, self.n, self.batch_size, self.drop_last = tensors, n, batch_size, drop_last
+        self.rng = torch.Generator().manual_seed(seed)
+        self.epoch, self.pos = -1, 0
+        self._epoch_rng: Optional[torch.Tensor] = None
         self._perm: Optional[torch.Tensor] = None
 
-    def _permutation(self) -> torch.Tensor:
-        if self._perm is None:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            self._perm = torch.randperm(self.n, generator=g)
-        return self._perm
-
-    def _batch_starts(self) -> int:
+    def _batches_per_epoch(self) -> int:
         if self.n <= self.batch_size:
             return 1
         return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
 
+    def _new_epoch(self) -> None:
+        self.epoch, self.pos = self.epoch + 1, 0
+        self._epoch_rng = self.rng.get_state()
+        self._perm = torch.randperm(self.n, generator=self.rng)
+
     def __next__(self) -> Any:
-        if self.pos >= self._batch_starts():
-            self.epoch, self.pos, self._perm = self.epoch + 1, 0, None
-        idx = self._permutation()[self.pos * self.batch_size:(self.pos + 1) * self.batch_size]
+        if self._perm is None or self.pos >= self._batches_per_epoch():
+            self._new_epoch()
+        idx = self._perm[self.pos * self.batch_size:(self.pos + 1) * self.batch_size]  # type: ignore[index]
         self.pos += 1
         out = tuple(None if t is None else t[idx] for t in self.tensors)
         return out[0] if len(out) == 1 else out
 
     def state_dict(self) -> Dict[str, Any]:
-        return {"epoch": self.epoch, "pos": self.pos}
+        return {"epoch": self.epoch, "pos": self.pos, "epoch_rng": self._epoch_rng, "rng": self.rng.get_state()}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
-        self.epoch, self.pos, self._perm = int(state["epoch"]), int(state["pos"]), None
+        self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
+        if state["epoch_rng"] is None:                          # saved before the first batch
+            self.rng.set_state(state["rng"])
+            self._perm = None
+            return
+        self.rng.set_state(state["epoch_rng"])
+        self._epoch_rng = state["epoch_rng"]
+        self._perm = torch.randperm(self.n, generator=self.rng)
 
 
 class ZipStream(Stream):
