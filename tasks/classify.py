@@ -92,7 +92,7 @@ class Config(RunConfig):
     batch_size: int = arg(64, help="labeled batch size", ge=1)
     unlabeled_batch_size: int = arg(64, help="unlabeled batch size (methods that need unlabeled data)", ge=1)
     optimizer: str = arg("sgd", help="sgd (nesterov momentum 0.9, the papers) or adam", choices=("sgd", "adam"))
-    lr: float = arg(0.05, help="peak learning rate (cosine-annealed to 0)", gt=0, le=10)
+    lr: float = arg(0.05, help="peak learning rate (cosine-annealed to 0)", gt=0)
     weight_decay: float = arg(1e-4, help="L2 weight decay (papers: 1e-4)", ge=0)
     clip_grad: float = arg(0.0, help="gradient-norm clip (0: none)", ge=0)
     evaluations: List[str] = arg(["all"], help="robustness evaluations (zoo.robustness.list_evaluations()); all",

@@ -106,7 +106,7 @@ class Config(RunConfig):
     symbols: int = arg(NUM_RECALL, help="symbols to copy per sequence (paper: 10)", ge=1)
     steps: int = arg(2000, help="optimizer steps per model and seed", ge=1)
     batch_size: int = arg(64, help="training batch size", ge=1)
-    lr: float = arg(3e-3, help="Adam learning rate (paper: 1e-3 for hidden 600)", gt=0, le=10)
+    lr: float = arg(3e-3, help="Adam learning rate (paper: 1e-3 for hidden 600)", gt=0)
     clip_grad: float = arg(1.0, help="gradient-norm clip (paper: 1.0; 0: none)", ge=0)
     eval_size: int = arg(1000, help="test sequences per dormant length", ge=1)
     eval_every: int = arg(250, help="evaluate at train_len every this many steps (0: only at the end)", ge=0)

@@ -36,7 +36,7 @@ class Config:
     model_kwargs: str = arg('{"widths": [16, 32, 64], "d_k": 8, "d_v": 8}', help="JSON model kwargs")
     steps: int = arg(300, help="training steps", ge=1)
     batch_size: int = arg(32, help="batch size", ge=1)
-    lr: float = arg(3e-3, help="learning rate (AdamW, cosine)", gt=0, le=10)
+    lr: float = arg(3e-3, help="learning rate (AdamW, cosine)", gt=0)
     seed: int = arg(0, help="seed", ge=0)
     eval_size: int = arg(500, help="test digits averaged in the plot", ge=1)
     checkpoint: str = arg("", help="plot this checkpoint.pt instead of training", path="in_any", allow_empty=True)

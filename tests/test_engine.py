@@ -25,30 +25,84 @@ def test_atomic_write_keeps_old_file_when_writer_crashes(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]       # no temporary file left behind
 
 
-def _run(tmp_path, steps, resume=False, seed=0):
+def _run(tmp_path, steps, stop_at=None, resume=False, seed=0, log_every=5):
+    """A small regression run on a SeededStream; ``stop_at`` interrupts it (as SIGINT would) at that step."""
+    from zoo.engine import Interrupted, SeededStream, request_stop
+
     seed_everything(seed)
-    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Dropout(0.2), torch.nn.Tanh(), torch.nn.Linear(8, 1))
     opt = torch.optim.Adam(model.parameters(), 1e-2)
-    g = torch.Generator().manual_seed(1)
-    data = [(torch.randn(16, 4, generator=g), torch.randn(16, 1, generator=g)) for _ in range(20)]
-    batches = iter(data[steps - 10:] if resume else data)
+    sched = torch.optim.lr_scheduler.StepLR(opt, 4, 0.5)
+    stream = SeededStream(lambda g: (torch.randn(16, 4, generator=g), torch.randn(16, 1, generator=g)), seed=1)
 
     def step_fn(m, batch):
         x, y = batch
-        return torch.nn.functional.mse_loss(m(x), y), {}
+        return torch.nn.functional.mse_loss(m(x), y), {"noise": float(torch.rand(()))}   # global RNG too
 
-    fit(model, opt, batches, step_fn, steps=steps, out_dir=tmp_path, resume=resume, progress=False, log_every=5)
-    return model
+    def stop(step, m):
+        if step == stop_at:
+            request_stop()
+
+    try:
+        return fit(model, opt, stream, step_fn, steps=steps, out_dir=tmp_path, resume=resume, progress=False,
+                   log_every=log_every, scheduler=sched, callbacks=(stop,), eval_fn=lambda m: {"w": float(m[0].weight.sum())},
+                   eval_every=3, ckpt_every=0), model
+    except Interrupted:
+        return None, model
 
 
-def test_resume_continues_exactly_where_it_stopped(tmp_path):
-    full = _run(tmp_path / "full", 20)
-    _run(tmp_path / "split", 10)
-    resumed = _run(tmp_path / "split", 20, resume=True, seed=123)    # different seed: state comes from the file
-    for a, b in zip(full.parameters(), resumed.parameters()):
-        assert torch.allclose(a, b, atol=1e-6)
-    rows = list(csv.DictReader((tmp_path / "split" / "metrics.csv").open()))
-    assert [int(r["step"]) for r in rows] == [5, 10, 15, 20]
+def test_resume_after_an_interrupt_is_bit_identical(tmp_path):
+    full, ref = _run(tmp_path / "full", 20)
+    cut, _ = _run(tmp_path / "split", 20, stop_at=13)                  # mid log window, after an eval
+    assert cut is None and load_checkpoint(tmp_path / "split" / "checkpoint.pt")["step"] == 13
+    res, resumed = _run(tmp_path / "split", 20, resume=True, seed=123)  # other seed: state comes from the file
+    for a, b in zip(ref.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
+    assert res.eval_history == full.eval_history                       # the whole curve, not the tail
+    assert (tmp_path / "split" / "metrics.csv").read_text() == (tmp_path / "full" / "metrics.csv").read_text()
+    again, _ = _run(tmp_path / "split", 20, resume=True)                # a finished run is not trained again
+    assert again.resumed_from == 20 and again.eval_history == full.eval_history
+    assert (tmp_path / "split" / "metrics.csv").read_text() == (tmp_path / "full" / "metrics.csv").read_text()
+
+
+def test_streams_restore_their_position():
+    from zoo.engine import MapStream, SeededStream, ShuffledBatches, ZipStream
+
+    def make():
+        lab = ShuffledBatches(torch.arange(10), torch.arange(10) * 2, batch_size=3, seed=0)
+        unl = SeededStream(lambda g: g.integers(0, 100, 2), seed=5, backend="numpy")
+        return MapStream(ZipStream(lab, unl), lambda b: (b[0][0].tolist(), b[1].tolist()))
+
+    a = make()
+    head = [next(a) for _ in range(7)]                                  # crosses two epochs of 3 batches
+    state = a.state_dict()
+    tail = [next(a) for _ in range(7)]
+    b = make()
+    b.load_state_dict(state)
+    assert [next(b) for _ in range(7)] == tail
+    c = make()
+    assert [next(c) for _ in range(7)] == head
+    epochs = [sorted(sum((x for x, _ in head[i:i + 3]), [])) for i in (0, 3)]
+    assert all(len(set(e)) == 9 for e in epochs)                        # each epoch: 3 distinct batches of 3
+
+
+def test_divergence_and_non_finite_evaluations_are_errors(tmp_path):
+    from zoo.engine import NonFiniteError
+
+    model = torch.nn.Linear(2, 1)
+    losses = iter([1.0, 2.0, 5e6])
+    with pytest.raises(NonFiniteError, match="over 1e\\+06 times its first value"):
+        fit(model, torch.optim.SGD(model.parameters(), 0.0), iter(lambda: torch.ones(1, 2), None),
+            lambda m, b: (m(b).sum() * 0 + next(losses), {}), steps=3, progress=False)
+    with pytest.raises(NonFiniteError, match="evaluation at step 2 gave non-finite"):
+        fit(model, torch.optim.SGD(model.parameters(), 0.0), iter(lambda: torch.ones(1, 2), None),
+            lambda m, b: (m(b).sum(), {}), steps=4, progress=False, eval_every=2, eval_fn=lambda m: {"acc": math.nan})
+    with torch.no_grad():
+        model.weight.fill_(math.inf)
+    with pytest.raises(NonFiniteError, match="weight 'weight' became non-finite"):
+        fit(model, torch.optim.SGD(model.parameters(), 0.0), iter(lambda: torch.zeros(1, 2), None),
+            lambda m, b: ((m.bias * 0).sum(), {}), steps=1, progress=False, out_dir=tmp_path)
+    assert not (tmp_path / "checkpoint.pt").exists()
 
 
 def test_fit_stops_on_non_finite_loss(tmp_path):

@@ -49,7 +49,8 @@ def arg(default: Any = dataclasses.MISSING, help: str = "", choices: Optional[Se
         allow_empty: lists may be empty / paths may be ``""`` (default: not allowed).
         check: ``check(value) -> None | "what is allowed"`` for anything else.
         run_control: the field controls how a run executes, not what it computes (``resume``, ``progress``,
-            ``workers``): left out of ``results.json`` so that a resumed run writes the same file.
+            ``workers``): left out of ``results.json`` so that a resumed run writes the same file. Output
+            paths (``path="out_dir"``/``"out_file"``) count as run control too.
     """
     meta = {"help": help, "choices": choices, "ge": ge, "gt": gt, "le": le, "lt": lt, "path": path,
             "allow_empty": allow_empty, "check": check, "run_control": run_control}
@@ -242,12 +243,20 @@ def parse_config(cls: Type[C], argv: Optional[List[str]] = None, description: Op
         raise  # unreachable: parser.error exits
 
 
+def is_run_control(f: dataclasses.Field) -> bool:
+    """Fields that change how or where a run executes, not what it computes: ``run_control=True`` and
+    output paths (``path="out_dir"``/``"out_file"``)."""
+    return bool(f.metadata.get("run_control")) or f.metadata.get("path") in ("out_dir", "out_file")
+
+
 def config_to_dict(cfg: Any, include_run_control: bool = True) -> dict:
-    """The config as a dict; without the ``run_control`` fields when ``include_run_control=False``."""
+    """The config as a dict; without the run-control fields (:func:`is_run_control`) when
+    ``include_run_control=False``: what ``results.json`` and checkpoints record, so that the same run in
+    another folder, with other workers, resumed or not, records the same options."""
     d = dataclasses.asdict(cfg)
     if not include_run_control:
         for f in dataclasses.fields(cfg):
-            if f.metadata.get("run_control"):
+            if is_run_control(f):
                 d.pop(f.name, None)
     return d
 

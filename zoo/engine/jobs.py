@@ -35,7 +35,7 @@ import torch
 from .checkpoint import clean_stale_tmp, write_json, write_text
 from .cli import config_to_dict
 from .errors import Interrupted, RunError
-from .loop import NonFiniteError, _STOP, request_stop
+from .loop import _STOP, IN_WORKER, NonFiniteError, request_stop
 from .seed import resolve_device
 
 __all__ = ["run_jobs", "default_workers", "run_grid", "command_line", "write_report", "RunLock",
@@ -148,6 +148,7 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 def _init_worker(threads: int, parent_pid: int) -> None:
+    IN_WORKER["value"] = True
     torch.set_num_threads(threads)
     signal.signal(signal.SIGINT, request_stop)                   # checkpoint and stop, never a traceback
     signal.signal(signal.SIGTERM, request_stop)

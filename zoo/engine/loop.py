@@ -46,6 +46,9 @@ class NonFiniteError(RunError, FloatingPointError):
 
 # --- interrupts ------------------------------------------------------------------------------------------
 _STOP = threading.Event()
+#: set in :mod:`zoo.engine.jobs` worker processes: there a stop request stays set, so jobs queued behind the
+#: interrupted one stop too; in any other process it is cleared once a run has stopped for it
+IN_WORKER = {"value": False}
 
 
 def request_stop(*_: Any) -> None:
@@ -148,6 +151,7 @@ def fit(
     callbacks: Tuple[Callable[[int, nn.Module], None], ...] = (),
     extra_state: Optional[Dict[str, Any]] = None,
     run_meta: Optional[Dict[str, Any]] = None,
+    divergence: Optional[float] = 1e6,
     desc: str = "train",
     progress: bool = True,
     position: int = 0,
@@ -171,6 +175,8 @@ def fit(
         extra_state: objects with ``state_dict`` saved in and restored from checkpoints (e.g. a teacher).
         run_meta: what defines the run (the harness's options, model, seed); saved in checkpoints, and a
             checkpoint written under other options is refused on resume (:class:`CheckpointError`).
+        divergence: a finite loss above ``divergence * max(|first loss|, 1)`` also counts as diverged (a
+            learning rate of 1e30 gives finite losses of 1e31 and garbage results); ``None`` disables it.
 
     Raises:
         NonFiniteError: the loss, a weight or an evaluation metric became NaN/inf (one-line message).
@@ -187,6 +193,7 @@ def fit(
     history: List[Dict[str, float]] = []
     running: Dict[str, float] = {}
     count, last = 0, {}
+    first_loss: Optional[float] = None
     if resume and ckpt is not None and ckpt.exists():
         payload = load_checkpoint(ckpt, map_location=device)
         if payload.get("format") != CHECKPOINT_FORMAT:
@@ -210,6 +217,7 @@ def fit(
         start, seconds_before = int(payload["step"]), float(payload.get("seconds", 0.0))
         history, running, count, last = (list(payload["history"]), dict(payload["running"]),
                                          int(payload["count"]), dict(payload["last"]))
+        first_loss = payload.get("first_loss")
         _set_rng_state(payload["rng"])
         restore_stream(batches, payload.get("data"), start)
         if payload.get("finished"):
@@ -231,7 +239,7 @@ def fit(
             scheduler=scheduler.state_dict() if scheduler is not None else None,
             extra={k: v.state_dict() for k, v in extra_state.items()}, step=step, finished=finished,
             seconds=seconds_before + time.perf_counter() - t0, rng=_rng_state(), data=stream_state(batches),
-            running=running, count=count, last=last, history=history, meta=run_meta)
+            running=running, count=count, last=last, history=history, meta=run_meta, first_loss=first_loss)
 
     def evaluate(step: int) -> Dict[str, float]:
         model.eval()
@@ -256,9 +264,16 @@ def fit(
                 break
             batch = to_device(next(batches), device)
             loss, metrics = step_fn(model, batch)
-            if not bool(torch.isfinite(loss)):
-                raise NonFiniteError(f"loss became {loss.item()} at step {step + 1}: the run diverged; lower the "
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise NonFiniteError(f"loss became {value} at step {step + 1}: the run diverged; lower the "
                                      f"learning rate or clip gradients (no results written)")
+            if first_loss is None:
+                first_loss = value
+            elif divergence is not None and value > divergence * max(abs(first_loss), 1.0):
+                raise NonFiniteError(f"loss became {value:.3g} at step {step + 1}, over {divergence:g} times its first "
+                                     f"value {first_loss:.3g}: the run diverged; lower the learning rate or clip "
+                                     f"gradients (no results written)")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if clip_grad:
@@ -268,7 +283,7 @@ def fit(
                 scheduler.step()
             for cb in callbacks:
                 cb(step + 1, model)
-            metrics = {"loss": float(loss.detach()), **metrics}
+            metrics = {"loss": value, **metrics}
             for k, v in metrics.items():
                 running[k] = running.get(k, 0.0) + float(v)
             count += 1
@@ -285,9 +300,12 @@ def fit(
                 checkpoint(done)
         bar.close()
         if stop_requested() and done < steps:
-            checkpoint(done)
+            if done > start:
+                checkpoint(done)
             if logger is not None:
                 logger.close()
+            if not IN_WORKER["value"]:
+                _STOP.clear()
             where = f" (checkpoint {ckpt})" if ckpt is not None else " (no out_dir: nothing saved)"
             raise Interrupted(f"interrupted at step {done} of {steps}{where}", step=done)
     bad = _first_non_finite(model)
