@@ -28,20 +28,60 @@ per step) gives the same result when a forward runs twice (activation checkpoint
 """
 from __future__ import annotations
 
+import difflib
+import re
 from typing import Any, Callable, Dict, Iterable, List, Optional, Union
 
 import torch
 from torch import nn
 
-__all__ = ["INPUT", "LayerTaps", "default_layers", "stage_layers", "resolve_layers", "map_tensors"]
+__all__ = ["INPUT", "LayerTaps", "default_layers", "stage_layers", "resolve_layers", "map_tensors", "is_stem"]
 
 INPUT = "input"
 LayerRef = Union[str, int]
 Modifier = Callable[[Any], Any]
 
 
+_STEM_LEAF = re.compile(r"^(act|bn|norm|conv|relu|pool)\d*$")
+
+
+def _hookable(model: nn.Module, name: str) -> Optional[str]:
+    """``name`` as a module of ``model`` whose forward runs as a unit: a container that is only iterated
+    (``nn.ModuleList``/``ModuleDict``) stands for its last child. ``None`` if there is no such module."""
+    modules = dict(model.named_modules())
+    if name not in modules:
+        return None
+    module = modules[name]
+    while (isinstance(module, (nn.ModuleList, nn.ModuleDict)) and len(module)
+           and type(module).forward is nn.Module.forward):          # iterated by its parent, never called
+        last = list(module.named_children())[-1][0]
+        name, module = f"{name}.{last}", modules[f"{name}.{last}"]
+    return name
+
+
+def _feature_module(model: nn.Module, name: str) -> Optional[str]:
+    """Resolve a ``feature_info`` module name on the model itself. Some timm families name the module of
+    their features-only wrapper: the first path component is tried in its singular/plural form too
+    (Twins: ``block.0`` for ``blocks.0``), and a unique module whose name ends with ``.name`` (Gemma ViT:
+    ``encoder.blocks.0``)."""
+    found = _hookable(model, name)
+    if found is not None:
+        return found
+    head, _, rest = name.partition(".")
+    alt = head[:-1] if head.endswith("s") else head + "s"
+    found = _hookable(model, f"{alt}.{rest}" if rest else alt)
+    if found is not None:
+        return found
+    tails = [n for n, _ in model.named_modules() if n.endswith("." + name)]
+    return _hookable(model, tails[0]) if len(tails) == 1 else None
+
+
 def default_layers(model: nn.Module) -> List[str]:
     """The default tap points: ``"input"`` plus the timm ``feature_info`` stages (else top-level children).
+
+    Raises:
+        ValueError: the model has ``feature_info`` whose modules it does not have (e.g. timm's HRNet
+            classifiers describe their features-only variant): pass layer names explicitly.
 
     Returns:
         layer names, ``[0]`` is always ``"input"``.
@@ -50,17 +90,46 @@ def default_layers(model: nn.Module) -> List[str]:
     names: List[str] = []
     if info is not None:
         entries = info.info if hasattr(info, "info") else info          # timm FeatureInfo or a list of dicts
-        names = [e["module"] for e in entries if isinstance(e, dict) and e.get("module")]
+        wanted = [e["module"] for e in entries if isinstance(e, dict) and e.get("module")]
+        resolved = [_feature_module(model, n) for n in wanted]
+        missing = [n for n, r in zip(wanted, resolved) if r is None]
+        if missing:
+            raise ValueError(
+                f"{type(model).__name__}.feature_info names modules it does not have ({', '.join(missing[:4])}); "
+                f"pass the layers explicitly, e.g. layers=[\"input\", ...] with names from model.named_modules()")
+        names = list(dict.fromkeys(resolved))  # type: ignore[arg-type]
     if not names:
         names = [n for n, _ in model.named_children()]
     return [INPUT] + names
 
 
+def is_stem(model: nn.Module, name: str) -> bool:
+    """A stem output rather than a stage: a ``stem*`` path component (``stem``, ``stem.conv1``), or a single
+    conv/norm/activation layer near the top (``act1``, ``bn1``, ``conv1``, ``features.norm0``; a
+    ``conv1`` block of several layers, as in small CNNs, is a stage)."""
+    parts = name.split(".")
+    if any(p.startswith("stem") for p in parts):
+        return True
+    if len(parts) > 2 or not _STEM_LEAF.match(parts[-1]):
+        return False
+    module = model.get_submodule(name)
+    kind = type(module).__name__
+    return not any(True for _ in module.children()) or "Norm" in kind or "Act" in kind
+
+
 def stage_layers(model: nn.Module) -> List[str]:
-    """The feature *stages* among :func:`default_layers`: without ``"input"`` and without stem outputs that
-    are single leaf modules (``act1`` of timm ResNets, ``conv1`` of PreActResNets, ``bn1``), so that
-    ``["input"] + stage_layers(model)[:2]`` is the Manifold Mixup paper's ``S = {input, stage 1, stage 2}``."""
+    """The feature *stages* among :func:`default_layers`, without ``"input"``, so that
+    ``["input"] + stage_layers(model)[:2]`` is the Manifold Mixup paper's ``S = {input, stage 1, stage 2}``
+    (thesis ch. 4: on a ResNet the outputs of ``layer1`` and ``layer2``).
+
+    With timm ``feature_info`` the first level is dropped when it is the stem's output (:func:`is_stem`:
+    ResNet ``act1``, MobileNetV3 ``bn1``, RegNet/RepVGG/GENet/CoAtNet/MaxViT ``stem``, DenseNet
+    ``features.norm0``, CSPDarknet ``stem.conv1``). Without ``feature_info`` (top-level children), children
+    that are single leaf modules (a stem conv, a classifier) are dropped.
+    """
     names = default_layers(model)[1:]
+    if getattr(model, "feature_info", None) is not None:
+        return names[1:] if len(names) > 1 and is_stem(model, names[0]) else names
     stages = [n for n in names if any(True for _ in model.get_submodule(n).children())]
     return stages or names
 
@@ -88,7 +157,7 @@ def resolve_layers(model: nn.Module, layers: Optional[Iterable[LayerRef]] = None
         else:
             name = ref
         if name != INPUT and (name == "" or name not in known):
-            close = [n for n in known if n and name.split(".")[0] in n][:8]
+            close = difflib.get_close_matches(name, [n for n in known if n], n=6, cutoff=0.5)
             raise ValueError(f"layer {name!r} is not 'input' or a submodule of {type(model).__name__}; "
                              f"defaults: {defaults}" + (f"; close names: {close}" if close else ""))
         if name not in out:
