@@ -284,6 +284,12 @@ class RunConfig:
                                           "on interrupt)", ge=0, run_control=True)
     resume: bool = arg(False, help="continue unfinished runs from their checkpoints (finished runs are "
                                    "reused)", run_control=True)
+    backend: str = arg("local", help="where the grid of runs executes: 'local' (a process pool on this machine) or "
+                                     "'ray' (a Ray cluster; pip install 'modular-zoo[ray]')",
+                       choices=("local", "ray"), run_control=True)
+    ray_address: str = arg("", help="with --backend ray: the cluster's address ('' starts a local Ray instance, "
+                                    "'auto' joins the cluster this machine belongs to)", allow_empty=True,
+                           run_control=True)
     progress: bool = arg(True, help="show progress bars", run_control=True)
 
     def __post_init__(self) -> None:

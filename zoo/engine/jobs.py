@@ -32,6 +32,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from . import distributed as dist_utils
 from .checkpoint import clean_stale_tmp, write_json, write_text
 from .cli import config_to_dict
 from .errors import Interrupted, RunError
@@ -246,23 +247,38 @@ def run_grid(cfg: Any, fn: Callable[..., Any], names: Sequence[str], label: str,
     out = Path(cfg.out)
     command = command or command_line(label)
     existed = out.exists()
-    lock = RunLock(out, command).acquire()
+    device = resolve_device(cfg.device)
+    distributed = dist_utils.init_from_env(device)
+    main_process = dist_utils.is_main()
+    lock = RunLock(out, command).acquire() if main_process else None
     try:
-        clean_stale_tmp(out)
-        write_json(out / "config.json", config_to_dict(cfg, include_run_control=False))
-        device = resolve_device(cfg.device)
+        if main_process:
+            clean_stale_tmp(out)
+            write_json(out / "config.json", config_to_dict(cfg, include_run_control=False))
         jobs = [(cfg, name, cfg.seed + s) for name in names for s in range(cfg.seeds)]
         jobs = [job + (i,) for i, job in enumerate(jobs)]
-        workers = cfg.workers or default_workers(len(jobs), device)
-        print(f"{label}: {len(jobs)} run(s) on {device}, {workers} worker(s){detail} -> {out}", flush=True)
+        workers = 1 if distributed else (cfg.workers or default_workers(len(jobs), device))
+        where = f"{dist_utils.world_size()} processes (torchrun)" if distributed else f"{workers} worker(s)"
+        if main_process:
+            print(f"{label}: {len(jobs)} run(s) on {device}, {where}{detail} -> {out}", flush=True)
         t0 = time.perf_counter()
-        runs = run_jobs(fn, jobs, workers=workers, threads=cfg.threads)
+        if getattr(cfg, "backend", "local") == "ray" and not distributed:
+            from .ray_backend import run_jobs_ray
+
+            runs = run_jobs_ray(fn, jobs, threads=cfg.threads, address=getattr(cfg, "ray_address", ""))
+        else:
+            runs = run_jobs(fn, jobs, workers=workers, threads=cfg.threads)
+        if distributed and not main_process:                     # rank 0 writes the report and the plots
+            raise SystemExit(0)
         return runs, time.perf_counter() - t0, out
     except BaseException as e:
-        if _only_config_left(out):                               # a failed start leaves nothing behind
+        if isinstance(e, SystemExit) and e.code == 0:
+            raise
+        if main_process and _only_config_left(out):             # a failed start leaves nothing behind
             (out / "config.json").unlink(missing_ok=True)
-        lock.release()
-        if not existed and out.exists() and not any(out.iterdir()):
+        if lock is not None:
+            lock.release()
+        if main_process and not existed and out.exists() and not any(out.iterdir()):
             out.rmdir()
         _STOP.clear()
         if isinstance(e, (Interrupted, KeyboardInterrupt)):
@@ -292,6 +308,8 @@ def write_report(out: Path, cfg: Any, results: dict, wall: float, title: str, co
     ``_meta.config``, the options that define the run), ``results.md`` (title, the command that reproduces
     it, wall time, ``table``, ``extra``) and ``timing.json`` (wall and per-run seconds), atomically; print
     the table and what was written; release the output folder's lock."""
+    if dist_utils.world_size() > 1 and not dist_utils.is_main():  # pragma: no cover - run_grid exits these ranks
+        return
     try:
         check_finite(results)
         results["_meta"] = {"config": config_to_dict(cfg, include_run_control=False)}

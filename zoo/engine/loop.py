@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import distributed as dist_utils
 from .checkpoint import clean_stale_tmp, load_checkpoint, save_checkpoint
 from .errors import CheckpointError, Interrupted, RunError
 from .logger import MetricLogger
@@ -178,15 +179,23 @@ def fit(
         divergence: a finite loss above ``divergence * max(|first loss|, 1)`` also counts as diverged (a
             learning rate of 1e30 gives finite losses of 1e31 and garbage results); ``None`` disables it.
 
+    Under ``torchrun`` (``WORLD_SIZE > 1``) the same call trains data-parallel: each process takes its shard
+    of every global batch, gradients are averaged, rank 0 alone writes files (:mod:`zoo.engine.distributed`).
+
     Raises:
         NonFiniteError: the loss, a weight or an evaluation metric became NaN/inf (one-line message).
         CheckpointError: the checkpoint to resume from is unreadable or belongs to another run.
         Interrupted: SIGINT/SIGTERM arrived; a checkpoint of the last finished step was saved first.
     """
+    distributed = dist_utils.init_from_env(device)
+    world, rank = (dist_utils.world_size(), dist_utils.rank()) if distributed else (1, 0)
+    main_process = rank == 0
     model.to(device).train()
+    if distributed:
+        dist_utils.broadcast_parameters(model)
     out_dir = Path(out_dir) if out_dir is not None else None
     ckpt = out_dir / "checkpoint.pt" if out_dir is not None else None
-    if out_dir is not None and out_dir.exists():
+    if out_dir is not None and out_dir.exists() and main_process:
         clean_stale_tmp(out_dir)
     extra_state = extra_state or {}
     start, seconds_before = 0, 0.0
@@ -224,7 +233,7 @@ def fit(
             return FitResult(steps=start, seconds=seconds_before, last_metrics=last, eval_history=history,
                              resumed_from=start)
     logger = (MetricLogger(out_dir, tensorboard=tensorboard, resume_step=start if resume else None)
-              if out_dir is not None else None)
+              if out_dir is not None and main_process else None)
     t0 = time.perf_counter()
 
     def checkpoint(step: int, finished: bool = False) -> None:
@@ -234,6 +243,8 @@ def fit(
         if bad is not None:
             raise NonFiniteError(f"weight {bad!r} became non-finite by step {step}: the run diverged; lower the "
                                  f"learning rate or clip gradients (no checkpoint or results written)")
+        if not main_process:
+            return
         save_checkpoint(
             ckpt, format=CHECKPOINT_FORMAT, model=model, optimizer=optimizer,
             scheduler=scheduler.state_dict() if scheduler is not None else None,
@@ -260,11 +271,19 @@ def fit(
     with stop_handlers():
         done = start
         for step in bar:
-            if stop_requested():
+            if stop_requested() and not distributed:
                 break
             batch = to_device(next(batches), device)
+            if distributed:
+                batch = dist_utils.shard(batch, rank, world)
             loss, metrics = step_fn(model, batch)
             value = float(loss.detach())
+            if distributed:                          # every process sees the global loss and any stop request
+                shared = dist_utils.average_metrics({"loss": value, "stop": float(stop_requested())})
+                value = shared["loss"]
+                if shared["stop"] > 0:
+                    request_stop()
+                    break
             if not math.isfinite(value):
                 raise NonFiniteError(f"loss became {value} at step {step + 1}: the run diverged; lower the "
                                      f"learning rate or clip gradients (no results written)")
@@ -276,6 +295,8 @@ def fit(
                                      f"gradients (no results written)")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if distributed:
+                dist_utils.average_gradients(model)
             if clip_grad:
                 metrics = {**metrics, "grad_norm": float(nn.utils.clip_grad_norm_(model.parameters(), clip_grad))}
             optimizer.step()
@@ -290,6 +311,8 @@ def fit(
             done = step + 1
             if done % log_every == 0 or done == steps:
                 last = {k: v / count for k, v in running.items()}
+                if distributed:
+                    last = dist_utils.average_metrics(last)
                 running, count = {}, 0
                 if logger is not None:
                     logger.log(done, {**last, "lr": optimizer.param_groups[0]["lr"]}, prefix="train")

@@ -24,7 +24,10 @@ def seed_everything(seed: int, deterministic: bool = False) -> torch.Generator:
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """``"auto"`` picks CUDA when present, else the CPU; any torch device string is passed through."""
+    """``"auto"`` picks CUDA when present, else the CPU; any torch device string is passed through. Under
+    ``torchrun`` on GPUs each process gets ``cuda:LOCAL_RANK``."""
+    from .distributed import local_device
+
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+        return local_device(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    return local_device(torch.device(device))
