@@ -21,7 +21,7 @@ import typing
 from pathlib import Path
 from typing import Any, Callable, List, Optional, Sequence, Type, TypeVar
 
-__all__ = ["parse_config", "arg", "config_to_dict", "ConfigError", "RunConfig", "validate_config",
+__all__ = ["parse_config", "arg", "config_to_dict", "config_to_argv", "ConfigError", "RunConfig", "validate_config",
            "check_writable_dir", "check_writable_file", "check_device", "parse_json_object"]
 
 C = TypeVar("C")
@@ -259,6 +259,28 @@ def config_to_dict(cfg: Any, include_run_control: bool = True) -> dict:
             if is_run_control(f):
                 d.pop(f.name, None)
     return d
+
+
+def config_to_argv(cfg: Any, skip: Sequence[str] = ("progress", "resume")) -> List[str]:
+    """The command-line options that rebuild ``cfg`` with :func:`parse_config` (only fields that differ from
+    their defaults, minus ``skip``): ``parse_config(type(cfg), config_to_argv(cfg)) == cfg``. For printing the
+    command behind a typed call; harnesses call each other with configs, never with these strings."""
+    argv: List[str] = []
+    for f in dataclasses.fields(cfg):
+        if not f.init or f.name in skip:
+            continue
+        value = getattr(cfg, f.name)
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore
+        if value == default:
+            continue
+        flag = _flag(f.name)
+        if isinstance(value, bool):
+            argv.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, list):
+            argv += [flag, *map(str, value)]
+        else:
+            argv += [flag, str(value)]
+    return argv
 
 
 @dataclasses.dataclass

@@ -1,0 +1,285 @@
+"""The papers' results that :mod:`tasks.reproduce` runs, one :class:`Part` each.
+
+A part names the paper's table or figure, builds the typed configs of the harness runs behind it for each
+scale (``cpu``: the harness's CPU-scale default; ``paper``: the papers' sizes; smoke: a few steps), and turns
+their ``results.json`` into :class:`Claim` rows: what the paper claims, the paper's numbers, ours (mean ± std
+over seeds), and whether the paper's *direction* holds in ours. A claim compares means; the standard
+deviations are shown so a reader can judge how far a mean difference is from noise.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+__all__ = ["Claim", "Part", "PARTS", "register"]
+
+
+@dataclass
+class Claim:
+    claim: str
+    paper: str
+    ours: str
+    holds: Optional[bool]
+
+
+@dataclass(frozen=True)
+class Part:
+    id: str
+    title: str
+    paper: str
+    runs: Callable[[str, bool], Dict[str, Any]]                # (scale, smoke) -> {run name: harness Config}
+    claims: Callable[[Dict[str, dict]], List[Claim]]           # {run name: results.json} -> claims
+    figures: Tuple[str, ...] = ()                              # files under out/<part>/ to show
+    note: str = ""
+
+
+PARTS: Dict[str, Part] = {}
+
+
+def register(part: Part) -> Part:
+    PARTS[part.id] = part
+    return part
+
+
+# --- helpers ---------------------------------------------------------------------------------------------
+def ms(mean: float, std: Optional[float] = None, n: Optional[int] = None, digits: int = 3) -> str:
+    """``0.912 ± 0.011 (3 seeds)``."""
+    s = f"{mean:.{digits}f}"
+    if std is not None and n and n > 1:
+        s += f" ± {std:.{digits}f}"
+    if n:
+        s += f" ({n} seed{'s' if n > 1 else ''})"
+    return s
+
+
+def _classify_stat(results: dict, method: str, metric: str) -> Tuple[float, float, int]:
+    r = results[method]
+    return float(r[metric]), float(r["_std"][metric]), len(r["_per_seed"])
+
+
+def _cls(method: str, metric: str, results: dict) -> str:
+    return ms(*_classify_stat(results, method, metric))
+
+
+SMOKE_CLASSIFY = dict(steps=3, eval_every=0, eval_size=50, seeds=1, fgsm_eps=[0.1], noise_std=[0.3])
+
+
+# --- copying (thesis Table 1 left, Fig. 2) ----------------------------------------------------------------
+def _copying_runs(scale: str, smoke: bool) -> Dict[str, Any]:
+    from tasks import copying
+
+    if smoke:
+        return {"main": copying.Config(steps=3, eval_size=16, eval_every=0, seeds=1, train_len=5, test_lens=[5, 20],
+                                       model_kwargs='{"hidden_size": 12, "embed_dim": 8}')}
+    if scale == "paper":
+        return {"main": copying.Config(models=["rim_lstm_seq", "lstm_seq"], steps=20000, lr=1e-3, seeds=3)}
+    return {"main": copying.Config()}
+
+
+def _copying_claims(results: Dict[str, dict]) -> List[Claim]:
+    res = results["main"]
+    models = [m for m in res if not m.startswith("_")]
+    rim = next((m for m in models if m.startswith("rim")), None)
+    base = next((m for m in models if not m.startswith("rim")), None)
+    cfg = res["_meta"]["config"]
+    t_train, t_test = str(cfg["train_len"]), str(max(cfg["test_lens"]))
+
+    def acc(m: str, T: str) -> Tuple[float, float, int]:
+        r = res[m][T]
+        return r["acc_recall"], r["std"]["acc_recall"], len(r["per_seed"])
+
+    claims = []
+    if rim:
+        a, b = acc(rim, t_train), acc(rim, t_test)
+        claims.append(Claim(f"RIMs recall at T={t_test} as at T={t_train} (train)", "CE 0.00 at both",
+                            f"recall acc {ms(*a)} -> {ms(*b)}", b[0] >= a[0] - 0.02))
+    if base:
+        a, b = acc(base, t_train), acc(base, t_test)
+        claims.append(Claim(f"the LSTM degrades from T={t_train} to T={t_test}", "CE 0.00 -> 4.32",
+                            f"recall acc {ms(*a)} -> {ms(*b)}", b[0] < a[0] - 0.02))
+    if rim and base:
+        r, l_ = acc(rim, t_test), acc(base, t_test)
+        claims.append(Claim(f"RIMs beat the LSTM at T={t_test}", "CE 0.00 vs 4.32",
+                            f"recall acc {ms(*r)} vs {ms(*l_)}", r[0] > l_[0]))
+    return claims
+
+
+register(Part("copying", "Copying: train T=50, test T=200", "thesis Table 1 (left), Fig. 2", _copying_runs,
+              _copying_claims, figures=("main/activations.png", "main/curves.png")))
+
+
+# --- Manifold Mixup (thesis ch. 4, Tables 1-2, 7) --------------------------------------------------------
+def _mixup_runs(scale: str, smoke: bool) -> Dict[str, Any]:
+    from tasks import classify
+
+    methods = ["erm", "input_mixup", "manifold_mixup"]
+    if smoke:
+        return {"main": classify.Config(method=methods, evaluations=["clean", "fgsm"], **SMOKE_CLASSIFY)}
+    if scale == "paper":
+        return {"main": classify.Config(method=methods, dataset="cifar10", model="preactresnet18", steps=200 * 390,
+                                        batch_size=128, lr=0.1, seeds=5, evaluations=["clean", "fgsm"],
+                                        method_kwargs='{"input_mixup": {"alpha": 1.0}, "manifold_mixup": {"alpha": 2.0}}')}
+    return {"main": classify.Config(method=methods, steps=1000, seeds=3, evaluations=["clean", "fgsm"])}
+
+
+def _mixup_claims(results: Dict[str, dict]) -> List[Claim]:
+    r = results["main"]
+    nll = {m: _classify_stat(r, m, "nll") for m in ("erm", "input_mixup", "manifold_mixup")}
+    acc = {m: _classify_stat(r, m, "acc") for m in nll}
+    fgsm_key = next(k for k in r["manifold_mixup"] if k.startswith("fgsm/"))
+    fg = {m: _classify_stat(r, m, fgsm_key) for m in nll}
+    return [
+        Claim("Manifold Mixup has a lower test NLL than no mixup", "CIFAR-10 PreActResNet18: 0.190 -> 0.137",
+              f"NLL {ms(*nll['erm'])} -> {ms(*nll['manifold_mixup'])}", nll["manifold_mixup"][0] < nll["erm"][0]),
+        Claim("Manifold Mixup is more accurate than Input Mixup", "test error 3.82 % vs 2.95 %",
+              f"acc {ms(*acc['input_mixup'])} vs {ms(*acc['manifold_mixup'])}",
+              acc["manifold_mixup"][0] > acc["input_mixup"][0]),
+        Claim("Manifold Mixup is more accurate than no mixup", "test error 4.83 % vs 2.95 %",
+              f"acc {ms(*acc['erm'])} vs {ms(*acc['manifold_mixup'])}", acc["manifold_mixup"][0] > acc["erm"][0]),
+        Claim(f"Manifold Mixup resists FGSM better than Input Mixup ({fgsm_key})", "Table 7: CIFAR-10 77.5 vs 40.6 % "
+              "(eps 0.03)", f"acc {ms(*fg['input_mixup'])} vs {ms(*fg['manifold_mixup'])}",
+              fg["manifold_mixup"][0] > fg["input_mixup"][0]),
+    ]
+
+
+register(Part("manifold_mixup", "Manifold Mixup vs Input Mixup vs none", "thesis ch. 4, Tables 1, 2, 7",
+              _mixup_runs, _mixup_claims, figures=("main/robustness.png",),
+              note="CPU scale: test_resnet on the 5,000 embedded digits, 1,000 SGD steps; paper scale: "
+                   "PreActResNet-18 on CIFAR-10 (`--data-root` with CIFAR-10 or `--download`)."))
+
+
+# --- ICT (thesis ch. 6, Table 1) ---------------------------------------------------------------------------
+def _ict_runs(scale: str, smoke: bool) -> Dict[str, Any]:
+    from tasks import classify
+
+    if smoke:
+        return {"main": classify.Config(method=["erm", "ict"], labels_per_class=10, evaluations=["clean"],
+                                        batch_size=16, unlabeled_batch_size=16, **SMOKE_CLASSIFY)}
+    if scale == "paper":
+        return {"main": classify.Config(method=["erm", "ict"], dataset="cifar10", model="wrn28_2", labels_per_class=100,
+                                        steps=400 * 40, batch_size=100, unlabeled_batch_size=100, lr=0.1, seeds=3,
+                                        evaluations=["clean"], method_kwargs='{"ict": {"w_max": 10.0, "alpha": 0.2}}')}
+    return {"main": classify.Config(method=["erm", "ict"], labels_per_class=10, steps=1000, seeds=3,
+                                    evaluations=["clean"])}
+
+
+def _ict_claims(results: Dict[str, dict]) -> List[Claim]:
+    r = results["main"]
+    erm, ict = _classify_stat(r, "erm", "acc"), _classify_stat(r, "ict", "acc")
+    labels = r["_meta"]["config"]["labels_per_class"]
+    return [Claim(f"ICT with {labels} labels per class beats supervised training on the labels alone",
+                  "CIFAR-10, 1,000 labels: error 39.95 % -> 15.48 %", f"acc {ms(*erm)} -> {ms(*ict)}", ict[0] > erm[0])]
+
+
+register(Part("ict", "Interpolation Consistency Training, few labels", "thesis ch. 6, Table 1", _ict_runs,
+              _ict_claims, note="CPU scale: 10 labels per class of the embedded digits, the rest unlabeled."))
+
+
+# --- IRL and DAI (IRL paper Table 1; DAI paper Figs. 2-4) -------------------------------------------------
+def _invariance_runs(scale: str, smoke: bool) -> Dict[str, Any]:
+    from tasks import classify
+
+    evals = ["clean", "noise", "invariance"]
+    if smoke:
+        return {"main": classify.Config(method=["erm", "irl", "dai"], evaluations=evals, **SMOKE_CLASSIFY)}
+    steps, seeds = (200 * 390, 3) if scale == "paper" else (500, 3)
+    kw = dict(dataset="cifar10", model="wrn28_10", batch_size=128, lr=0.1) if scale == "paper" else {}
+    return {"main": classify.Config(method=["erm", "irl", "dai"], steps=steps, seeds=seeds, evaluations=evals,
+                                    eval_every=0, **kw)}
+
+
+def _invariance_claims(results: Dict[str, dict]) -> List[Claim]:
+    r = results["main"]
+    noise_key = "noise/0.3" if "noise/0.3" in r["erm"] else next(k for k in r["erm"] if k.startswith("noise/"))
+    inv_key = max((k for k in r["erm"] if k.startswith("inv/")), key=lambda k: int(k.split("/")[1]))
+    e, i = _classify_stat(r, "erm", noise_key), _classify_stat(r, "irl", noise_key)
+    ie, id_ = _classify_stat(r, "erm", inv_key), _classify_stat(r, "dai", inv_key)
+    ce, cd = _classify_stat(r, "erm", "acc"), _classify_stat(r, "dai", "acc")
+    return [
+        Claim(f"IRL is more accurate under input noise than standard training ({noise_key})",
+              "WRN-28-10 CIFAR-10, in-domain noise: error 5.43 % -> 4.46 %", f"acc {ms(*e)} -> {ms(*i)}", i[0] > e[0]),
+        Claim(f"DAI makes the top layer more invariant to augmentations ({inv_key}, DAI eq. 2)",
+              "All-CNN/WRN: invariance rises with depth, baseline stays near pixel level",
+              f"score {ms(*ie)} -> {ms(*id_)}", id_[0] > ie[0]),
+        Claim("DAI keeps clean accuracy", "Table 1: similar accuracy (All-CNN CIFAR-10 +0.3 %)",
+              f"acc {ms(*ce)} -> {ms(*cd)}", cd[0] >= ce[0] - 0.01),
+    ]
+
+
+register(Part("invariance", "IRL and data augmentation invariance", "IRL Table 1; DAI Table 1, Figs. 2-4",
+              _invariance_runs, _invariance_claims, figures=("main/robustness.png",)))
+
+
+# --- Lipschitz (Lipschitz paper Tables 3-5) ----------------------------------------------------------------
+def _lipschitz_runs(scale: str, smoke: bool) -> Dict[str, Any]:
+    from tasks import classify
+
+    evals = ["clean", "noise", "lipschitz"]
+    if smoke:
+        return {"main": classify.Config(method=["erm", "lipschitz"], evaluations=evals, **SMOKE_CLASSIFY)}
+    return {"main": classify.Config(method=["erm", "lipschitz"], steps=1000, seeds=3, evaluations=evals, eval_every=0)}
+
+
+def _lipschitz_claims(results: Dict[str, dict]) -> List[Claim]:
+    r = results["main"]
+    noise_key = "noise/0.3" if "noise/0.3" in r["erm"] else next(k for k in r["erm"] if k.startswith("noise/"))
+    e, l_ = _classify_stat(r, "erm", noise_key), _classify_stat(r, "lipschitz", noise_key)
+    ce, cl = _classify_stat(r, "erm", "acc"), _classify_stat(r, "lipschitz", "acc")
+    le, ll = _classify_stat(r, "erm", "lipschitz"), _classify_stat(r, "lipschitz", "lipschitz")
+    return [
+        Claim(f"Lipschitz training is more accurate under Gaussian noise ({noise_key})",
+              "ResNet-20 CIFAR-10, noise std 0.1: 50.67 % -> 68.34 %", f"acc {ms(*e)} -> {ms(*l_)}", l_[0] > e[0]),
+        Claim("clean accuracy is about unchanged", "80.44 % -> 78.88 % (same table)", f"acc {ms(*ce)} -> {ms(*cl)}",
+              cl[0] >= ce[0] - 0.02),
+        Claim("the network's local Lipschitz estimate falls", "Theorem 1 (smaller K_f, more stable)",
+              f"estimate {ms(*le)} -> {ms(*ll)}", ll[0] < le[0]),
+    ]
+
+
+register(Part("lipschitz", "Lipschitz continuity training", "Lipschitz paper Tables 3-5", _lipschitz_runs,
+              _lipschitz_claims))
+
+
+# --- semantic noise modeling (SNM paper Table 1) -----------------------------------------------------------
+def _snm_runs(scale: str, smoke: bool) -> Dict[str, Any]:
+    from tasks import classify
+
+    base = dict(model="snm_mnist_convnet", method=["erm", "semantic_noise"], labels_per_class=20, optimizer="adam",
+                lr=2e-3, evaluations=["clean", "noise"])
+    if smoke:
+        return {"main": classify.Config(**{**base, **SMOKE_CLASSIFY})}
+    return {"main": classify.Config(**base, steps=1000, seeds=3, eval_every=0)}
+
+
+def _snm_claims(results: Dict[str, dict]) -> List[Claim]:
+    r = results["main"]
+    e, s = _classify_stat(r, "erm", "acc"), _classify_stat(r, "semantic_noise", "acc")
+    return [Claim("semantic noise modeling beats the feed-forward baseline with few labels",
+                  "MNIST, 20 per class: error 16.00 % -> 10.59 %", f"acc {ms(*e)} -> {ms(*s)}", s[0] > e[0])]
+
+
+register(Part("semantic_noise", "Semantic noise modeling, 20 labels per class", "SNM paper Table 1", _snm_runs,
+              _snm_claims))
+
+
+# --- NFM: random-attention ablation (thesis 10.4) ----------------------------------------------------------
+def _nfm_ablation_runs(scale: str, smoke: bool) -> Dict[str, Any]:
+    from tasks import nfm_attention
+
+    if smoke:
+        return {"main": nfm_attention.Config(steps=3, eval_size=16)}
+    return {"main": nfm_attention.Config(steps=400, seeds=3)}
+
+
+def _nfm_ablation_claims(results: Dict[str, dict]) -> List[Claim]:
+    r = results["main"]
+    n = len(r["acc_per_seed"])
+    a, b = (r["acc"], r["acc_std"], n), (r["acc_random_attention"], r["acc_random_attention_std"], n)
+    return [Claim("random attention at test time hurts a trained NFM", "CIFAR-10: 96.5 % -> 88.5 %",
+                  f"acc {ms(*a)} -> {ms(*b)}", b[0] < a[0] - 0.01)]
+
+
+register(Part("nfm_random_attention", "NFM random-attention ablation", "thesis 10.4", _nfm_ablation_runs,
+              _nfm_ablation_claims, figures=("main/nfm_attention.png",),
+              note="CPU scale: nfm_mnist_convnet on the embedded digits."))
+

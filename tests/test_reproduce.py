@@ -1,0 +1,65 @@
+"""The one-command reproduction (issue 21): its smoke mode runs every wired part, the report has the paper's
+number, ours, the direction and the command for each claim, a rerun reuses finished runs, and the docs block
+is generated from the report."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tasks import paper_results, reproduce
+from zoo.engine import ConfigError
+
+
+@pytest.mark.slow
+def test_smoke_run_writes_a_complete_report_and_reruns_reuse_finished_runs(tmp_path):
+    out = tmp_path / "rep"
+    args = ["--smoke", "--only", "copying", "nfm_random_attention", "--workers", "1", "--no-progress", "--out", str(out)]
+    report = reproduce.main(args)
+    assert [p["id"] for p in report["parts"]] == ["copying", "nfm_random_attention"]
+    for part in report["parts"]:
+        assert part["claims"] and part["commands"] and part["wall_seconds"] > 0
+        for claim in part["claims"]:
+            assert set(claim) == {"claim", "paper", "ours", "holds"} and claim["holds"] in (True, False, None)
+        for cmd in part["commands"].values():
+            assert cmd.startswith("python -m tasks.")
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["parts"] == json.loads(json.dumps(report["parts"]))
+    md = (out / "report.md").read_text()
+    assert "| result | paper's claim | paper | ours | direction holds |" in md and "python -m tasks.copying" in md
+    assert "data:image/png;base64," in (out / "report.html").read_text()     # figures inline, no server
+    stamp = (out / "copying" / "main" / "results.json").stat().st_mtime_ns
+    docs = tmp_path / "results.md"
+    docs.write_text("# Results\n\nhand-written intro\n")
+    reproduce.main(args + ["--report-only", "--docs", str(docs)])           # nothing retrained
+    assert (out / "copying" / "main" / "results.json").stat().st_mtime_ns == stamp
+    text = docs.read_text()
+    assert text.startswith("# Results\n\nhand-written intro") and reproduce.DOCS_BEGIN in text
+    reproduce.main(args + ["--report-only", "--docs", str(docs)])           # the block is replaced, not appended
+    assert docs.read_text().count(reproduce.DOCS_BEGIN) == 1
+
+
+def test_every_part_builds_its_configs_at_every_scale():
+    for part in paper_results.PARTS.values():
+        for scale, smoke in (("cpu", False), ("paper", False), ("cpu", True)):
+            runs = part.runs(scale, smoke)
+            assert runs, part.id
+
+
+def test_options_are_validated():
+    with pytest.raises(ConfigError, match="parts:"):
+        reproduce.Config(only=["copyng"])
+    with pytest.raises(ConfigError, match="exclude each other"):
+        reproduce.Config(smoke=True, scale="paper")
+
+
+def test_copying_claims_follow_the_numbers():
+    def res(rim200, lstm200):
+        cell = lambda a: {"acc_recall": a, "std": {"acc_recall": 0.0}, "per_seed": [{}]}  # noqa: E731
+        return {"main": {"rim": {"50": cell(0.99), "200": cell(rim200)}, "lstm": {"50": cell(0.95), "200": cell(lstm200)},
+                         "_meta": {"config": {"train_len": 50, "test_lens": [50, 200]}}}}
+
+    good = paper_results.PARTS["copying"].claims(res(0.985, 0.40))
+    assert [c.holds for c in good] == [True, True, True]
+    bad = paper_results.PARTS["copying"].claims(res(0.50, 0.95))
+    assert [c.holds for c in bad] == [False, False, False]
