@@ -116,7 +116,7 @@ def _mixup_runs(scale: str, smoke: bool) -> Dict[str, Any]:
     if smoke:
         return {"main": classify.Config(method=methods, evaluations=["clean", "fgsm"], **SMOKE_CLASSIFY)}
     if scale == "paper":
-        return {"main": classify.Config(method=methods, dataset="cifar10", model="preactresnet18", steps=200 * 390,
+        return {"main": classify.Config(method=methods, dataset="cifar10", download=True, model="preactresnet18", steps=200 * 390,
                                         batch_size=128, lr=0.1, seeds=5, evaluations=["clean", "fgsm"],
                                         method_kwargs='{"input_mixup": {"alpha": 1.0}, "manifold_mixup": {"alpha": 2.0}}')}
     return {"main": classify.Config(method=methods, steps=1000, seeds=3, evaluations=["clean", "fgsm"])}
@@ -156,7 +156,7 @@ def _ict_runs(scale: str, smoke: bool) -> Dict[str, Any]:
         return {"main": classify.Config(method=["erm", "ict"], labels_per_class=10, evaluations=["clean"],
                                         batch_size=16, unlabeled_batch_size=16, **SMOKE_CLASSIFY)}
     if scale == "paper":
-        return {"main": classify.Config(method=["erm", "ict"], dataset="cifar10", model="wrn28_2", labels_per_class=100,
+        return {"main": classify.Config(method=["erm", "ict"], dataset="cifar10", download=True, model="wrn28_2", labels_per_class=100,
                                         steps=400 * 40, batch_size=100, unlabeled_batch_size=100, lr=0.1, seeds=3,
                                         evaluations=["clean"], method_kwargs='{"ict": {"w_max": 10.0, "alpha": 0.2}}')}
     return {"main": classify.Config(method=["erm", "ict"], labels_per_class=10, steps=1000, seeds=3,
@@ -183,7 +183,7 @@ def _invariance_runs(scale: str, smoke: bool) -> Dict[str, Any]:
     if smoke:
         return {"main": classify.Config(method=["erm", "irl", "dai"], evaluations=evals, **SMOKE_CLASSIFY)}
     steps, seeds = (200 * 390, 3) if scale == "paper" else (500, 3)
-    kw = dict(dataset="cifar10", model="wrn28_10", batch_size=128, lr=0.1) if scale == "paper" else {}
+    kw = dict(dataset="cifar10", download=True, model="wrn28_10", batch_size=128, lr=0.1) if scale == "paper" else {}
     return {"main": classify.Config(method=["erm", "irl", "dai"], steps=steps, seeds=seeds, evaluations=evals,
                                     eval_every=0, **kw)}
 
