@@ -8,10 +8,10 @@ saying so in one line.
 """
 try:
     import gymnasium  # noqa: F401
-    import sb3_contrib  # noqa: F401
     import stable_baselines3  # noqa: F401
+    import sb3_contrib  # noqa: F401
 except ImportError as e:  # pragma: no cover - exercised in a subprocess by tests/test_rl_cli.py
-    raise ImportError(f"rl needs the RL extra, which is not installed (no module {e.name!r}): "
+    raise ImportError(f"rl needs the RL extra, which is not installed (no module {(e.name or '?').split('.')[0]!r}): "
                       f"pip install \"modular-zoo[rl]\" (from a checkout: pip install -e \".[rl]\")", name="rl") from None
 
 from .policies import (RecurrentCorePolicy, RIMActorCriticCnnPolicy, RIMActorCriticPolicy,  # noqa: E402

@@ -143,21 +143,28 @@ class OneHotView(gym.ObservationWrapper):
 
     ``(V, V, 3)`` int -> ``(V * V * (11 + 6 + 3),)`` float32 in {0, 1}: per cell a one-hot of the object type
     (11), of the colour (6) and of the state (3); the ``direction`` and ``mission`` entries are dropped
-    (the view is egocentric and the mission is fixed).
+    (the view is egocentric and the mission is fixed). ``keep_dict=True``: a dict ``{"image": that vector,
+    "direction": Discrete(4)}`` instead (for multi-input policies).
     """
 
     SIZES = (len(OBJECT_TO_IDX), len(COLOR_TO_IDX), len(STATE_TO_IDX))
 
-    def __init__(self, env: gym.Env) -> None:
+    def __init__(self, env: gym.Env, keep_dict: bool = False) -> None:
         super().__init__(env)
         space = env.observation_space
         image = space["image"] if isinstance(space, gym.spaces.Dict) else space
-        self.view = image.shape[0]
+        self.view, self.keep_dict = image.shape[0], keep_dict
         self.offsets = np.cumsum((0,) + self.SIZES[:-1])
-        self.observation_space = gym.spaces.Box(0.0, 1.0, (self.view * self.view * sum(self.SIZES),), np.float32)
+        flat = gym.spaces.Box(0.0, 1.0, (self.view * self.view * sum(self.SIZES),), np.float32)
+        self.observation_space = gym.spaces.Dict({"image": flat, "direction": gym.spaces.Discrete(4)}) \
+            if keep_dict else flat
 
-    def observation(self, observation) -> np.ndarray:
-        image = observation["image"] if isinstance(observation, dict) else observation
+    def observation(self, observation):
+        if self.keep_dict:
+            return {"image": self._one_hot(observation["image"]), "direction": int(observation["direction"])}
+        return self._one_hot(observation["image"] if isinstance(observation, dict) else observation)
+
+    def _one_hot(self, image: np.ndarray) -> np.ndarray:
         cells = image.reshape(-1, 3).astype(np.int64) + self.offsets          # (V*V, 3) indices into 20 slots
         out = np.zeros((cells.shape[0], sum(self.SIZES)), np.float32)
         np.put_along_axis(out, cells, 1.0, axis=1)
@@ -179,18 +186,14 @@ def make_distractor_env(split: str = "seen", num_distractors: int = 4, size: int
                         render_mode: Optional[str] = None, dict_obs: bool = False, **kwargs) -> gym.Env:
     """The agent's env for ``split`` (``"seen"`` or ``"novel"`` distractor colours): one-hot view, 4 actions.
 
-    ``dict_obs=True`` keeps MiniGrid's dict observation (``image`` uint8 (7, 7, 3), ``direction``; the
-    mission text dropped) instead of the one-hot vector, for multi-input policies.
+    ``dict_obs=True``: dict observations ``{"image": the one-hot view, "direction": Discrete(4)}``, for
+    multi-input policies (sb3's ``CombinedExtractor`` flattens both).
     """
     if split not in SPLITS:
         raise ValueError(f"split={split!r}; allowed: {', '.join(SPLITS)}")
     env = DistractorPickupEnv(size=size, num_distractors=num_distractors, distractor_colors=SPLITS[split],
                               max_steps=max_steps, render_mode=render_mode, **kwargs)
-    env = PickupActions(env)
-    if dict_obs:
-        keep = {k: env.observation_space[k] for k in ("image", "direction")}
-        return gym.wrappers.FilterObservation(env, list(keep))
-    return OneHotView(env)
+    return OneHotView(PickupActions(env), keep_dict=dict_obs)
 
 
 def register_gridworlds() -> None:
