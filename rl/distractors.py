@@ -54,9 +54,9 @@ class Config(RunConfig):
     out: str = arg("runs/rl_distractors", help="output folder", path="out_dir")
     cores: List[str] = arg(["rim", "lstm"], choices=list(CORES), help="recurrent cores to compare")
     seeds: int = arg(3, help="seeds per core (seed, seed+1, ...); tables show mean ± std", ge=1)
-    steps: int = arg(100_000, help="environment steps per run", ge=1)
+    steps: int = arg(200_000, help="environment steps per run", ge=1)
     num_distractors: int = arg(4, help="distractors per room (training and evaluation)", ge=0, le=30)
-    room_size: int = arg(8, help="room side in cells, walls included", ge=5, le=16)
+    room_size: int = arg(7, help="room side in cells, walls included (7: 5x5 free cells)", ge=5, le=16)
     max_steps: int = arg(64, help="episode limit in agent steps", ge=1)
     n_envs: int = arg(16, help="parallel training envs", ge=1)
     n_steps: int = arg(64, help="rollout length per env and update", ge=1)
@@ -75,7 +75,7 @@ class Config(RunConfig):
     head_size: int = arg(64, help="units of the policy and value heads' hidden layer", ge=1)
     features: int = arg(128, help="units of the ReLU layer between the one-hot view and the core (0: the core "
                                   "reads the view itself)", ge=0)
-    eval_every: int = arg(20_000, help="evaluate on seen and novel distractors every this many env steps "
+    eval_every: int = arg(25_000, help="evaluate on seen and novel distractors every this many env steps "
                                        "(learning curves; 0: only at the end)", ge=0)
     curve_episodes: int = arg(50, help="episodes per split at each curve point", ge=1)
     eval_episodes: int = arg(200, help="episodes per split in the final evaluation", ge=1)

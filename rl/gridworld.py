@@ -4,8 +4,9 @@ The RIMs paper trains a recurrent PPO agent on a partially observed BabyAI objec
 evaluates it with *new* distractors that never appeared in training. The exact level and split are in
 the paper's appendix, not in the thesis; ours is :class:`DistractorPickupEnv`:
 
-* one room, 8x8 cells with walls (6x6 free cells), the agent sees the 7x7 cells ahead of it (MiniGrid's
-  egocentric, partial view; walls block the view);
+* one room, ``size`` x ``size`` cells with walls (default 8: 6x6 free cells; ``rl.distractors`` uses 7,
+  5x5 free cells), the agent sees the 7x7 cells ahead of it (MiniGrid's egocentric, partial view: nothing
+  behind it or beside it beyond 3 cells; walls block the view);
 * the goal is fixed, **pick up the red ball** (no language to parse), placed at random;
 * ``num_distractors`` (default 4) other objects, each a key, ball or box of a colour drawn from the
   split's colours (never the red ball itself);
