@@ -231,3 +231,27 @@ def test_random_agent_baseline_scores_full_games():
     env.close()
     assert len(res["returns"]) == 2 and all(-21 <= r <= 0 for r in res["returns"])
     assert res["mean_return"] == pytest.approx(np.mean(res["returns"]))
+
+
+def test_curves_of_several_runs(tmp_path, capsys):
+    """python -m rl.curves: one figure and a table from the files rl.train writes; bad folders refused."""
+    from rl.curves import main
+
+    runs = []
+    for core, scores in (("lstm", [1.0, 3.0, 8.0]), ("rim", [1.5, 2.0, 6.0])):
+        run = tmp_path / f"breakout-{core}"
+        run.mkdir()
+        (run / "config.json").write_text(f'{{"core": "{core}", "env": "ALE/Breakout-v5", "eval_episodes": 10}}')
+        (run / "random_agent.json").write_text('{"mean_return": 1.3, "std_return": 1.2, "returns": [1.0, 1.6]}')
+        (run / "eval.csv").write_text("step,eval/mean_return,eval/std_return,eval/cpu_seconds\n" + "".join(
+            f"{i * 1000},{s},0.5,{i * 600.0}\n" for i, s in enumerate(scores)))
+        (run / "episodes.csv").write_text("step,return,frames\n" + "".join(f"{i * 100},{i % 4},500\n" for i in range(30)))
+        runs.append(str(run))
+    fig = tmp_path / "fig" / "curves.png"
+    assert run_cli(main, runs + ["--out", str(fig)]) == 0
+    out = capsys.readouterr().out
+    assert fig.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| breakout-lstm | 2000 | 0.33 | 8.0 ± 0.5 | 10 |" in out and "random agent" in out
+    with pytest.raises(SystemExit) as e:
+        main([str(tmp_path), "--out", str(fig)])
+    assert e.value.code == 2 and "not an rl.train output folder" in capsys.readouterr().err
