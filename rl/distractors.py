@@ -23,7 +23,6 @@ seed), and one folder per run (``<core>-s<seed>/``: ``run.json``, ``agent.zip``,
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 import time

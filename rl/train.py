@@ -24,7 +24,6 @@ x 128 steps, 4 epochs of 4 minibatches, lr 2.5e-4 and clip 0.1 both decayed line
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import os
 import time
@@ -39,7 +38,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import CSVOutputFormat
 
-from zoo.engine import (CheckpointError, ConfigError, MetricLogger, RunError, arg, atomic_write, check_device,
+from zoo.engine import (CheckpointError, ConfigError, MetricLogger, arg, atomic_write, check_device,
                         config_to_dict, parse_config, resolve_device, run_cli, seed_everything, validate_config,
                         write_json)
 
