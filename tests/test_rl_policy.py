@@ -194,6 +194,7 @@ def test_mask_observation():
     assert pend.spec.max_episode_steps == 200
 
 
+@pytest.mark.slow
 def test_rim_policy_learns_cartpole_without_velocities():
     """A short RecurrentPPO run with the RIM policy clearly improves the greedy return of the untrained policy.
 
