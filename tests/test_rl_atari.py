@@ -158,6 +158,7 @@ def trained_run(tmp_path_factory):
     return out, proc.stdout
 
 
+@pytest.mark.slow
 def test_train_command_writes_logs_checkpoint_and_plot(trained_run):
     out, stdout = trained_run
     res = json.loads((out / "results.json").read_text())
@@ -200,6 +201,7 @@ def test_train_recurrent_rim_nfm_runs(tmp_path):
     assert agent.observation_space.shape == (1, 84, 84)                 # one frame, channels first
 
 
+@pytest.mark.slow
 def test_evaluate_command_plays_saved_agent(trained_run, tmp_path):
     from rl.evaluate import main
 
