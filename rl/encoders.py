@@ -31,7 +31,7 @@ from torch import nn
 
 from zoo.layers.nfm import NFM
 
-__all__ = ["NFMNatureCNN", "nature_convs", "ENCODERS", "encoder_policy_kwargs"]
+__all__ = ["NFMNatureCNN", "MLPEncoder", "nature_convs", "ENCODERS", "encoder_policy_kwargs"]
 
 
 def nature_convs(in_chans: int) -> Tuple[nn.Sequential, ...]:
@@ -82,6 +82,19 @@ class NFMNatureCNN(BaseFeaturesExtractor):
 
     def forward(self, observations: torch.Tensor) -> torch.Tensor:
         return self.linear(self.nfm(observations).flatten(1))
+
+
+class MLPEncoder(BaseFeaturesExtractor):
+    """Flatten, then one ReLU layer: ``(B, *shape) -> (B, features_dim)``; for vector observations such as
+    :class:`rl.gridworld.OneHotView`'s (the encoder the recurrent core reads, shared by every core)."""
+
+    def __init__(self, observation_space: gym.spaces.Box, features_dim: int = 128) -> None:
+        super().__init__(observation_space, features_dim)
+        n_in = int(torch.tensor(observation_space.shape).prod())
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(n_in, features_dim), nn.ReLU())
+
+    def forward(self, observations: torch.Tensor) -> torch.Tensor:
+        return self.net(observations.float())
 
 
 ENCODERS: Dict[str, Type[BaseFeaturesExtractor]] = {"nature": NatureCNN, "nfm": NFMNatureCNN}

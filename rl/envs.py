@@ -29,7 +29,7 @@ from stable_baselines3.common.atari_wrappers import AtariWrapper
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecFrameStack
 
-__all__ = ["AtariSpec", "make_atari", "register_ale"]
+__all__ = ["AtariSpec", "make_atari", "register_ale", "check_atari_id", "game_name"]
 
 _VEC_ENVS = {"dummy": DummyVecEnv, "subproc": SubprocVecEnv}
 
@@ -39,6 +39,26 @@ def register_ale() -> None:
     import ale_py
 
     gym.register_envs(ale_py)
+
+
+def game_name(env_id: str) -> str:
+    """The game of an Atari id, for comparisons: ``ALE/Pong-v5`` and ``PongNoFrameskip-v4`` -> ``"pong"``."""
+    name = env_id.split("/")[-1].split("-")[0]
+    return name.replace("NoFrameskip", "").replace("Deterministic", "").lower()
+
+
+def check_atari_id(env_id: str) -> Optional[str]:
+    """``None`` if ``env_id`` is a registered ALE game, else what is allowed (for ``arg(check=...)``)."""
+    register_ale()
+    try:
+        spec = gym.spec(env_id)
+    except Exception:  # noqa: BLE001 - gymnasium raises several error types for unknown ids
+        return "an Atari game id such as ALE/Pong-v5 or ALE/Breakout-v5 (this id is not registered)"
+    entry = spec.entry_point if isinstance(spec.entry_point, str) else getattr(spec.entry_point, "__module__", "")
+    if "ale_py" not in str(entry):
+        return ("an Atari game id such as ALE/Pong-v5 (this is not an Atari game; for vector or gridworld envs "
+                "use RecurrentPPO with rl.RecurrentCorePolicy, docs/rl.md)")
+    return None
 
 
 def _make_game(env_id: str, **kwargs: Any) -> gym.Env:

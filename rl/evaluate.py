@@ -21,9 +21,10 @@ import numpy as np
 import torch
 from stable_baselines3.common.evaluation import evaluate_policy
 
-from zoo.engine import arg, parse_config, seed_everything, write_json
+from zoo.engine import (ConfigError, RunError, arg, check_device, parse_config, run_cli, seed_everything,
+                        validate_config, write_json)
 
-from .envs import AtariSpec, make_atari
+from .envs import AtariSpec, check_atari_id, game_name, make_atari
 
 __all__ = ["EvalConfig", "evaluate_agent", "video_wrapper", "main"]
 
@@ -100,34 +101,52 @@ def video_wrapper(folder, prefix: str = "agent") -> Optional[Callable[[gym.Env],
         return None
 
 
+def _atari_or_empty(env_id: str) -> Optional[str]:
+    return None if env_id == "" else check_atari_id(env_id)
+
+
 @dataclass
 class EvalConfig:
     """Play a saved agent (python -m rl.evaluate AGENT.zip [options]) and report its mean game score."""
 
     agent: str = arg("", help="the agent file (agent.zip or checkpoint.zip written by rl.train); may be "
                               "given as the first positional argument")
-    episodes: int = arg(10, help="games to play")
+    episodes: int = arg(10, help="games to play", ge=1)
     deterministic: bool = arg(False, help="greedy actions (default: sample from the policy)")
-    video: str = arg("", help="folder for mp4 videos of the games (empty: no video)")
-    env: str = arg("", help="override the game id stored in the agent")
-    max_episode_frames: int = arg(0, help="cap on raw frames per game (0: as trained / game default)")
-    seed: int = arg(0, help="seed of the evaluation envs")
-    threads: int = arg(1, help="torch CPU threads")
-    device: str = arg("auto", help="'auto', 'cpu', 'cuda', ...")
-    out: str = arg("", help="also write the results as JSON to this file")
+    video: str = arg("", help="folder for mp4 videos of the games (empty: no video)", path="out_dir", allow_empty=True)
+    env: str = arg("", help="override the game id stored in the agent (the same game, e.g. another version)",
+                   check=_atari_or_empty)
+    max_episode_frames: int = arg(0, help="cap on raw frames per game (0: as trained / game default)", ge=0)
+    seed: int = arg(0, help="seed of the evaluation envs", ge=0)
+    threads: int = arg(1, help="torch CPU threads", ge=1)
+    device: str = arg("auto", help="'auto', 'cpu', 'cuda', ...", check=check_device)
+    out: str = arg("", help="also write the results as JSON to this file", path="out_file", allow_empty=True)
+
+    def __post_init__(self) -> None:
+        validate_config(self)
+        if not self.agent:
+            raise ConfigError("no agent file given: python -m rl.evaluate AGENT.zip [options]")
+
+
+def check_env_override(data: Dict[str, Any], env_id: str) -> None:
+    """Refuse (one line) to play an agent on another game than the one it was trained on."""
+    trained = (data.get("atari_spec") or {}).get("env_id")
+    if trained and game_name(trained) != game_name(env_id):
+        n = getattr(data.get("action_space"), "n", "?")
+        raise ConfigError(f"--env {env_id}: the agent was trained on {trained} ({n} actions) and plays only that "
+                          f"game; drop --env or pass a version of the same game")
 
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
-    from .train import load_agent
+    from .train import load_agent, read_agent_data
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and not argv[0].startswith("-"):
         argv = ["--agent", argv[0]] + argv[1:]
     cfg = parse_config(EvalConfig, argv, prog="python -m rl.evaluate")
-    if not cfg.agent or not Path(cfg.agent).exists():
-        raise SystemExit(f"agent file {cfg.agent!r} not found (python -m rl.evaluate AGENT.zip ...)")
-    if cfg.episodes < 1:
-        raise SystemExit(f"--episodes must be >= 1, got {cfg.episodes}")
+    data = read_agent_data(cfg.agent)
+    if cfg.env:
+        check_env_override(data, cfg.env)
     torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     model = load_agent(cfg.agent, device=cfg.device)
@@ -139,6 +158,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     wrapper = video_wrapper(cfg.video, Path(cfg.agent).stem) if cfg.video else None
     env = make_atari(spec, 1, seed=cfg.seed, training=False, render_mode="rgb_array" if wrapper else None,
                      inner_wrapper=wrapper)
+    if env.action_space != model.action_space:
+        env.close()
+        raise RunError(f"{spec.env_id} has {env.action_space} actions; the agent plays {model.action_space}")
     res = evaluate_agent(model, env, cfg.episodes, cfg.deterministic)
     env.close()
     videos = []
@@ -159,4 +181,4 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_cli(main))

@@ -12,9 +12,15 @@ do the same in sb3-contrib:
   "gru"`` (see :mod:`rl.cores`); ``lstm_actor`` / ``lstm_critic`` hold the cores, so everything in
   RecurrentPPO that reads them (``num_layers``, ``hidden_size``, the ``(h, c)`` states of shape
   ``(num_layers, n_envs, hidden_size)`` in the rollout buffer) works unchanged.
-* :class:`RIMActorCriticPolicy` (vector observations, MLP features) and :class:`RIMActorCriticCnnPolicy`
-  (image observations, Nature CNN features: ``CnnLstmPolicy``'s equivalent). Any sb3 features extractor
-  works through ``features_extractor_class`` (e.g. :class:`rl.encoders.NFMNatureCNN`).
+* :class:`RIMActorCriticPolicy` (vector observations, MLP features), :class:`RIMActorCriticCnnPolicy`
+  (image observations, Nature CNN features: ``CnnLstmPolicy``'s equivalent) and
+  :class:`RIMMultiInputActorCriticPolicy` (``Dict`` observations, sb3's ``CombinedExtractor``:
+  ``MultiInputLstmPolicy``'s equivalent). Any sb3 features extractor works through
+  ``features_extractor_class`` (e.g. :class:`rl.encoders.NFMNatureCNN`).
+
+Action spaces: everything RecurrentPPO takes (``Discrete``, ``MultiDiscrete``, ``Box``, ``MultiBinary``).
+``MultiBinary`` actions crash inside sb3-contrib's own policies (sb3 2.9 stores them as int8 and the
+Bernoulli log-probability refuses int8); these policies cast them to float first.
 
 Speed. sb3-contrib's ``_process_sequence`` steps its LSTM one time step at a time in Python whenever a
 sequence holds an episode start, which is nearly every training minibatch. Here the core gets the whole
@@ -31,13 +37,14 @@ from typing import Any, Dict, Optional, Tuple, Type
 import torch
 from gymnasium import spaces
 from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
-from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, FlattenExtractor, NatureCNN
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, CombinedExtractor, FlattenExtractor, NatureCNN
 from stable_baselines3.common.type_aliases import Schedule
 from torch import nn
 
 from .cores import CORES, make_core, run_core
 
-__all__ = ["RecurrentCorePolicy", "RIMActorCriticPolicy", "RIMActorCriticCnnPolicy", "DEFAULT_HIDDEN"]
+__all__ = ["RecurrentCorePolicy", "RIMActorCriticPolicy", "RIMActorCriticCnnPolicy", "RIMMultiInputActorCriticPolicy",
+           "DEFAULT_HIDDEN"]
 
 DEFAULT_HIDDEN = 256            # sb3-contrib's lstm_hidden_size default
 
@@ -52,6 +59,8 @@ class RecurrentCorePolicy(RecurrentActorCriticPolicy):
             256 (sb3-contrib's default) for LSTM/GRU, the largest multiple of ``num_units`` not above 256 for
             RIM (252 for 6 units).
         num_units, k_active: RIM units and active units per step (thesis: 6 and 4; RL section 8.4 also 5).
+        features_extractor_class: default ``CombinedExtractor`` for ``Dict`` observations, else
+            ``FlattenExtractor`` (sb3's defaults for its multi-input and MLP policies).
         core_kwargs: more :class:`zoo.RIM` keywords (``cell="gru"``, ``comm_topk=2``, ``official=True``,
             ...) or ``nn.LSTM`` / ``nn.GRU`` keywords. ``lstm_kwargs`` (sb3's name) is merged into it.
 
@@ -64,6 +73,16 @@ class RecurrentCorePolicy(RecurrentActorCriticPolicy):
                  lstm_kwargs: Optional[Dict[str, Any]] = None, **kwargs: Any) -> None:
         if core not in CORES:
             raise ValueError(f"core={core!r} is not supported; allowed values: {', '.join(map(repr, CORES))}")
+        extractor = kwargs.get("features_extractor_class")
+        if isinstance(observation_space, spaces.Dict):
+            if extractor is None:
+                kwargs["features_extractor_class"] = CombinedExtractor
+            elif extractor in (FlattenExtractor, NatureCNN):
+                raise ValueError(f"{extractor.__name__} cannot read Dict observations ({list(observation_space.spaces)}); "
+                                 f"use RIMMultiInputActorCriticPolicy or RecurrentCorePolicy (CombinedExtractor, "
+                                 f"MultiInputLstmPolicy's equivalent) or a Dict-aware features_extractor_class")
+        elif extractor is None:
+            kwargs["features_extractor_class"] = FlattenExtractor
         if core != "rim" and (num_units, k_active) != (6, 4):
             raise ValueError(f"num_units / k_active are RIM options; core={core!r} takes neither")
         if lstm_hidden_size is None:
@@ -80,6 +99,13 @@ class RecurrentCorePolicy(RecurrentActorCriticPolicy):
         if self.lstm_critic is not None:
             self.lstm_critic = self._make_core(layers, lstm_hidden_size)
         self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+
+    def evaluate_actions(self, obs, actions: torch.Tensor, lstm_states, episode_starts: torch.Tensor):
+        """sb3-contrib's, with ``MultiBinary`` actions cast to float (the rollout buffer stores them as int8,
+        which the Bernoulli log-probability refuses)."""
+        if isinstance(self.action_space, spaces.MultiBinary):
+            actions = actions.float()
+        return super().evaluate_actions(obs, actions, lstm_states, episode_starts)
 
     def _make_core(self, num_layers: int, hidden_size: int) -> nn.Module:
         return make_core(self.core_name, self.features_dim, hidden_size, num_layers, **self.core_options)
@@ -99,7 +125,8 @@ class RecurrentCorePolicy(RecurrentActorCriticPolicy):
 
 
 class RIMActorCriticPolicy(RecurrentCorePolicy):
-    """:class:`RecurrentCorePolicy` with a RIM core and sb3's MLP features (``MlpLstmPolicy``'s equivalent)."""
+    """:class:`RecurrentCorePolicy` with a RIM core and sb3's MLP features (``MlpLstmPolicy``'s equivalent).
+    ``Dict`` observations: :class:`RIMMultiInputActorCriticPolicy`."""
 
     def __init__(self, observation_space: spaces.Space, action_space: spaces.Space, lr_schedule: Schedule,
                  *args: Any, features_extractor_class: Type[BaseFeaturesExtractor] = FlattenExtractor,
@@ -113,6 +140,17 @@ class RIMActorCriticCnnPolicy(RecurrentCorePolicy):
 
     def __init__(self, observation_space: spaces.Space, action_space: spaces.Space, lr_schedule: Schedule,
                  *args: Any, features_extractor_class: Type[BaseFeaturesExtractor] = NatureCNN,
+                 core: str = "rim", **kwargs: Any) -> None:
+        super().__init__(observation_space, action_space, lr_schedule, *args, core=core,
+                         features_extractor_class=features_extractor_class, **kwargs)
+
+
+class RIMMultiInputActorCriticPolicy(RecurrentCorePolicy):
+    """:class:`RecurrentCorePolicy` with a RIM core for ``Dict`` observations: sb3's ``CombinedExtractor``
+    (images through a Nature CNN, vectors flattened, concatenated), ``MultiInputLstmPolicy``'s equivalent."""
+
+    def __init__(self, observation_space: spaces.Space, action_space: spaces.Space, lr_schedule: Schedule,
+                 *args: Any, features_extractor_class: Type[BaseFeaturesExtractor] = CombinedExtractor,
                  core: str = "rim", **kwargs: Any) -> None:
         super().__init__(observation_space, action_space, lr_schedule, *args, core=core,
                          features_extractor_class=features_extractor_class, **kwargs)

@@ -150,7 +150,7 @@ def trained_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("rl") / "pong"
     cmd = [sys.executable, "-m", "rl.train", "--env", "ALE/Pong-v5", "--core", "none", "--encoder", "nature",
            "--steps", "256", "--n-envs", "2", "--n-steps", "64", "--n-epochs", "2", "--eval-every", "128",
-           "--eval-episodes", "1", "--max-episode-frames", "800", "--checkpoint-every", "128",
+           "--eval-episodes", "1", "--random-episodes", "2", "--max-episode-frames", "800", "--checkpoint-every", "128",
            "--no-progress", "--out", str(out)]
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -158,6 +158,7 @@ def trained_run(tmp_path_factory):
     return out, proc.stdout
 
 
+@pytest.mark.slow
 def test_train_command_writes_logs_checkpoint_and_plot(trained_run):
     out, stdout = trained_run
     res = json.loads((out / "results.json").read_text())
@@ -166,7 +167,11 @@ def test_train_command_writes_logs_checkpoint_and_plot(trained_run):
     assert [int(r["time/total_timesteps"]) for r in progress] == [128, 256]      # one row per update
     assert progress[-1]["train/approx_kl"] != ""                                  # PPO updates ran
     evals = _rows(out / "eval.csv")
-    assert [int(r["step"]) for r in evals] == [128, 256]                           # periodic + final
+    assert [int(r["step"]) for r in evals] == [0, 128, 256]                        # untrained, periodic, final
+    cpu = [float(r["eval/cpu_seconds"]) for r in evals]
+    assert 0 < cpu[0] < cpu[1] < cpu[2]                                            # CPU seconds so far
+    random_agent = json.loads((out / "random_agent.json").read_text())
+    assert len(random_agent["returns"]) == 2 and res["random_agent"] == random_agent
     for r in evals:                                    # a Pong score, over at most 800 frames (200 steps)
         assert -21 <= float(r["eval/mean_return"]) <= 21 and 0 < float(r["eval/mean_length"]) <= 800
     # checkpoint and final agent: complete zips (atomic writes leave no temporary files behind)
@@ -186,15 +191,17 @@ def test_train_recurrent_rim_nfm_runs(tmp_path):
 
     cfg = Config(env="ALE/Pong-v5", core="rim", encoder="nfm", steps=64, n_envs=2, n_steps=32, n_minibatches=2,
                  n_epochs=1, hidden_size=48, num_units=4, k_active=2, frame_stack=1, eval_every=0,
-                 eval_episodes=1, max_episode_frames=400, checkpoint_every=0, progress=False, out=str(tmp_path))
+                 eval_episodes=1, random_episodes=1, max_episode_frames=400, checkpoint_every=0, progress=False,
+                 out=str(tmp_path))
     res = train(cfg)
-    assert res["steps"] == 64 and len(res["evaluations"]) == 1
+    assert res["steps"] == 64 and [e["step"] for e in res["evaluations"]] == [0, 64]
     agent = load_agent(tmp_path / "agent.zip", device="cpu")
     assert isinstance(agent, RecurrentPPO) and isinstance(agent.policy, RecurrentCorePolicy)
     assert agent.policy.core_name == "rim" and isinstance(agent.policy.features_extractor, NFMNatureCNN)
     assert agent.observation_space.shape == (1, 84, 84)                 # one frame, channels first
 
 
+@pytest.mark.slow
 def test_evaluate_command_plays_saved_agent(trained_run, tmp_path):
     from rl.evaluate import main
 
@@ -212,7 +219,9 @@ def test_evaluate_command_plays_saved_agent(trained_run, tmp_path):
         frames = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
         cap.release()
         assert frames == length + 1                          # every frame of the game, plus the reset frame
-    with pytest.raises(SystemExit):
+    from zoo.engine import CheckpointError
+
+    with pytest.raises(CheckpointError, match="not found"):
         main([str(tmp_path / "missing.zip")])
 
 

@@ -194,6 +194,7 @@ def test_mask_observation():
     assert pend.spec.max_episode_steps == 200
 
 
+@pytest.mark.slow
 def test_rim_policy_learns_cartpole_without_velocities():
     """A short RecurrentPPO run with the RIM policy clearly improves the greedy return of the untrained policy.
 
@@ -210,3 +211,34 @@ def test_rim_policy_learns_cartpole_without_velocities():
     model.learn(20_480)
     after, _ = evaluate_policy(model, eval_env, n_eval_episodes=20, deterministic=True)
     assert after >= 2 * before and after >= before + 15, (before, after)
+
+
+@pytest.mark.parametrize("core", ["rim", "lstm", "gru"])
+def test_dict_observations_and_multibinary_actions(core):
+    """Dict observations go through CombinedExtractor (MultiInputLstmPolicy's equivalent) and MultiBinary
+    actions train (sb3-contrib's own policies crash on them: int8 actions in the Bernoulli log-prob)."""
+    from stable_baselines3.common.envs import IdentityEnvMultiBinary, SimpleMultiObsEnv
+    from stable_baselines3.common.torch_layers import CombinedExtractor
+
+    from rl import RIMMultiInputActorCriticPolicy
+
+    kw = dict(n_steps=16, batch_size=16, n_epochs=1, seed=0, device="cpu")
+    pk = dict(core=core, lstm_hidden_size=24) if core != "rim" else dict(core=core, lstm_hidden_size=24, num_units=4, k_active=2)
+    model = RecurrentPPO(RecurrentCorePolicy, SimpleMultiObsEnv(random_start=True), policy_kwargs=pk, **kw)
+    assert isinstance(model.policy.features_extractor, CombinedExtractor)
+    model.learn(32)
+    obs = model.env.reset()
+    action, state = model.predict(obs, episode_start=np.ones(1, bool))
+    assert state[0].shape == (1, 1, 24)
+    model = RecurrentPPO(RecurrentCorePolicy, IdentityEnvMultiBinary(dim=3, ep_length=8), policy_kwargs=pk, **kw)
+    before = [p.detach().clone() for p in model.policy.parameters()]
+    model.learn(32)
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.policy.parameters()))
+    action, _ = model.predict(model.env.reset(), episode_start=np.ones(1, bool))
+    assert action.shape == (1, 3) and set(np.unique(action)) <= {0, 1}
+    if core == "rim":
+        with pytest.raises(ValueError, match="RIMMultiInputActorCriticPolicy"):
+            RecurrentPPO(RIMActorCriticPolicy, SimpleMultiObsEnv(), device="cpu")
+        model = RecurrentPPO(RIMMultiInputActorCriticPolicy, SimpleMultiObsEnv(), policy_kwargs=dict(
+            lstm_hidden_size=24, num_units=4, k_active=2), **kw)
+        assert model.policy.core_name == "rim"

@@ -1,0 +1,212 @@
+"""Object picking among seen and novel distractors (rl.gridworld) and its harness (python -m rl.distractors)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("minigrid")
+pytest.importorskip("sb3_contrib")
+
+from minigrid.minigrid_env import MiniGridEnv  # noqa: E402
+
+from rl.gridworld import (NOVEL_COLORS, SEEN_COLORS, TARGET, DistractorPickupEnv, OneHotView,  # noqa: E402
+                          make_distractor_env)
+from zoo.engine import ConfigError, run_cli  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _objects(env) -> list:
+    return [(o.type, o.color) for o in env.unwrapped.grid.grid if o is not None and o.type != "wall"]
+
+
+@pytest.mark.parametrize("split", ["seen", "novel"])
+def test_fast_view_equals_minigrid_view(split):
+    """The numpy observation equals MiniGrid's own gen_obs at every step (all headings, walls, the edge of
+    the grid, objects behind objects), and the carried object shows at the agent's cell."""
+    env = make_distractor_env(split, num_distractors=6)
+    raw = env.unwrapped
+    rng = np.random.default_rng(0)
+    steps = 0
+    for ep in range(12):
+        env.reset(seed=ep)
+        done = False
+        while not done:
+            np.testing.assert_array_equal(raw.gen_obs()["image"], MiniGridEnv.gen_obs(raw)["image"])
+            _, _, term, trunc, _ = env.step(int(rng.integers(3)))     # no pickup: long episodes, all headings
+            done, steps = term or trunc, steps + 1
+    assert steps > 300
+    raw.carrying = raw.grid.grid[[o is not None and o.type != "wall" for o in raw.grid.grid].index(True)]
+    np.testing.assert_array_equal(raw.gen_obs()["image"], MiniGridEnv.gen_obs(raw)["image"])
+
+
+def test_split_colours_and_the_target():
+    """Seen rooms hold distractors in red/green/blue only, novel rooms in purple/yellow/grey only; every
+    room holds exactly one red ball and never another."""
+    assert not set(SEEN_COLORS) & set(NOVEL_COLORS)
+    for split, colours in (("seen", SEEN_COLORS), ("novel", NOVEL_COLORS)):
+        env = make_distractor_env(split, num_distractors=5)
+        kinds = set()
+        for ep in range(40):
+            env.reset(seed=ep)
+            objs = _objects(env)
+            assert objs.count(TARGET) == 1 and len(objs) == 6
+            distractors = [o for o in objs if o != TARGET]
+            assert all(c in colours for _, c in distractors)
+            kinds.update(distractors)
+        assert {t for t, _ in kinds} == {"key", "ball", "box"}
+    # the seen split includes the confusable ones: red non-balls and balls of other colours
+    env = make_distractor_env("seen", num_distractors=8)
+    seen = set()
+    for ep in range(40):
+        env.reset(seed=ep)
+        seen.update(_objects(env))
+    assert ("key", "red") in seen and ("box", "red") in seen and ("ball", "green") in seen
+
+
+def _face(env, obj_type: str, obj_color: str):
+    """Put the agent right in front of the first object of that kind, facing it."""
+    raw = env.unwrapped
+    for i, o in enumerate(raw.grid.grid):
+        if o is not None and (o.type, o.color) == (obj_type, obj_color):
+            x, y = i % raw.width, i // raw.width
+            for d, (dx, dy) in enumerate([(1, 0), (0, 1), (-1, 0), (0, -1)]):
+                if raw.grid.get(x - dx, y - dy) is None:
+                    raw.agent_pos, raw.agent_dir = (x - dx, y - dy), d
+                    return
+    raise AssertionError("object not found")
+
+
+def test_pickup_rewards_the_target_and_ends_on_a_distractor():
+    env = make_distractor_env("seen", num_distractors=8)
+    env.reset(seed=3)
+    _face(env, *TARGET)
+    env.unwrapped.step_count = 31
+    _, r, term, trunc, info = env.step(3)                              # pick up
+    assert term and not trunc and info["success"] and r == pytest.approx(1 - 0.9 * 32 / 64)
+    env.reset(seed=3)
+    wrong = next(o for o in _objects(env) if o != TARGET)
+    _face(env, *wrong)
+    _, r, term, _, info = env.step(3)
+    assert term and r == 0 and not info["success"]                      # a distractor costs the episode
+    env.reset(seed=3)
+    for _ in range(64):
+        _, r, term, trunc, info = env.step(0)                           # turning in place until the limit
+    assert trunc and r == 0 and not info["success"]
+
+
+def test_one_hot_view_and_action_space():
+    env = make_distractor_env("novel")
+    obs, _ = env.reset(seed=0)
+    assert env.action_space.n == 4 and obs.shape == (7 * 7 * 20,) and obs.dtype == np.float32
+    cells = obs.reshape(49, 20)
+    sizes = OneHotView.SIZES
+    for a, b in ((0, sizes[0]), (sizes[0], sizes[0] + sizes[1]), (sizes[0] + sizes[1], 20)):
+        np.testing.assert_array_equal(cells[:, a:b].sum(1), 1)          # one object, colour, state per cell
+    image = env.unwrapped.gen_obs()["image"].reshape(49, 3)
+    np.testing.assert_array_equal(cells[:, :sizes[0]].argmax(1), image[:, 0])
+    np.testing.assert_array_equal(cells[:, sizes[0]:sizes[0] + sizes[1]].argmax(1), image[:, 1])
+    dict_env = make_distractor_env("novel", dict_obs=True)
+    d, _ = dict_env.reset(seed=0)
+    np.testing.assert_array_equal(d["image"], obs)
+    assert d["direction"] == env.unwrapped.agent_dir and dict_env.observation_space["direction"].n == 4
+    with pytest.raises(ValueError, match="split"):
+        make_distractor_env("unseen")
+    with pytest.raises(ValueError, match="colours"):
+        DistractorPickupEnv(distractor_colors=("pink",))
+    with pytest.raises(ValueError, match="does not fit"):
+        DistractorPickupEnv(size=5, num_distractors=20)
+
+
+def test_policies_take_the_raw_dict_observations():
+    """The MultiInputLstmPolicy equivalent on the gridworld's dict observations (image + direction)."""
+    from sb3_contrib import RecurrentPPO
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from rl import RIMMultiInputActorCriticPolicy
+
+    env = make_vec_env(make_distractor_env, n_envs=2, seed=0, env_kwargs=dict(dict_obs=True))
+    model = RecurrentPPO(RIMMultiInputActorCriticPolicy, env, n_steps=16, batch_size=16, n_epochs=1, seed=0,
+                         device="cpu", policy_kwargs=dict(lstm_hidden_size=24, num_units=4, k_active=2))
+    model.learn(32)
+    assert model.policy.core_name == "rim"
+    obs = env.reset()
+    action, state = model.predict(obs, episode_start=np.ones(2, bool))
+    assert action.shape == (2,) and state[0].shape == (1, 2, 24)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the harness
+# ---------------------------------------------------------------------------------------------------
+BAD = [
+    (["--n-minibatches", "0"], "--n-minibatches 0"),
+    (["--n-epochs", "0"], "--n-epochs 0"),
+    (["--steps", "0"], "--steps 0"),
+    (["--num-units", "4", "--k-active", "5"], "--k-active 5"),
+    (["--hidden-size", "65"], "--hidden-size 65"),
+    (["--cores", "rim", "rim"], "twice"),
+    (["--cores", "transformer"], "--cores"),
+    (["--num-distractors", "30", "--room-size", "6"], "does not fit"),
+    (["--n-envs", "3", "--n-steps", "5", "--n-minibatches", "2"], "not divisible"),
+    (["--lr", "nan"], "--lr nan"),
+    (["--seeds", "0"], "--seeds 0"),
+]
+
+
+@pytest.mark.parametrize("argv,what", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_harness_rejects_bad_options(argv, what, tmp_path, capsys):
+    from rl.distractors import main
+
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as e:
+        main(argv + ["--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and what in err and "\n" not in err, err
+    assert not out.exists()
+
+
+def test_config_in_code_is_validated():
+    from rl.distractors import Config
+
+    with pytest.raises(ConfigError, match="--k-active"):
+        Config(num_units=2, k_active=3, hidden_size=64)
+    Config(cores=["lstm"], num_units=2, k_active=3)        # RIM options are checked only when RIM runs
+
+
+@pytest.mark.slow
+def test_harness_end_to_end_and_resume(tmp_path, capsys):
+    """A tiny run: results.json has the documented keys, curves and GIFs are written, and --resume reuses
+    finished runs (the same results)."""
+    from rl.distractors import main
+
+    out = tmp_path / "d"
+    argv = ["--steps", "256", "--seeds", "2", "--n-envs", "4", "--n-steps", "32", "--n-epochs", "1",
+            "--eval-every", "128", "--curve-episodes", "4", "--eval-episodes", "6", "--hidden-size", "16",
+            "--features", "16", "--head-size", "16", "--workers", "1", "--no-progress", "--out", str(out)]
+    assert run_cli(main, argv) == 0
+    res = json.loads((out / "results.json").read_text())
+    for core in ("rim", "lstm"):
+        for split in ("seen", "novel"):
+            entry = res[core][split]
+            assert set(entry) == {"success", "success_std", "return", "return_std", "per_seed"}
+            assert [p["seed"] for p in entry["per_seed"]] == [0, 1]
+            assert entry["success"] == pytest.approx(np.mean([p["success"] for p in entry["per_seed"]]))
+            assert all(0 <= p["success"] <= 1 for p in entry["per_seed"])
+        steps = [p["step"] for p in res[core]["curves"][0]["points"]]
+        assert steps[0] == 0 and steps[-1] == 256 and len(steps) >= 3
+        gif = (out / f"episode-{core}.gif").read_bytes()
+        assert gif[:6] == b"GIF89a"
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Command: `python -m rl.distractors --steps 256" in (out / "results.md").read_text()
+    again = main(argv + ["--resume"])
+    for core in ("rim", "lstm"):
+        assert again[core]["novel"] == res[core]["novel"] and again[core]["seen"] == res[core]["seen"]
