@@ -24,7 +24,6 @@ seed), and one folder per run (``<core>-s<seed>/``: ``run.json``, ``agent.zip``,
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -322,10 +321,14 @@ def plot_curves(cfg: Config, results: Dict[str, Any], path: Path) -> Path:
     return path
 
 
-def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
-    cfg = parse_config(Config, argv, prog="python -m rl.distractors")
-    runs, wall, out = run_grid(cfg, train_one, cfg.cores, "distractors",
-                               detail=f", {cfg.steps} steps per run")
+PROG = "python -m rl.distractors"
+
+
+def run(cfg: Config, command: Optional[str] = None) -> Dict[str, Any]:
+    """Train every core x seed of ``cfg``, test on seen and novel distractors, write the report."""
+    command = command or command_line(PROG, [])
+    runs, wall, out = run_grid(cfg, train_one, cfg.cores, "distractors", detail=f", {cfg.steps} steps per run",
+                               command=command)
     results = summarize(cfg, runs)
     table = results_table(cfg, results)
     curves = plot_curves(cfg, results, out / "curves.png")
@@ -335,11 +338,16 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         f"novel: the same types in {', '.join(NOVEL_COLORS)}. {cfg.num_distractors} distractors, "
         f"{cfg.eval_episodes} evaluation episodes per split, {'greedy' if cfg.deterministic_eval else 'sampled'} "
         f"actions.\n")
+    timing = {"train_seconds": {f"{r['core']}/seed{r['seed']}": r["seconds"] for r in runs if "seconds" in r}}
     write_report(out, cfg, results, wall, "Distractors: RIM vs LSTM RecurrentPPO, seen and novel distractors",
-                 command_line("python -m rl.distractors", sys.argv[1:] if argv is None else argv), table, extra=extra, figures=[curves, *gifs])
+                 command, table, extra=extra, figures=[curves, *gifs], timing=timing)
     if extra.strip():
         print(extra.strip())
     return results
+
+
+def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
+    return run(parse_config(Config, argv, prog=PROG), command_line(PROG, argv))
 
 
 if __name__ == "__main__":
