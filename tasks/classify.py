@@ -222,8 +222,7 @@ def train_one(cfg: Config, method_name: str, seed: int, position: int = 0) -> di
     seed_everything(seed)
     model = build_model(cfg, in_chans, data["num_classes"]).to(device)
     method = zoo_methods.create_method(method_name, **method_hparams(cfg, method_name))
-    method.total_steps = cfg.steps
-    method.setup(model)
+    method.setup(model, total_steps=cfg.steps)
     if cfg.optimizer == "sgd":
         opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True,
                               weight_decay=cfg.weight_decay)

@@ -84,8 +84,7 @@ def test_every_method_trains_own_network_above_chance(name):
     seed_everything(0)
     model = OwnNet()
     method = create_method(name)
-    method.total_steps = 120
-    method.setup(model)
+    method.setup(model, total_steps=120)
     if name == "manifold_mixup":
         assert method.layers == ["input", "stem", "block1"]
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True)
