@@ -5,19 +5,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import zoo
-from tasks import classify
 from zoo.methods import create_method
 from zoo.methods.lipschitz import finite_difference_lipschitz, lipschitz_estimate
 from zoo.robustness import EvalContext, evaluate_robustness
 
-torch.set_num_threads(1)
-CHANCE = 0.1
 
-
-def _digits(n=16):
-    x, y = classify.load_dataset("digits")["train"]
-    return x[:n], y[:n]
+@pytest.fixture
+def few_digits(digits):
+    """The first ``n`` training digits: ``few_digits(n=16) -> (x, y)``."""
+    def take(n=16):
+        x, y = digits["train"]
+        return x[:n], y[:n]
+    return take
 
 
 def _manual_estimates(model, x, delta):
@@ -30,10 +29,9 @@ def _manual_estimates(model, x, delta):
     return torch.tensor(out)
 
 
-def test_training_metric_and_loss_equal_manual_finite_difference():
-    torch.manual_seed(0)
-    model = zoo.create_model("test_resnet", in_chans=1, num_classes=10).eval()   # BN in eval: per-image f
-    x, y = _digits()
+def test_training_metric_and_loss_equal_manual_finite_difference(make_resnet, few_digits):
+    model = make_resnet().eval()                                        # BN in eval: per-image f
+    x, y = few_digits()
     sigma, beta, seed = 0.1, 2.0, 123
     delta = sigma * torch.randn(x.shape, generator=torch.Generator().manual_seed(seed))   # eq. 3, same stream
     manual = _manual_estimates(model, x, delta)
@@ -65,10 +63,9 @@ def test_estimate_of_a_scaled_identity_is_the_scale_and_probs_output():
     assert (probs <= 3.0 + 1e-4).all()                                  # softmax is 1-Lipschitz in L2
 
 
-def test_beta_zero_is_standard_training_and_gradient_lowers_the_estimate():
-    torch.manual_seed(0)
-    model = zoo.create_model("test_resnet", in_chans=1, num_classes=10).eval()
-    x, y = _digits()
+def test_beta_zero_is_standard_training_and_gradient_lowers_the_estimate(make_resnet, few_digits):
+    model = make_resnet().eval()
+    x, y = few_digits()
     plain = create_method("lipschitz", beta=0.0, seed=1)
     loss, m = plain.loss(model, {"x": x, "y": y}, 0)
     with torch.no_grad():
@@ -94,10 +91,9 @@ def test_bad_options_raise():
             create_method("lipschitz", **kw)
 
 
-def test_lipschitz_evaluation_column_is_the_mean_estimate():
-    torch.manual_seed(0)
-    model = zoo.create_model("test_resnet", in_chans=1, num_classes=10)
-    x, y = _digits(40)
+def test_lipschitz_evaluation_column_is_the_mean_estimate(make_resnet, few_digits):
+    model = make_resnet()
+    x, y = few_digits(40)
     ctx = EvalContext(seed=3, options={"lipschitz": {"sigma": 0.2}})
     col = evaluate_robustness(model, x, y, ["lipschitz"], ctx)["lipschitz"]
     model.eval()
@@ -105,12 +101,12 @@ def test_lipschitz_evaluation_column_is_the_mean_estimate():
     assert col == pytest.approx(float(ref), rel=1e-5)
 
 
-def test_harness_lipschitz_beats_chance_with_a_smaller_estimate_than_erm(tmp_path):
-    res = classify.main(["--method", "erm", "lipschitz", "--steps", "150", "--eval-every", "0",
-                         "--evaluations", "clean", "noise", "lipschitz", "--noise-std", "0.3", "--eval-size", "300",
-                         "--workers", "1", "--no-progress", "--out", str(tmp_path)])
+@pytest.mark.slow
+def test_harness_lipschitz_beats_chance_with_a_smaller_estimate_than_erm(run_classify, tmp_path, chance):
+    res = run_classify("--method", "erm", "lipschitz", "--steps", "150", "--evaluations", "clean", "noise",
+                       "lipschitz", "--noise-std", "0.3", "--eval-size", "300")
     for name in ("erm", "lipschitz"):
-        assert res[name]["acc"] > 3 * CHANCE, (name, res[name]["acc"])
+        assert res[name]["acc"] > 3 * chance, (name, res[name]["acc"])
     assert res["lipschitz"]["lipschitz"] < res["erm"]["lipschitz"]
     metrics = (tmp_path / "lipschitz" / "seed0" / "metrics.csv").read_text().splitlines()[0]
     assert "train/lip" in metrics and "train/lip_pen" in metrics

@@ -18,7 +18,6 @@ import difflib
 import inspect
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Type
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
