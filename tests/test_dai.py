@@ -63,11 +63,18 @@ def test_loss_does_not_depend_on_batch_size_or_m_and_is_zero_for_invariant_featu
     assert dai_invariance_loss(a2, g2).item() == pytest.approx(dai_invariance_loss(a, g).item(), rel=1e-5)
     assert dai_invariance_loss(seeds.repeat(M, 1), g).item() == pytest.approx(0.0, abs=1e-6)
     assert dai_invariance_loss(a, g, "sum").item() == pytest.approx(6 * dai_invariance_loss(a, g).item(), rel=1e-5)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="18 activations but 5 group ids"):
         dai_invariance_loss(a, g[:5])
+    with pytest.raises(ValueError, match="not 4 equal blocks"):
+        dai_invariance_loss(a, 4)
+    with pytest.raises(ValueError, match="seed_reduction must be"):
+        dai_invariance_loss(a, g, "max")
 
 
 def test_exponential_layer_weights_sum_to_alpha_last_is_ten_times_first():
+    with pytest.raises(ValueError, match="at least one layer"):
+        exponential_layer_weights(0)
+    assert exponential_layer_weights(3, 0.3, 4.0) == pytest.approx([0.3 / 7, 0.6 / 7, 1.2 / 7])
     for n in (1, 2, 4, 7):
         w = exponential_layer_weights(n, 0.1)
         assert sum(w) == pytest.approx(0.1) and len(w) == n
@@ -106,9 +113,18 @@ def test_method_loss_is_weighted_ce_plus_layer_losses_on_m_augmentations(make_re
     keep.setup(model)
     xk, yk, gk = keep.augment_batch(torch.rand(8, 1, 28, 28), torch.arange(8))
     assert xk.shape[0] == 8 and torch.equal(yk, torch.tensor([0, 1, 2, 3] * 2)) and torch.equal(gk, yk)
-    for bad in (dict(alpha=1.0), dict(M=0), dict(seed_reduction="x"), dict(ratio=0)):
-        with pytest.raises(ValueError):
+    for bad, match in [(dict(alpha=1.0), r"alpha must be in \[0, 1\)"), (dict(alpha=-0.1), "alpha must be in"),
+                       (dict(M=0), "M must be >= 1"), (dict(seed_reduction="x"), "seed_reduction must be"),
+                       (dict(ratio=0), "ratio must be > 0")]:
+        with pytest.raises(ValueError, match=match):
             DAI(**bad)
+    with pytest.raises(ValueError, match="layer_weights has 1 entries"):
+        DAI(layer_weights=[0.1]).setup(model)
+    with pytest.raises(ValueError, match="must be called before loss"):
+        DAI().loss(model, {"x": x, "y": y}, 0)
+    one = DAI(layers="layer3", layer_weights=[0.05])
+    one.setup(model)
+    assert one.layers == ["layer3"] and one.weights == [0.05] and list(one.extra_state()) == ["dai_rng"]
 
 
 # ------------------------------------------------------------------------------------------ invariance score

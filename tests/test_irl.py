@@ -51,9 +51,9 @@ def test_distance_is_squared_l2_minus_lambda_cosine():
     assert torch.allclose(irl_distance(u, v, 1.0), irl_distance(v, u, 1.0))            # symmetric
     assert torch.allclose(irl_distance(u, u, 0.7), torch.full((5,), -0.7))              # minimum at u = v
     assert torch.allclose(irl_distance(u, 3 * u, 1.0), 4 * (uf ** 2).sum(1) - 1.0)     # same angle: only L2
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="same shape"):
         irl_distance(u, v[:2])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="reduction must be 'sum' or 'mean'"):
         irl_distance(u, v, reduction="max")
 
 
@@ -137,12 +137,26 @@ def test_default_layers_are_last_four_stages_and_logits(make_resnet):
     m.setup(model)
     assert m.layers == ["layer1", "layer2", "layer3", "layer4", "logits"]
     m.remove()
-    with pytest.raises(ValueError, match="layer_weights"):
+    with pytest.raises(ValueError, match="layer_weights has 2 entries for 5 layers"):
         IRL(layer_weights=[1.0, 2.0]).setup(model)
-    for bad in (dict(alpha=0, beta=0, gamma=0), dict(K=0), dict(preset="nope"), dict(dist_reduction="max"),
-                dict(semi_supervised=True, gamma=0)):
-        with pytest.raises(ValueError):
+    for bad, match in [(dict(alpha=0, beta=0, gamma=0), "must be >= 0 and not all 0"),
+                       (dict(gamma=-1.0), "must be >= 0 and not all 0"), (dict(K=0), "K must be >= 1"),
+                       (dict(preset="nope"), "preset must be one of"),
+                       (dict(dist_reduction="max"), "dist_reduction must be 'sum' or 'mean'"),
+                       (dict(semi_supervised=True, gamma=0), "gamma must be > 0"),
+                       (dict(layers=[]), "layers must name at least one layer")]:
+        with pytest.raises(ValueError, match=match):
             IRL(**bad)
+    IRL(alpha=0, beta=0, gamma=0.5)                                # only the distance term: allowed
+    with pytest.raises(ValueError, match="must be called before loss"):
+        IRL().loss(model, {"x": torch.rand(2, 1, 28, 28), "y": torch.tensor([0, 1])}, 0)
+    m = IRL(layers="layer2")                                        # one name for one layer
+    m.setup(model)
+    assert m.layers == ["layer2"]
+    with pytest.raises(ValueError, match="different model"):
+        m.loss(Net(), {"x": torch.rand(2, 1, 12, 12), "y": torch.tensor([0, 1])}, 0)
+    m.remove()
+    assert m.taps is None and m.extra_state() == {"irl_rng": m.rng}
 
 
 def test_semi_supervised_unlabeled_get_only_the_distance_term(small_batch):

@@ -85,10 +85,19 @@ def test_beta_zero_is_standard_training_and_gradient_lowers_the_estimate(make_re
     assert after < 0.7 * before, (before, after)
 
 
-def test_bad_options_raise():
-    for kw in ({"sigma": 0.0}, {"beta": -1.0}, {"K": -0.5}, {"output": "softmax"}):
-        with pytest.raises(ValueError):
+def test_defaults_and_bad_options_name_themselves():
+    m = create_method("lipschitz")
+    assert m.hparams == dict(sigma=0.1, beta=1.0, K=1.0, output="logits", clip=False, seed=None)
+    create_method("lipschitz", beta=0.0, K=0.0)                                      # 0 is allowed
+    for kw, match in [({"sigma": 0.0}, "sigma must be > 0"), ({"beta": -1.0}, "beta and K must be >= 0"),
+                      ({"K": -0.5}, "beta and K must be >= 0"), ({"output": "softmax"}, "output must be one of")]:
+        with pytest.raises(ValueError, match=match):
             create_method("lipschitz", **kw)
+    x = torch.rand(3, 4)
+    with pytest.raises(ValueError, match="shapes must pair up"):
+        finite_difference_lipschitz(torch.rand(3, 2), torch.rand(2, 2), x, x)
+    with pytest.raises(ValueError, match="output must be one of"):
+        lipschitz_estimate(nn.Linear(4, 2), x, output="softmax")
 
 
 def test_lipschitz_evaluation_column_is_the_mean_estimate(make_resnet, few_digits):

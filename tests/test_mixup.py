@@ -41,9 +41,15 @@ def test_registered():
     assert create_method("manifold_mixup").loss_name == "soft_ce"
     with pytest.raises(ValueError, match="loss must be one of"):
         create_method("manifold_mixup", loss="mse")
-    for bad in (dict(alpha=-0.1), dict(layers=[])):
-        with pytest.raises(ValueError):
+    for bad, match in [(dict(alpha=-0.1), "alpha must be >= 0"), (dict(layers=[]), "at least one layer")]:
+        with pytest.raises(ValueError, match=match):
             create_method("manifold_mixup", **bad)
+    assert create_method("manifold_mixup", alpha=0.0).alpha == 0.0                  # 0: no mixing
+    assert create_method("manifold_mixup", layers="layer1").layer_refs == ("layer1",)
+    with pytest.raises(ValueError, match="cannot mix a batch of 3 with a permutation of 2"):
+        mix(torch.rand(3, 2), 0.5, torch.tensor([1, 0]))
+    with pytest.raises(ValueError, match="setup"):
+        create_method("manifold_mixup").loss(nn.Linear(2, 2), {"x": torch.rand(2, 2), "y": torch.tensor([0, 1])}, 0)
 
 
 @pytest.mark.parametrize("k", [0, 1, 2, 3])
