@@ -119,3 +119,34 @@ def test_harness_lipschitz_beats_chance_with_a_smaller_estimate_than_erm(run_cla
     assert res["lipschitz"]["lipschitz"] < res["erm"]["lipschitz"]
     metrics = (tmp_path / "lipschitz" / "seed0" / "metrics.csv").read_text().splitlines()[0]
     assert "train/lip" in metrics and "train/lip_pen" in metrics
+
+
+def test_noise_is_seeded_resumable_and_optionally_clipped(make_resnet, few_digits):
+    x, y = few_digits(8)
+    method = create_method("lipschitz", sigma=0.5, seed=5)
+    assert method.extra_state() == {}
+    method.setup(make_resnet())
+    (key, rng), = method.extra_state().items()
+    assert key == "lipschitz_rng" and rng is method.rng
+    state = rng.state_dict()
+    first = method.perturb(x)
+    assert torch.allclose(first, x + 0.5 * torch.randn(x.shape, generator=torch.Generator().manual_seed(5)))
+    assert first.min() < 0 or first.max() > 1                                   # unclipped by default
+    rng.load_state_dict(state)
+    assert torch.equal(method.perturb(x), first)                                # a checkpoint resumes the stream
+    clipped = create_method("lipschitz", sigma=0.5, seed=5, clip=True)
+    clipped.setup(make_resnet())
+    xt = clipped.perturb(x)
+    assert torch.equal(xt, first.clamp(0, 1))
+    model = make_resnet().eval()
+    clipped.setup(model)
+    _, m = clipped.loss(model, {"x": x, "y": y}, 0)
+    with torch.no_grad():                                                       # the estimate uses the clipped x~
+        ref = finite_difference_lipschitz(model(x), model(xt), x, xt)
+    assert m["lip"] == pytest.approx(float(ref.mean()), rel=1e-4)
+    probs = create_method("lipschitz", sigma=0.5, seed=5, output="probs", beta=0.0)
+    probs.setup(model)
+    _, m = probs.loss(model, {"x": x, "y": y}, 0)
+    with torch.no_grad():
+        ref = finite_difference_lipschitz(model(x).softmax(-1), model(first).softmax(-1), x, first)
+    assert m["lip"] == pytest.approx(float(ref.mean()), rel=1e-4)
