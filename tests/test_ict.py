@@ -42,6 +42,7 @@ def test_sigmoid_rampup_formula_over_first_quarter(make_resnet):
     assert ict.weight(100) == ict.weight(399) == 30.0
     assert all(ict.weight(t) <= ict.weight(t + 1) for t in range(120))
     assert sigmoid_rampup(5, 0) == 1.0 and sigmoid_rampup(-3, 10) == math.exp(-5)
+    assert sigmoid_rampup(0, 1) == math.exp(-5) and sigmoid_rampup(1, 1) == 1.0            # a one-step ramp
     explicit = create_method("ict", rampup_steps=10, rampup_fraction=0.5)
     explicit.setup(make_resnet(), total_steps=400)                       # rampup_steps wins over the fraction
     assert explicit.rampup_steps == 10 and explicit.weight(10) == 10.0

@@ -118,17 +118,23 @@ def test_distance_term_matches_manual_eq2_with_per_layer_gamma(reduction, small_
     with LayerTaps(model, ["block1", "block2"]) as taps:
         out = model(b["x"])
         clean = {"block1": taps["block1"], "block2": taps["block2"], "logits": out}
-        dist = 0.0
+        dist, per_copy = 0.0, []
         for k in range(K):
             xk = noisy[k * 5:(k + 1) * 5]
             out_k = model(xk)
             acts_k = {"block1": taps["block1"], "block2": taps["block2"], "logits": out_k}
+            per_copy.append(acts_k)
             for w, name in zip(weights, ["block1", "block2", "logits"]):
                 dist = dist + w * irl_distance(clean[name], acts_k[name], 0.4, reduction).mean() / K
     ce = F.cross_entropy(out, b["y"])
     ce_noise = F.cross_entropy(model(noisy), b["y"].repeat(K))
     assert torch.allclose(loss, 0.2 * ce + 0.7 * ce_noise + 1.5 * dist, rtol=1e-5, atol=1e-5)
     assert metrics["dist"] == pytest.approx(float(dist.detach()), rel=1e-5)
+    assert metrics["ce"] == pytest.approx(float(ce.detach()), rel=1e-5)
+    assert metrics["ce_noise"] == pytest.approx(float(ce_noise.detach()), rel=1e-5)
+    for name in ("block1", "block2", "logits"):                   # per-layer means, before gamma_l
+        ref = sum(irl_distance(clean[name], acts[name], 0.4, reduction).mean() for acts in per_copy) / K
+        assert metrics[f"dist_{name}"] == pytest.approx(float(ref), rel=1e-4), name
 
 
 def test_default_layers_are_last_four_stages_and_logits(make_resnet):
