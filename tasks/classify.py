@@ -130,29 +130,14 @@ class Config(RunConfig):
 
 
 def method_hparams(cfg: Config, name: str) -> dict:
-    """The hyperparameters of method ``name`` from ``--method-kwargs``: one JSON object shared by every
-    method, or one object per method name. Unknown method names and hyperparameters are a
-    :class:`ConfigError`."""
+    """The hyperparameters of method ``name`` from ``--method-kwargs`` (one JSON object shared by every
+    ``--method``, or one object per method name; :func:`zoo.methods.resolve_method_kwargs`). Unknown
+    names and hyperparameters are a :class:`ConfigError`."""
     kw = parse_json_object(cfg.method_kwargs, "--method-kwargs")
-    known = set(zoo_methods.list_methods())
-    nested = {k for k, v in kw.items() if isinstance(v, dict)}
-    if nested:
-        unknown = sorted(nested - known)
-        if unknown:
-            raise ConfigError(f"--method-kwargs names unknown method(s) {unknown}; registered: {', '.join(sorted(known))}")
-        if len(nested) != len(kw):
-            raise ConfigError("--method-kwargs mixes per-method objects with shared values; give either "
-                              "'{\"alpha\": 2}' or '{\"manifold_mixup\": {\"alpha\": 2}}'")
-        hp = dict(kw.get(name, {}))
-    else:
-        hp = kw
     try:
-        zoo_methods.create_method(name, **hp)
+        return zoo_methods.resolve_method_kwargs(kw, list(cfg.method))[name]
     except (TypeError, ValueError) as e:
-        hint = ("" if nested else f" (shared values go to every method; set them for one method with "
-                                   f"'{{\"<method>\": {json.dumps(kw)}}}')")
-        raise ConfigError(f"--method-kwargs for {name}: {str(e).splitlines()[0]}{hint}") from None
-    return hp
+        raise ConfigError(f"--method-kwargs: {str(e).splitlines()[0]}") from None
 
 
 def build_model(cfg: Config, in_chans: int, num_classes: int) -> torch.nn.Module:
@@ -198,8 +183,7 @@ def train_one(cfg: Config, method_name: str, seed: int, position: int = 0) -> di
     model = build_model(cfg, in_chans, data["num_classes"]).to(device)
     method = zoo_methods.create_method(method_name, **method_hparams(cfg, method_name))
     run_meta = {**config_to_dict(cfg, include_run_control=False), "method": method_name, "seed": seed}
-    method.total_steps = cfg.steps
-    method.setup(model)
+    method.setup(model, total_steps=cfg.steps)
     if cfg.optimizer == "sgd":
         opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True,
                               weight_decay=cfg.weight_decay)

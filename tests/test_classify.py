@@ -49,12 +49,13 @@ def test_harness_ict_semi_supervised_beats_chance(tmp_path):
 def test_method_kwargs_shared_or_per_method_and_unknown_names():
     cfg = classify.parse_config(classify.Config, ["--method", "manifold_mixup", "--method-kwargs", '{"alpha": 0.5}'])
     assert classify.method_hparams(cfg, "manifold_mixup") == {"alpha": 0.5}
-    cfg = classify.parse_config(classify.Config, ["--method-kwargs", '{"input_mixup": {"alpha": 0.2}}'])
+    cfg = classify.parse_config(classify.Config, ["--method", "input_mixup", "erm",
+                                                  "--method-kwargs", '{"input_mixup": {"alpha": 0.2}}'])
     assert classify.method_hparams(cfg, "input_mixup") == {"alpha": 0.2}
     assert classify.method_hparams(cfg, "erm") == {}
     with pytest.raises(ConfigError, match="registered methods"):
         classify.Config(method=["nope"])
-    with pytest.raises(ConfigError, match="unknown method"):
+    with pytest.raises(ConfigError, match="neither a registered method"):
         classify.Config(method_kwargs='{"manifold_mixpu": {"alpha": 0.5}}')
 
 
@@ -86,8 +87,7 @@ def test_every_method_trains_own_network_above_chance(name):
     seed_everything(0)
     model = OwnNet()
     method = create_method(name)
-    method.total_steps = 120
-    method.setup(model)
+    method.setup(model, total_steps=120)
     if name == "manifold_mixup":
         assert method.layers == ["input", "stem", "block1"]
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True)

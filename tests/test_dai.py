@@ -1,22 +1,20 @@
 """Data augmentation invariance (data_augmentation_invariance.txt, eq. 1-4) and the invariance score (eq. 2):
 the matrix-form loss against a brute-force double loop, its batch-size independence, the exponential layer
 weights, the total loss against a manual computation, the score against its definition (1 for identical
-activations), and training on the embedded digits above chance with the score as a harness column."""
+activations), the paper's scoring protocol (ranges halved, drawn at their ends), and training on the
+embedded digits above chance with the score as a harness column."""
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import zoo  # noqa: F401
-from tasks import classify
 from zoo import augment as A
+from zoo import robustness as R
 from zoo.methods import create_method
 from zoo.methods.dai import DAI, dai_invariance_loss, exponential_layer_weights, invariance_scores
 from zoo.robustness import EvalContext, evaluate_robustness, list_evaluations
 from zoo.taps import LayerTaps
-
-torch.set_num_threads(1)
-CHANCE = 0.1
 
 
 def d(a, i, j):
@@ -65,11 +63,18 @@ def test_loss_does_not_depend_on_batch_size_or_m_and_is_zero_for_invariant_featu
     assert dai_invariance_loss(a2, g2).item() == pytest.approx(dai_invariance_loss(a, g).item(), rel=1e-5)
     assert dai_invariance_loss(seeds.repeat(M, 1), g).item() == pytest.approx(0.0, abs=1e-6)
     assert dai_invariance_loss(a, g, "sum").item() == pytest.approx(6 * dai_invariance_loss(a, g).item(), rel=1e-5)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="18 activations but 5 group ids"):
         dai_invariance_loss(a, g[:5])
+    with pytest.raises(ValueError, match="not 4 equal blocks"):
+        dai_invariance_loss(a, 4)
+    with pytest.raises(ValueError, match="seed_reduction must be"):
+        dai_invariance_loss(a, g, "max")
 
 
 def test_exponential_layer_weights_sum_to_alpha_last_is_ten_times_first():
+    with pytest.raises(ValueError, match="at least one layer"):
+        exponential_layer_weights(0)
+    assert exponential_layer_weights(3, 0.3, 4.0) == pytest.approx([0.3 / 7, 0.6 / 7, 1.2 / 7])
     for n in (1, 2, 4, 7):
         w = exponential_layer_weights(n, 0.1)
         assert sum(w) == pytest.approx(0.1) and len(w) == n
@@ -79,9 +84,8 @@ def test_exponential_layer_weights_sum_to_alpha_last_is_ten_times_first():
             assert max(ratios) == pytest.approx(min(ratios))                   # geometric: exponential in l
 
 
-def test_method_loss_is_weighted_ce_plus_layer_losses_on_m_augmentations():
-    torch.manual_seed(0)
-    model = zoo.create_model("test_resnet", in_chans=1, num_classes=10)
+def test_method_loss_is_weighted_ce_plus_layer_losses_on_m_augmentations(make_resnet):
+    model = make_resnet()
     x, y = torch.rand(5, 1, 28, 28), torch.randint(10, (5,))
     m = DAI(alpha=0.1, M=3, seed=4)
     m.setup(model)
@@ -109,15 +113,23 @@ def test_method_loss_is_weighted_ce_plus_layer_losses_on_m_augmentations():
     keep.setup(model)
     xk, yk, gk = keep.augment_batch(torch.rand(8, 1, 28, 28), torch.arange(8))
     assert xk.shape[0] == 8 and torch.equal(yk, torch.tensor([0, 1, 2, 3] * 2)) and torch.equal(gk, yk)
-    for bad in (dict(alpha=1.0), dict(M=0), dict(seed_reduction="x"), dict(ratio=0)):
-        with pytest.raises(ValueError):
+    for bad, match in [(dict(alpha=1.0), r"alpha must be in \[0, 1\)"), (dict(alpha=-0.1), "alpha must be in"),
+                       (dict(M=0), "M must be >= 1"), (dict(seed_reduction="x"), "seed_reduction must be"),
+                       (dict(ratio=0), "ratio must be > 0")]:
+        with pytest.raises(ValueError, match=match):
             DAI(**bad)
+    with pytest.raises(ValueError, match="layer_weights has 1 entries"):
+        DAI(layer_weights=[0.1]).setup(model)
+    with pytest.raises(ValueError, match="must be called before loss"):
+        DAI().loss(model, {"x": x, "y": y}, 0)
+    one = DAI(layers="layer3", layer_weights=[0.05])
+    one.setup(model)
+    assert one.layers == ["layer3"] and one.weights == [0.05] and list(one.extra_state()) == ["dai_rng"]
 
 
 # ------------------------------------------------------------------------------------------ invariance score
-def test_invariance_score_is_one_for_identical_activations_and_matches_eq2():
-    torch.manual_seed(0)
-    model = zoo.create_model("test_resnet", in_chans=1, num_classes=10).eval()
+def test_invariance_score_is_one_for_identical_activations_and_matches_eq2(make_resnet):
+    model = make_resnet().eval()
     x = torch.rand(12, 1, 28, 28)
     same = invariance_scores(model, x, lambda xb: xb, batch_size=5)
     assert list(same) == ["input", "act1", "layer1", "layer2", "layer3", "layer4", "logits"]
@@ -169,13 +181,66 @@ def test_invariance_is_a_registered_evaluation_for_any_model():
     assert list(out) == ["inv/0", "inv/1", "inv/2", "inv/3"] and all(v < 1.0 for v in out.values())
 
 
+# ------------------------------------------------------------------------------- the paper's scoring protocol
+def test_halved_extremes_draws_the_two_ends_of_the_halved_range():
+    v = A.halved_extremes(4000, 0.5, 1.5, torch.Generator().manual_seed(0))
+    ends = torch.tensor([0.75, 1.25])
+    assert ((v[:, None] - ends).abs().min(1).values < 1e-6).all()          # centre 1 +- range / 4 only
+    assert abs(float((v > 1).float().mean()) - 0.5) < 0.03                 # each end with probability 1/2
+    s = A.halved_extremes(1000, -22.5, 22.5, torch.Generator().manual_seed(1))
+    assert set(s.unique().tolist()) == {-11.25, 11.25}
+    with pytest.raises(ValueError):
+        A.halved_extremes(3, 1.0, 0.0)
+
+
+def test_dai_eval_transform_is_the_training_scheme_at_half_range_ends():
+    """Appendix A: the score uses the training transformations with every range halved and one of its two
+    ends drawn; checked one parameter at a time (no clipping)."""
+    g = torch.Generator().manual_seed(0)
+    x = 0.3 + 0.3 * torch.rand(64, 1, 12, 12, generator=g)               # away from 0 and 1
+    off = dict(rotation=0.0, shift=0.0, shear=0.0, zoom=0.0, contrast=(1.0, 1.0), brightness=0.0, clip=None)
+    out = A.dai_eval_augment(x, torch.Generator().manual_seed(1), **{**off, "brightness": 0.25})
+    delta = (out - x).flatten(1)
+    assert torch.allclose(delta, delta[:, :1].expand_as(delta), atol=1e-6)     # one shift per image
+    assert set(delta[:, 0].mul(1000).round().div(1000).unique().tolist()) == {-0.125, 0.125}
+    out = A.dai_eval_augment(x, torch.Generator().manual_seed(2), **{**off, "contrast": (0.5, 1.5)})
+    m = x.mean((1, 2, 3), keepdim=True)
+    c = ((out - m) / (x - m)).flatten(1)
+    assert set(c.median(1).values.mul(1000).round().div(1000).unique().tolist()) == {0.75, 1.25}
+    out = A.dai_eval_augment(x, torch.Generator().manual_seed(3), **{**off, "rotation": 22.5})
+    plus, minus = R.rotate(x, 11.25), R.rotate(x, -11.25)
+    is_plus = (out - plus).flatten(1).abs().amax(1) < 1e-5
+    is_minus = (out - minus).flatten(1).abs().amax(1) < 1e-5
+    assert (is_plus ^ is_minus).all() and is_plus.any() and is_minus.any()
+    # all parameters at once: the same generator stream as dai_augment with the halved-extremes sampler
+    full = A.dai_eval_augment(x, torch.Generator().manual_seed(4))
+    ref = A.dai_augment(x, torch.Generator().manual_seed(4), sampler=A.halved_extremes)
+    assert torch.equal(full, ref) and not torch.equal(full, A.dai_augment(x, torch.Generator().manual_seed(4)))
+    assert A.get_noise("dai_eval") is not None
+
+
+def test_invariance_evaluation_uses_the_papers_protocol_by_default(make_resnet):
+    model = make_resnet().eval()
+    x, y = torch.rand(24, 1, 28, 28, generator=torch.Generator().manual_seed(0)), torch.randint(10, (24,))
+    ctx = EvalContext(seed=2, batch_size=10)
+    cols = evaluate_robustness(model, x, y, ["invariance"], ctx)
+    g = ctx.generator(6)
+    ref = invariance_scores(model, x, lambda xb: A.dai_eval_augment(xb, g), batch_size=10)
+    assert list(cols) == [f"inv/{i}" for i in range(len(ref))]
+    for (col, v), s in zip(cols.items(), ref.values()):
+        assert v == pytest.approx(float(s.mean()), abs=1e-6), col
+    train_dist = evaluate_robustness(model, x, y, ["invariance"],
+                                     EvalContext(seed=2, batch_size=10, options={"invariance": {"noise": "dai"}}))
+    assert train_dist["inv/6"] != pytest.approx(cols["inv/6"], abs=1e-4)
+
+
 # -------------------------------------------------------------------------------------------- training
-def test_dai_trains_on_digits_above_chance_and_harness_shows_invariance(tmp_path):
-    res = classify.main(["--method", "dai", "--steps", "80", "--eval-every", "0", "--workers", "1", "--no-progress",
-                         "--evaluations", "clean", "invariance", "--batch-size", "32", "--eval-size", "200",
-                         "--out", str(tmp_path)])
+@pytest.mark.slow
+def test_dai_trains_on_digits_above_chance_and_harness_shows_invariance(run_classify, tmp_path, chance):
+    res = run_classify("--method", "dai", "--steps", "80", "--evaluations", "clean", "invariance",
+                       "--batch-size", "32", "--eval-size", "200")
     r = res["dai"]
-    assert r["acc"] > 3 * CHANCE and r["_hparams"]["alpha"] == 0.1 and r["_hparams"]["M"] == 2
+    assert r["acc"] > 3 * chance and r["_hparams"]["alpha"] == 0.1 and r["_hparams"]["M"] == 2
     assert {"inv/0", "inv/6"} <= set(r) and all(v <= 1.0 for k, v in r.items() if k.startswith("inv/"))
     assert "inv/6" in (tmp_path / "results.md").read_text()
     assert create_method("dai").needs_unlabeled is False

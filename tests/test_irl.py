@@ -8,15 +8,11 @@ import torch.nn.functional as F
 from torch import nn
 
 import zoo  # noqa: F401
-from tasks import classify
 from zoo import augment as A
 from zoo.methods import create_method
 from zoo.methods.irl import IRL, irl_distance
 from zoo.robustness import fgsm_attack
 from zoo.taps import LayerTaps
-
-torch.set_num_threads(1)
-CHANCE = 0.1
 
 
 class Net(nn.Module):
@@ -32,12 +28,10 @@ class Net(nn.Module):
         return self.head(self.block2(self.block1(x)))
 
 
-def _batch(n=6, nu=0, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    b = {"x": torch.rand(n, 1, 12, 12, generator=g), "y": torch.randint(10, (n,), generator=g)}
-    if nu:
-        b["x_u"] = torch.rand(nu, 1, 12, 12, generator=g)
-    return b
+@pytest.fixture
+def small_batch(image_batch):
+    """Seeded 12x12 batches for :class:`Net`: ``small_batch(n=6, nu=0, seed=0)``."""
+    return lambda n=6, nu=0, seed=0: image_batch(n, size=12, seed=seed, unlabeled=nu)
 
 
 def shrink(x, g):                       # a deterministic "noise model"
@@ -52,19 +46,37 @@ def test_distance_is_squared_l2_minus_lambda_cosine():
         manual = torch.stack([((uf[i] - vf[i]) ** 2).sum() - lam * (uf[i] @ vf[i]) / (uf[i].norm() * vf[i].norm())
                               for i in range(5)])
         assert torch.allclose(irl_distance(u, v, lam), manual, atol=1e-5)
-        per_feature = ((uf - vf) ** 2).mean(1) - lam * F.cosine_similarity(uf, vf)
+        per_feature = (((uf - vf) ** 2).sum(1) - lam * F.cosine_similarity(uf, vf)) / 12
         assert torch.allclose(irl_distance(u, v, lam, "mean"), per_feature, atol=1e-5)
     assert torch.allclose(irl_distance(u, v, 1.0), irl_distance(v, u, 1.0))            # symmetric
     assert torch.allclose(irl_distance(u, u, 0.7), torch.full((5,), -0.7))              # minimum at u = v
     assert torch.allclose(irl_distance(u, 3 * u, 1.0), 4 * (uf ** 2).sum(1) - 1.0)     # same angle: only L2
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="same shape"):
         irl_distance(u, v[:2])
+    with pytest.raises(ValueError, match="reduction must be 'sum' or 'mean'"):
+        irl_distance(u, v, reduction="max")
+
+
+def test_default_distance_keeps_the_papers_balance_of_l2_and_cosine():
+    """``"mean"`` (the default) is the paper's ``d`` divided by the feature count: both terms scaled alike,
+    so the squared L2 term outweighs the cosine term exactly as much as in the printed ``d``."""
+    m = IRL()
+    assert m.dist_reduction == "mean" and m.lam == 1.0
+    g = torch.Generator().manual_seed(0)
+    for shape in ((4, 3, 5, 5), (4, 96), (4, 10)):
+        u = torch.randn(shape, generator=g)
+        v = u + 0.5 * torch.randn(shape, generator=g)
+        D = u[0].numel()
+        assert torch.allclose(irl_distance(u, v, 1.0, "mean") * D, irl_distance(u, v, 1.0, "sum"), rtol=1e-5)
+        uf, vf = u.flatten(1), v.flatten(1)
+        l2, cos = ((uf - vf) ** 2).sum(1) / D, F.cosine_similarity(uf, vf) / D
+        assert torch.allclose(irl_distance(u, v, 1.0, "mean"), l2 - cos, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------- special cases
-def test_presets_and_special_cases_equal_plain_losses():
+def test_presets_and_special_cases_equal_plain_losses(small_batch):
     torch.manual_seed(0)
-    model, b = Net(), _batch()
+    model, b = Net(), small_batch()
     assert IRL(preset="irl_batching").hparams["gamma"] == 0.0 and IRL().hparams["alpha"] == 0.5
     assert IRL(preset="irl", gamma=0.3).gamma == 0.3                                       # explicit wins
     std = IRL(preset="standard", seed=1)
@@ -81,11 +93,10 @@ def test_presets_and_special_cases_equal_plain_losses():
     assert torch.allclose(bat.loss(model, b, 0)[0], ref, atol=1e-6)
 
 
-def test_batching_puts_originals_and_copies_in_one_forward():
+def test_batching_puts_originals_and_copies_in_one_forward(small_batch, make_resnet):
     """With BatchNorm, IRL batching = the loss on the concatenated batch (shared batch statistics)."""
-    torch.manual_seed(0)
-    model = zoo.create_model("test_resnet", in_chans=1, num_classes=10)
-    b = _batch(8)
+    model = make_resnet()
+    b = small_batch(8)
     m = IRL(preset="irl_batching", noise=shrink)
     m.setup(model)
     logits = model(torch.cat([b["x"], shrink(b["x"], None)]))
@@ -94,9 +105,9 @@ def test_batching_puts_originals_and_copies_in_one_forward():
 
 
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
-def test_distance_term_matches_manual_eq2_with_per_layer_gamma(reduction):
+def test_distance_term_matches_manual_eq2_with_per_layer_gamma(reduction, small_batch):
     torch.manual_seed(0)
-    model, b, K = Net(), _batch(5), 2
+    model, b, K = Net(), small_batch(5), 2
     weights = [0.3, 2.0, 0.5]
     m = IRL(alpha=0.2, beta=0.7, gamma=1.5, K=K, layers=["block1", "block2", "logits"], layer_weights=weights,
             lam=0.4, dist_reduction=reduction, noise="gaussian", noise_kwargs={"std": 0.2}, seed=3)
@@ -107,36 +118,56 @@ def test_distance_term_matches_manual_eq2_with_per_layer_gamma(reduction):
     with LayerTaps(model, ["block1", "block2"]) as taps:
         out = model(b["x"])
         clean = {"block1": taps["block1"], "block2": taps["block2"], "logits": out}
-        dist = 0.0
+        dist, per_copy = 0.0, []
         for k in range(K):
             xk = noisy[k * 5:(k + 1) * 5]
             out_k = model(xk)
             acts_k = {"block1": taps["block1"], "block2": taps["block2"], "logits": out_k}
+            per_copy.append(acts_k)
             for w, name in zip(weights, ["block1", "block2", "logits"]):
                 dist = dist + w * irl_distance(clean[name], acts_k[name], 0.4, reduction).mean() / K
     ce = F.cross_entropy(out, b["y"])
     ce_noise = F.cross_entropy(model(noisy), b["y"].repeat(K))
     assert torch.allclose(loss, 0.2 * ce + 0.7 * ce_noise + 1.5 * dist, rtol=1e-5, atol=1e-5)
     assert metrics["dist"] == pytest.approx(float(dist.detach()), rel=1e-5)
+    assert metrics["ce"] == pytest.approx(float(ce.detach()), rel=1e-5)
+    assert metrics["ce_noise"] == pytest.approx(float(ce_noise.detach()), rel=1e-5)
+    for name in ("block1", "block2", "logits"):                   # per-layer means, before gamma_l
+        ref = sum(irl_distance(clean[name], acts[name], 0.4, reduction).mean() for acts in per_copy) / K
+        assert metrics[f"dist_{name}"] == pytest.approx(float(ref), rel=1e-4), name
 
 
-def test_default_layers_are_last_four_stages_and_logits():
-    model = zoo.create_model("test_resnet", in_chans=1, num_classes=10)
+def test_default_layers_are_last_four_stages_and_logits(make_resnet):
+    model = make_resnet()
     m = IRL()
     m.setup(model)
     assert m.layers == ["layer1", "layer2", "layer3", "layer4", "logits"]
     m.remove()
-    with pytest.raises(ValueError, match="layer_weights"):
+    with pytest.raises(ValueError, match="layer_weights has 2 entries for 5 layers"):
         IRL(layer_weights=[1.0, 2.0]).setup(model)
-    for bad in (dict(alpha=0, beta=0, gamma=0), dict(K=0), dict(preset="nope"), dict(dist_reduction="max"),
-                dict(semi_supervised=True, gamma=0)):
-        with pytest.raises(ValueError):
+    for bad, match in [(dict(alpha=0, beta=0, gamma=0), "must be >= 0 and not all 0"),
+                       (dict(gamma=-1.0), "must be >= 0 and not all 0"), (dict(K=0), "K must be >= 1"),
+                       (dict(preset="nope"), "preset must be one of"),
+                       (dict(dist_reduction="max"), "dist_reduction must be 'sum' or 'mean'"),
+                       (dict(semi_supervised=True, gamma=0), "gamma must be > 0"),
+                       (dict(layers=[]), "layers must name at least one layer")]:
+        with pytest.raises(ValueError, match=match):
             IRL(**bad)
+    IRL(alpha=0, beta=0, gamma=0.5)                                # only the distance term: allowed
+    with pytest.raises(ValueError, match="must be called before loss"):
+        IRL().loss(model, {"x": torch.rand(2, 1, 28, 28), "y": torch.tensor([0, 1])}, 0)
+    m = IRL(layers="layer2")                                        # one name for one layer
+    m.setup(model)
+    assert m.layers == ["layer2"]
+    with pytest.raises(ValueError, match="different model"):
+        m.loss(Net(), {"x": torch.rand(2, 1, 12, 12), "y": torch.tensor([0, 1])}, 0)
+    m.remove()
+    assert m.taps is None and m.extra_state() == {"irl_rng": m.rng}
 
 
-def test_semi_supervised_unlabeled_get_only_the_distance_term():
+def test_semi_supervised_unlabeled_get_only_the_distance_term(small_batch):
     torch.manual_seed(0)
-    model, b = Net(), _batch(4, nu=6)
+    model, b = Net(), small_batch(4, nu=6)
     m = IRL(semi_supervised=True, layers=["block2", "logits"], noise=shrink)
     assert m.needs_unlabeled and create_method("irl", semi_supervised=True).needs_unlabeled
     assert not create_method("irl").needs_unlabeled
@@ -153,12 +184,12 @@ def test_semi_supervised_unlabeled_get_only_the_distance_term():
            + d[:4].mean() + d[4:].mean())
     assert torch.allclose(loss, ref, atol=1e-5) and metrics["dist_u"] == pytest.approx(float(d[4:].mean().detach()), rel=1e-5)
     with pytest.raises(ValueError, match="x_u"):
-        m.loss(model, _batch(4), 0)
+        m.loss(model, small_batch(4), 0)
 
 
-def test_adversarial_noise_is_fgsm_against_the_current_model():
+def test_adversarial_noise_is_fgsm_against_the_current_model(small_batch):
     torch.manual_seed(0)
-    model, b = Net(), _batch(6, nu=3)
+    model, b = Net(), small_batch(6, nu=3)
     m = IRL(noise="adversarial", eps=0.1, K=2)
     m.setup(model)
     adv = m.noisy_copies(model, b["x"], b["y"])
@@ -207,16 +238,14 @@ def test_photometric_jitters_match_their_definitions():
 
 
 # -------------------------------------------------------------------------------------------- training
-def test_irl_trains_on_digits_above_chance_supervised_and_semi_supervised(tmp_path):
-    common = ["--steps", "80", "--eval-every", "0", "--workers", "1", "--no-progress", "--evaluations", "clean",
-              "--batch-size", "32"]
-    res = classify.main(["--method", "irl", "--out", str(tmp_path / "a"), *common,
-                         "--method-kwargs", '{"K": 1, "noise": "in_domain"}'])
-    assert res["irl"]["acc"] > 3 * CHANCE and res["irl"]["_hparams"]["gamma"] == 1.0
-    res = classify.main(["--method", "irl", "--out", str(tmp_path / "b"), "--labels-per-class", "20",
-                         "--unlabeled-batch-size", "32", *common,
-                         "--method-kwargs", '{"semi_supervised": true, "noise": "out_of_domain"}'])
-    assert res["irl"]["acc"] > 3 * CHANCE
+@pytest.mark.slow
+def test_irl_trains_on_digits_above_chance_supervised_and_semi_supervised(run_classify, chance):
+    common = ["--steps", "80", "--evaluations", "clean", "--batch-size", "32"]
+    res = run_classify("--method", "irl", *common, "--method-kwargs", '{"K": 1, "noise": "in_domain"}', out="a")
+    assert res["irl"]["acc"] > 3 * chance and res["irl"]["_hparams"]["gamma"] == 1.0
+    res = run_classify("--method", "irl", "--labels-per-class", "20", "--unlabeled-batch-size", "32", *common,
+                       "--method-kwargs", '{"semi_supervised": true, "noise": "out_of_domain"}', out="b")
+    assert res["irl"]["acc"] > 3 * chance
 
 
 def test_noise_generator_state_is_checkpointed():

@@ -5,19 +5,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import zoo
-from tasks import classify
 from zoo.methods import create_method
 from zoo.methods.lipschitz import finite_difference_lipschitz, lipschitz_estimate
 from zoo.robustness import EvalContext, evaluate_robustness
 
-torch.set_num_threads(1)
-CHANCE = 0.1
 
-
-def _digits(n=16):
-    x, y = classify.load_dataset("digits")["train"]
-    return x[:n], y[:n]
+@pytest.fixture
+def few_digits(digits):
+    """The first ``n`` training digits: ``few_digits(n=16) -> (x, y)``."""
+    def take(n=16):
+        x, y = digits["train"]
+        return x[:n], y[:n]
+    return take
 
 
 def _manual_estimates(model, x, delta):
@@ -30,10 +29,9 @@ def _manual_estimates(model, x, delta):
     return torch.tensor(out)
 
 
-def test_training_metric_and_loss_equal_manual_finite_difference():
-    torch.manual_seed(0)
-    model = zoo.create_model("test_resnet", in_chans=1, num_classes=10).eval()   # BN in eval: per-image f
-    x, y = _digits()
+def test_training_metric_and_loss_equal_manual_finite_difference(make_resnet, few_digits):
+    model = make_resnet().eval()                                        # BN in eval: per-image f
+    x, y = few_digits()
     sigma, beta, seed = 0.1, 2.0, 123
     delta = sigma * torch.randn(x.shape, generator=torch.Generator().manual_seed(seed))   # eq. 3, same stream
     manual = _manual_estimates(model, x, delta)
@@ -65,10 +63,9 @@ def test_estimate_of_a_scaled_identity_is_the_scale_and_probs_output():
     assert (probs <= 3.0 + 1e-4).all()                                  # softmax is 1-Lipschitz in L2
 
 
-def test_beta_zero_is_standard_training_and_gradient_lowers_the_estimate():
-    torch.manual_seed(0)
-    model = zoo.create_model("test_resnet", in_chans=1, num_classes=10).eval()
-    x, y = _digits()
+def test_beta_zero_is_standard_training_and_gradient_lowers_the_estimate(make_resnet, few_digits):
+    model = make_resnet().eval()
+    x, y = few_digits()
     plain = create_method("lipschitz", beta=0.0, seed=1)
     loss, m = plain.loss(model, {"x": x, "y": y}, 0)
     with torch.no_grad():
@@ -88,16 +85,24 @@ def test_beta_zero_is_standard_training_and_gradient_lowers_the_estimate():
     assert after < 0.7 * before, (before, after)
 
 
-def test_bad_options_raise():
-    for kw in ({"sigma": 0.0}, {"beta": -1.0}, {"K": -0.5}, {"output": "softmax"}):
-        with pytest.raises(ValueError):
+def test_defaults_and_bad_options_name_themselves():
+    m = create_method("lipschitz")
+    assert m.hparams == dict(sigma=0.1, beta=1.0, K=1.0, output="logits", clip=False, seed=None)
+    create_method("lipschitz", beta=0.0, K=0.0)                                      # 0 is allowed
+    for kw, match in [({"sigma": 0.0}, "sigma must be > 0"), ({"beta": -1.0}, "beta and K must be >= 0"),
+                      ({"K": -0.5}, "beta and K must be >= 0"), ({"output": "softmax"}, "output must be one of")]:
+        with pytest.raises(ValueError, match=match):
             create_method("lipschitz", **kw)
+    x = torch.rand(3, 4)
+    with pytest.raises(ValueError, match="shapes must pair up"):
+        finite_difference_lipschitz(torch.rand(3, 2), torch.rand(2, 2), x, x)
+    with pytest.raises(ValueError, match="output must be one of"):
+        lipschitz_estimate(nn.Linear(4, 2), x, output="softmax")
 
 
-def test_lipschitz_evaluation_column_is_the_mean_estimate():
-    torch.manual_seed(0)
-    model = zoo.create_model("test_resnet", in_chans=1, num_classes=10)
-    x, y = _digits(40)
+def test_lipschitz_evaluation_column_is_the_mean_estimate(make_resnet, few_digits):
+    model = make_resnet()
+    x, y = few_digits(40)
     ctx = EvalContext(seed=3, options={"lipschitz": {"sigma": 0.2}})
     col = evaluate_robustness(model, x, y, ["lipschitz"], ctx)["lipschitz"]
     model.eval()
@@ -105,12 +110,43 @@ def test_lipschitz_evaluation_column_is_the_mean_estimate():
     assert col == pytest.approx(float(ref), rel=1e-5)
 
 
-def test_harness_lipschitz_beats_chance_with_a_smaller_estimate_than_erm(tmp_path):
-    res = classify.main(["--method", "erm", "lipschitz", "--steps", "150", "--eval-every", "0",
-                         "--evaluations", "clean", "noise", "lipschitz", "--noise-std", "0.3", "--eval-size", "300",
-                         "--workers", "1", "--no-progress", "--out", str(tmp_path)])
+@pytest.mark.slow
+def test_harness_lipschitz_beats_chance_with_a_smaller_estimate_than_erm(run_classify, tmp_path, chance):
+    res = run_classify("--method", "erm", "lipschitz", "--steps", "150", "--evaluations", "clean", "noise",
+                       "lipschitz", "--noise-std", "0.3", "--eval-size", "300")
     for name in ("erm", "lipschitz"):
-        assert res[name]["acc"] > 3 * CHANCE, (name, res[name]["acc"])
+        assert res[name]["acc"] > 3 * chance, (name, res[name]["acc"])
     assert res["lipschitz"]["lipschitz"] < res["erm"]["lipschitz"]
     metrics = (tmp_path / "lipschitz" / "seed0" / "metrics.csv").read_text().splitlines()[0]
     assert "train/lip" in metrics and "train/lip_pen" in metrics
+
+
+def test_noise_is_seeded_resumable_and_optionally_clipped(make_resnet, few_digits):
+    x, y = few_digits(8)
+    method = create_method("lipschitz", sigma=0.5, seed=5)
+    assert method.extra_state() == {}
+    method.setup(make_resnet())
+    (key, rng), = method.extra_state().items()
+    assert key == "lipschitz_rng" and rng is method.rng
+    state = rng.state_dict()
+    first = method.perturb(x)
+    assert torch.allclose(first, x + 0.5 * torch.randn(x.shape, generator=torch.Generator().manual_seed(5)))
+    assert first.min() < 0 or first.max() > 1                                   # unclipped by default
+    rng.load_state_dict(state)
+    assert torch.equal(method.perturb(x), first)                                # a checkpoint resumes the stream
+    clipped = create_method("lipschitz", sigma=0.5, seed=5, clip=True)
+    clipped.setup(make_resnet())
+    xt = clipped.perturb(x)
+    assert torch.equal(xt, first.clamp(0, 1))
+    model = make_resnet().eval()
+    clipped.setup(model)
+    _, m = clipped.loss(model, {"x": x, "y": y}, 0)
+    with torch.no_grad():                                                       # the estimate uses the clipped x~
+        ref = finite_difference_lipschitz(model(x), model(xt), x, xt)
+    assert m["lip"] == pytest.approx(float(ref.mean()), rel=1e-4)
+    probs = create_method("lipschitz", sigma=0.5, seed=5, output="probs", beta=0.0)
+    probs.setup(model)
+    _, m = probs.loss(model, {"x": x, "y": y}, 0)
+    with torch.no_grad():
+        ref = finite_difference_lipschitz(model(x).softmax(-1), model(first).softmax(-1), x, first)
+    assert m["lip"] == pytest.approx(float(ref.mean()), rel=1e-4)

@@ -1,4 +1,5 @@
-"""Input / Manifold Mixup through taps (thesis ch. 4, eq. 4.1) against hand-written mixed forwards."""
+"""Input / Manifold Mixup through taps (thesis ch. 4, eq. 4.1) against hand-written mixed forwards: the
+training step mixes the layer it drew, with one lambda for the hidden state and the targets."""
 
 import pytest
 import timm
@@ -11,12 +12,7 @@ import zoo  # noqa: F401
 from zoo.methods import create_method, list_methods
 from zoo.methods.mixup import bce_on_softmax, mix, mixed_targets, sample_lambda, soft_target_cross_entropy
 
-torch.set_num_threads(1)
-
-
-def resnet():
-    torch.manual_seed(0)
-    return timm.create_model("test_resnet", in_chans=1, num_classes=10)
+CPU = torch.device("cpu")
 
 
 def resnet_hand_forward(m, x, mix_after: str, lam: float, perm: torch.Tensor):
@@ -33,23 +29,34 @@ def resnet_hand_forward(m, x, mix_after: str, lam: float, perm: torch.Tensor):
     return m.forward_head(h)
 
 
-def batch(n=8, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(n, 1, 28, 28, generator=g), torch.randint(10, (n,), generator=g)
+@pytest.fixture
+def xy(image_batch):
+    b = image_batch(8, seed=1)
+    return b["x"], b["y"]
 
 
 def test_registered():
     assert {"erm", "input_mixup", "manifold_mixup"} <= set(list_methods())
     assert create_method("manifold_mixup").alpha == 2.0 and create_method("input_mixup").alpha == 1.0
+    assert create_method("manifold_mixup").loss_name == "soft_ce"
     with pytest.raises(ValueError, match="loss must be one of"):
         create_method("manifold_mixup", loss="mse")
+    for bad, match in [(dict(alpha=-0.1), "alpha must be >= 0"), (dict(layers=[]), "at least one layer")]:
+        with pytest.raises(ValueError, match=match):
+            create_method("manifold_mixup", **bad)
+    assert create_method("manifold_mixup", alpha=0.0).alpha == 0.0                  # 0: no mixing
+    assert create_method("manifold_mixup", layers="layer1").layer_refs == ("layer1",)
+    with pytest.raises(ValueError, match="cannot mix a batch of 3 with a permutation of 2"):
+        mix(torch.rand(3, 2), 0.5, torch.tensor([1, 0]))
+    with pytest.raises(ValueError, match="setup"):
+        create_method("manifold_mixup").loss(nn.Linear(2, 2), {"x": torch.rand(2, 2), "y": torch.tensor([0, 1])}, 0)
 
 
 @pytest.mark.parametrize("k", [0, 1, 2, 3])
-def test_manifold_mixup_equals_hand_written_mixed_forward_and_grads(k):
-    x, y = batch()
+def test_manifold_mixup_equals_hand_written_mixed_forward_and_grads(k, xy, make_resnet):
+    x, y = xy
     lam, perm = 0.3, torch.randperm(8, generator=torch.Generator().manual_seed(2))
-    m_tap, m_hand = resnet(), resnet()
+    m_tap, m_hand = make_resnet(), make_resnet()
     method = create_method("manifold_mixup", layers=[0, 1, 2, 3])
     method.setup(m_tap)
     method.set_mix(k, lam, perm)
@@ -67,17 +74,53 @@ def test_manifold_mixup_equals_hand_written_mixed_forward_and_grads(k):
     assert torch.allclose(m_tap(x), m_hand(x), atol=1e-5)          # no mixing once the step is over
 
 
-def test_input_layer_is_really_mixed():
-    x, _ = batch()
-    m = resnet().eval()
+def test_input_layer_is_really_mixed(xy, make_resnet):
+    x, _ = xy
+    m = make_resnet().eval()
     method = create_method("input_mixup")
     method.setup(m)
     assert method.layers == ["input"]
     perm = torch.arange(7, -1, -1)
     method.set_mix(0, 0.0, perm)                         # lambda = 0: the network sees x[perm] only
-    assert torch.allclose(m(x), resnet().eval()(x[perm]), atol=1e-5)
+    assert torch.allclose(m(x), make_resnet().eval()(x[perm]), atol=1e-5)
     method.set_mix(0, 0.25, perm)
-    assert torch.allclose(m(x), resnet().eval()(0.25 * x + 0.75 * x[perm]), atol=1e-5)
+    assert torch.allclose(m(x), make_resnet().eval()(0.25 * x + 0.75 * x[perm]), atol=1e-5)
+
+
+@pytest.mark.parametrize("loss_name", ["soft_ce", "bce"])
+def test_training_step_mixes_the_layer_it_drew_and_the_targets_with_the_same_lambda(loss_name, xy, make_resnet):
+    """``loss()`` draws ``(k, lambda, pi)`` with :meth:`sample` and must mix exactly ``layers[k]`` with
+    ``lambda`` and train on ``lambda y + (1 - lambda) y[pi]``: the loss equals the hand-written forward that
+    mixes that layer, and neither mixing another layer nor swapping ``lambda`` and ``1 - lambda`` in the
+    targets gives it. Seeds are tried until every eligible layer has been drawn."""
+    x, y = xy
+    m_tap, m_hand = make_resnet(), make_resnet()
+    method = create_method("manifold_mixup", layers=[0, 1, 2, 3], loss=loss_name)   # input, act1, layer1, 2
+    method.setup(m_tap)
+    criterion = soft_target_cross_entropy if loss_name == "soft_ce" else bce_on_softmax
+    drawn, swap_checked = set(), 0
+    for seed in range(60):
+        torch.manual_seed(seed)
+        k, lam, perm = method.sample(8, CPU)
+        torch.manual_seed(seed)
+        loss, metrics = method.loss(m_tap, {"x": x, "y": y}, step=0)
+        method.end_step()
+        assert metrics["layer"] == k and metrics["lam"] == lam
+        with torch.no_grad():
+            outs = [resnet_hand_forward(m_hand, x, name, lam, perm) for name in method.layers]
+            target = mixed_targets(y, 10, lam, perm)
+            assert torch.allclose(loss, criterion(outs[k], target), atol=1e-5), (seed, method.layers[k])
+            for j, out in enumerate(outs):                       # another layer's mix is told apart
+                if j != k:
+                    assert not torch.allclose(loss, criterion(out, target), atol=1e-4), (seed, j)
+            if abs(lam - 0.5) > 0.05:                            # targets with 1 - lambda are told apart
+                swapped = mixed_targets(y, 10, 1 - lam, perm)
+                assert not torch.allclose(loss, criterion(outs[k], swapped), atol=1e-4)
+                swap_checked += 1
+        drawn.add(k)
+        if len(drawn) == 4 and swap_checked >= 4:
+            break
+    assert drawn == {0, 1, 2, 3} and swap_checked >= 4
 
 
 class CheckpointedNet(nn.Module):
@@ -97,8 +140,8 @@ class CheckpointedNet(nn.Module):
         return self.head(h)
 
 
-def test_same_result_when_forward_runs_twice_and_under_checkpointing():
-    x, y = batch()
+def test_same_result_when_forward_runs_twice_and_under_checkpointing(xy):
+    x, y = xy
     grads = []
     for use_ckpt in (False, True):
         net = CheckpointedNet(use_ckpt)
@@ -132,22 +175,24 @@ def test_mixed_soft_ce_is_lambda_weighted_ce_and_bce_formula():
     assert torch.allclose(bce_on_softmax(logits, t), bce, atol=1e-5)
 
 
-def test_lambda_is_beta_and_layer_uniform():
+def test_lambda_is_beta_and_layer_uniform(make_resnet):
     torch.manual_seed(0)
     lams = torch.tensor([sample_lambda(2.0) for _ in range(4000)])
     assert abs(lams.mean() - 0.5) < 0.02 and abs(lams.var() - 1 / 20) < 0.006      # Beta(2,2): var 1/(4*5)
+    lams = torch.tensor([sample_lambda(0.5) for _ in range(4000)])
+    assert abs(lams.mean() - 0.5) < 0.02 and abs(lams.var() - 1 / 8) < 0.01        # Beta(.5,.5): var 1/(4*2)
     assert sample_lambda(0.0) == 1.0
     method = create_method("manifold_mixup")
-    method.setup(resnet())
+    method.setup(make_resnet())
     assert method.layers == ["input", "layer1", "layer2"]           # the paper's S = {input, stage 1, 2}
     counts = torch.bincount(torch.tensor([method.sample(4, torch.device("cpu"))[0] for _ in range(3000)]), minlength=3)
     assert (counts - 1000).abs().max() < 120
 
 
-def test_vit_tokens_mixed_at_a_block():
+def test_vit_tokens_mixed_at_a_block(xy):
     torch.manual_seed(0)
     vit = timm.create_model("test_vit", in_chans=1, num_classes=10, img_size=28, patch_size=7).eval()
-    x, _ = batch()
+    x, _ = xy
     perm = torch.arange(7, -1, -1)
     method = create_method("manifold_mixup", layers=["blocks.1"])
     method.setup(vit)

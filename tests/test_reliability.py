@@ -224,7 +224,7 @@ BAD_OPTIONS = [
     (classify, ["--eval-size", "-1"], "--eval-size -1"),
     (classify, ["--method", "erm", "mixup"], "registered methods"),
     (classify, ["--method", "manifold_mixup", "--method-kwargs", '{"alpah": 2}'], "alpah"),
-    (classify, ["--method-kwargs", '{"manifold_mixpu": {"alpha": 2}}'], "unknown method(s) ['manifold_mixpu']"),
+    (classify, ["--method-kwargs", '{"manifold_mixpu": {"alpha": 2}}'], "'manifold_mixpu', which is neither a registered method"),
     (classify, ["--method-kwargs", "{alpha: 2}"], "is not valid JSON"),
     (classify, ["--model", "resnet81"], "--model 'resnet81' is not a registered model"),
     (classify, ["--model", "resnet18", "--model-kwargs", '{"depht": 3}'], "depht"),

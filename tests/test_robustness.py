@@ -4,22 +4,17 @@ and added evaluations become columns."""
 import math
 
 import pytest
-import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import zoo  # noqa: F401
 from zoo import robustness as R
-from zoo.data import embedded_mnist_split
-
-torch.set_num_threads(1)
 
 
-def linear_digits_model(steps=60):
-    """Multinomial logistic regression on the embedded digits (convex in its input)."""
+def linear_digits_model(data, steps=60):
+    """Multinomial logistic regression on the embedded digits ``data`` (convex in its input)."""
     torch.manual_seed(0)
-    data = embedded_mnist_split()
     x, y = data["train"]
     m = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
     opt = torch.optim.Adam(m.parameters(), lr=0.01)
@@ -32,8 +27,8 @@ def linear_digits_model(steps=60):
     return m, data["test"]
 
 
-def test_fgsm_raises_the_loss_of_every_example_of_a_linear_model_and_of_a_resnet():
-    m, (x, y) = linear_digits_model()
+def test_fgsm_raises_the_loss_of_every_example_of_a_linear_model_and_of_a_resnet(digits, make_resnet):
+    m, (x, y) = linear_digits_model(digits)
     x, y = x[:200], y[:200]
     m.zero_grad(set_to_none=True)
     adv = R.fgsm_attack(m, x, y, eps=0.05, clip=None)
@@ -44,7 +39,7 @@ def test_fgsm_raises_the_loss_of_every_example_of_a_linear_model_and_of_a_resnet
     # CE of a linear model is convex in x: f(x + eps sign g) >= f(x) + eps ||g||_1 > f(x) for every example
     assert (after > before).all()
     assert all(p.grad is None for p in m.parameters())
-    net = timm.create_model("test_resnet", in_chans=1, num_classes=10).eval()
+    net = make_resnet().eval()
     adv = R.fgsm_attack(net, x[:32], y[:32], eps=0.03)
     assert adv.min() >= 0 and adv.max() <= 1
     with torch.no_grad():
@@ -108,7 +103,7 @@ def test_ece_zero_for_calibrated_toy_and_matches_brute_force():
     assert R.expected_calibration_error(p, yy, n_bins=10) == pytest.approx(float(brute), abs=1e-6)
 
 
-def test_registered_evaluation_becomes_a_column_and_corruptions_are_seeded():
+def test_registered_evaluation_becomes_a_column_and_corruptions_are_seeded(digits):
     name = "test_mean_logit"
 
     @R.register_evaluation(name)
@@ -116,7 +111,7 @@ def test_registered_evaluation_becomes_a_column_and_corruptions_are_seeded():
         return {name: float(R.predict(model, x, ctx.batch_size).mean())}
 
     assert name in R.list_evaluations()
-    m, (x, y) = linear_digits_model(steps=5)
+    m, (x, y) = linear_digits_model(digits, steps=5)
     a = R.evaluate_robustness(m, x[:100], y[:100], ["noise", "occlusion", name], seed=1)
     b = R.evaluate_robustness(m, x[:100], y[:100], ["noise", "occlusion", name], seed=1)
     assert a == b and name in a and "noise/0.5" in a and "occl16" in a

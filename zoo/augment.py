@@ -19,7 +19,11 @@ classification"), following the MXNet augmenters its footnote 2 points to:
 The data-augmentation-invariance paper's scheme (``data_augmentation_invariance.txt``, appendix A, the
 "heavier" scheme of its code): affine transformations (rotation, translation, shear, zoom), contrast
 ``x' = c (x - mean x) + mean x`` and brightness ``x' = x + d``, each parameter from a normal distribution
-centred in its range with std a quarter of the range, truncated to the range (:func:`dai_augment`).
+centred in its range with std a quarter of the range, truncated to the range (:func:`dai_augment`). For the
+invariance score the paper uses "exactly the same transformations, but instead of randomly sampling for the
+parameter ranges [...], we halve the range and sample from one of the extreme values" (appendix A): every
+parameter is the centre of its range plus or minus a quarter of the range, each with probability 1/2
+(:func:`halved_extremes`; noise model ``"dai_eval"``, the default of the ``"invariance"`` evaluation).
 """
 from __future__ import annotations
 
@@ -31,9 +35,9 @@ from torch import Tensor
 
 from .robustness import affine, gaussian_noise
 
-__all__ = ["uniform", "truncated_normal", "brightness_jitter", "contrast_jitter", "pca_lighting",
+__all__ = ["uniform", "truncated_normal", "halved_extremes", "brightness_jitter", "contrast_jitter", "pca_lighting",
            "saturation_jitter", "hue_jitter", "gamma_jitter", "in_domain_noise", "out_of_domain_noise",
-           "random_affine", "dai_augment", "NOISE_MODELS", "get_noise", "IMAGENET_EIGVAL", "IMAGENET_EIGVEC",
+           "random_affine", "dai_augment", "dai_eval_augment", "NOISE_MODELS", "get_noise", "IMAGENET_EIGVAL", "IMAGENET_EIGVEC",
            "LUMA", "NoiseRNG"]
 
 NoiseFn = Callable[..., Tensor]
@@ -69,6 +73,15 @@ def truncated_normal(n: int, lo: float, hi: float, generator: Optional[torch.Gen
     u = c_lo + (c_hi - c_lo) * torch.rand(n, generator=generator, dtype=torch.float64).float()
     z = normal.icdf(u.clamp(1e-6, 1 - 1e-6)).clamp(-2.0, 2.0)
     return (lo + hi) / 2 + z * (hi - lo) / 4
+
+
+def halved_extremes(n: int, lo: float, hi: float, generator: Optional[torch.Generator] = None) -> Tensor:
+    """``(n,)`` draws from the two ends of ``[lo, hi]`` halved around its centre: ``(lo + hi) / 2 +- (hi - lo)
+    / 4``, each end with probability 1/2 (the DAI paper's test-time sampling, appendix A)."""
+    if hi < lo:
+        raise ValueError(f"need lo <= hi, got [{lo}, {hi}]")
+    sign = torch.randint(0, 2, (n,), generator=generator).float() * 2 - 1
+    return (lo + hi) / 2 + sign * (hi - lo) / 4
 
 
 def _per_image(v: Tensor, x: Tensor) -> Tensor:
@@ -228,17 +241,26 @@ def random_affine(x: Tensor, rotation: float = 22.5, shift: float = 0.1, shear: 
 def dai_augment(x: Tensor, generator: Optional[torch.Generator] = None, rotation: float = 22.5, shift: float = 0.1,
                 shear: float = 8.59, zoom: float = 0.15, flip: float = 0.0,
                 contrast: Tuple[float, float] = (0.5, 1.5), brightness: float = 0.25,
-                clip: Optional[tuple] = (0.0, 1.0)) -> Tensor:
+                clip: Optional[tuple] = (0.0, 1.0), sampler: Callable[..., Tensor] = truncated_normal) -> Tensor:
     """The DAI paper's augmentation (appendix A; ranges of its code's "heavier" CIFAR scheme): random
     affine warp, then contrast ``c (x - mean x) + mean x``, ``c ~ N(0.5, 1.5)``, then brightness
     ``x + d``, ``d ~ N(-0.25, 0.25)`` (``N(a, b)``: truncated normal on ``[a, b]``). ``flip`` is the
-    probability of a horizontal flip (0 here: digits are not mirror-invariant)."""
-    x = random_affine(x, rotation, shift, shear, zoom, flip, generator)
-    c = _per_image(truncated_normal(len(x), contrast[0], contrast[1], generator), x)
+    probability of a horizontal flip (0 here: digits are not mirror-invariant). ``sampler(n, lo, hi,
+    generator)`` draws every ranged parameter (default the truncated normal of training;
+    :func:`halved_extremes` for the invariance score, :func:`dai_eval_augment`)."""
+    x = random_affine(x, rotation, shift, shear, zoom, flip, generator, sampler)
+    c = _per_image(sampler(len(x), contrast[0], contrast[1], generator), x)
     m = x.mean((1, 2, 3), keepdim=True)
     x = c * (x - m) + m
-    x = x + _per_image(truncated_normal(len(x), -brightness, brightness, generator), x)
+    x = x + _per_image(sampler(len(x), -brightness, brightness, generator), x)
     return _clip(x, clip)
+
+
+def dai_eval_augment(x: Tensor, generator: Optional[torch.Generator] = None, **kwargs) -> Tensor:
+    """The DAI paper's transformation ``G`` for the invariance score (appendix A): :func:`dai_augment` with
+    every range halved and one of its two ends drawn (:func:`halved_extremes`); takes the options of
+    :func:`dai_augment` (the *training* ranges, which it halves)."""
+    return dai_augment(x, generator, sampler=halved_extremes, **kwargs)
 
 
 def _gaussian(x: Tensor, generator: Optional[torch.Generator] = None, std: float = 0.3,
@@ -247,7 +269,7 @@ def _gaussian(x: Tensor, generator: Optional[torch.Generator] = None, std: float
 
 
 NOISE_MODELS: Dict[str, NoiseFn] = {"in_domain": in_domain_noise, "out_of_domain": out_of_domain_noise,
-                                    "dai": dai_augment, "gaussian": _gaussian}
+                                    "dai": dai_augment, "dai_eval": dai_eval_augment, "gaussian": _gaussian}
 """Noise models by name: ``fn(x, generator, **kwargs) -> x~``."""
 
 

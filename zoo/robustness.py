@@ -109,7 +109,6 @@ def expected_calibration_error(probs: Tensor, y: Tensor, n_bins: int = 15) -> fl
     conf, pred = probs.max(-1)
     correct = (pred == y).float()
     bins = (conf * n_bins).ceil().clamp(1, n_bins).long() - 1             # (0, 1/n] -> bin 0, ...
-    count = torch.zeros(n_bins).index_add_(0, bins, torch.ones_like(conf))
     acc_sum = torch.zeros(n_bins).index_add_(0, bins, correct)
     conf_sum = torch.zeros(n_bins).index_add_(0, bins, conf.float())
     return float((acc_sum - conf_sum).abs().sum() / max(len(y), 1))

@@ -2,22 +2,27 @@
 :func:`zoo.engine.fit`, and a registry so harnesses pick methods by name.
 
     method = create_method("manifold_mixup", alpha=2.0)
-    method.setup(model)
+    method.setup(model, total_steps=1000)
     fit(model, optimizer, batches, **method.fit_kwargs(), steps=1000)
+
+Harnesses that take hyperparameters from users check them first: :func:`create_method` raises a one-line
+``ValueError`` naming the method, the unknown name and the accepted ones, and :func:`resolve_method_kwargs`
+splits a ``--method-kwargs`` object into per-method hyperparameters (shared or keyed by method name).
 
 Batches are dicts ``{"x": images, "y": labels}``, plus ``"x_u"`` (unlabeled images) when the method
 ``needs_unlabeled``.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Tuple, Type
+import difflib
+import inspect
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Type
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["Method", "ERM", "register_method", "create_method", "list_methods", "get_method_class",
-           "MethodStepFn"]
+           "MethodStepFn", "method_hparam_names", "check_hparams", "resolve_method_kwargs"]
 
 _METHODS: Dict[str, Type["Method"]] = {}
 
@@ -43,15 +48,105 @@ def list_methods() -> List[str]:
     return sorted(_METHODS)
 
 
+def _did_you_mean(name: str, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def get_method_class(name: str) -> Type["Method"]:
     if name not in _METHODS:
-        raise ValueError(f"unknown method {name!r}; registered methods: {', '.join(list_methods())}")
+        raise ValueError(f"unknown method {name!r}{_did_you_mean(str(name), list_methods())}; "
+                         f"registered methods: {', '.join(list_methods())}")
     return _METHODS[name]
 
 
+def method_hparam_names(name: str) -> Optional[List[str]]:
+    """The hyperparameters method ``name`` accepts (its ``__init__`` keywords), or ``None`` when its
+    ``__init__`` takes arbitrary ``**kwargs`` (a user class that checks them itself)."""
+    cls = get_method_class(name)
+    if cls.__init__ is Method.__init__:
+        return []
+    names = []
+    for p in inspect.signature(cls.__init__).parameters.values():
+        if p.kind is p.VAR_KEYWORD:
+            return None
+        if p.name != "self" and p.kind is not p.VAR_POSITIONAL:
+            names.append(p.name)
+    return names
+
+
+def check_hparams(name: str, hparams: Mapping[str, Any]) -> None:
+    """Raise a one-line ``ValueError`` if ``hparams`` holds a name method ``name`` does not accept."""
+    accepted = method_hparam_names(name)
+    if accepted is None:
+        return
+    unknown = [k for k in hparams if k not in accepted]
+    if not unknown:
+        return
+    if not accepted:
+        raise ValueError(f"method {name!r} takes no hyperparameters, got {', '.join(map(repr, unknown))}")
+    bad = unknown[0]
+    raise ValueError(f"method {name!r} has no hyperparameter {bad!r}{_did_you_mean(bad, accepted)}; "
+                     f"accepted: {', '.join(accepted)}")
+
+
 def create_method(name: str, **hparams: Any) -> "Method":
-    """Build the method registered as ``name`` with its hyperparameters (``ValueError`` if unknown)."""
+    """Build the method registered as ``name`` with its hyperparameters.
+
+    Raises:
+        ValueError: an unknown method, or a hyperparameter the method does not take (one line naming the
+            method, the unknown name and the accepted ones), or a value its ``__init__`` rejects.
+    """
+    check_hparams(name, hparams)
     return get_method_class(name)(**hparams)
+
+
+def resolve_method_kwargs(kwargs: Mapping[str, Any], methods: Sequence[str]) -> Dict[str, Dict[str, Any]]:
+    """Per-method hyperparameters from one ``--method-kwargs`` object, checked before any work.
+
+    Two forms: **shared**, ``{"alpha": 2.0}`` (every method in ``methods`` gets it), or **per method**,
+    ``{"manifold_mixup": {"alpha": 2.0}, "ict": {"w_max": 10}}`` (keys are method names, values objects;
+    methods not named get ``{}``).
+
+    Returns:
+        ``{method: hparams}`` for every name in ``methods``.
+
+    Raises:
+        ValueError (one line): an unknown method; a per-method key that is not a registered method (a typo
+        such as ``"manifld_mixup"``); a per-method key for a method not being run; per-method and shared
+        keys mixed; a hyperparameter a method does not accept.
+    """
+    if not isinstance(kwargs, Mapping):
+        raise ValueError(f"method kwargs must be an object (a dict), got {type(kwargs).__name__}")
+    for m in methods:
+        get_method_class(m)
+    registered = set(list_methods())
+    accepted = set()
+    for m in methods:
+        accepted.update(method_hparam_names(m) or [])
+    per_method = [k for k, v in kwargs.items() if isinstance(v, Mapping) and k not in accepted]
+    shared = [k for k in kwargs if k not in per_method]
+    for k in per_method:
+        if k not in registered:
+            raise ValueError(f"method kwargs name {k!r}, which is neither a registered method"
+                             f"{_did_you_mean(k, list_methods())} nor a hyperparameter of {', '.join(methods)}; "
+                             f"registered methods: {', '.join(list_methods())}")
+        if k not in methods:
+            raise ValueError(f"method kwargs are given for method {k!r}, which is not being run "
+                             f"(methods: {', '.join(methods)})")
+    if per_method and shared:
+        raise ValueError(f"method kwargs mix per-method entries ({', '.join(map(repr, per_method))}) with shared "
+                         f"hyperparameters ({', '.join(map(repr, shared))}); put the shared ones inside each method's entry")
+    out = {m: dict(kwargs.get(m, {})) if per_method else dict(kwargs) for m in methods}
+    for m, hp in out.items():
+        try:
+            check_hparams(m, hp)
+        except ValueError as e:
+            if per_method or len(methods) == 1:
+                raise
+            raise ValueError(f"{e} (shared method kwargs go to every method; key them by method name to give "
+                             f"each its own, e.g. {{{methods[-1]!r}: {{...}}}})") from None
+    return out
 
 
 class Method:
@@ -65,7 +160,8 @@ class Method:
     Attributes:
         name: registry name.
         needs_unlabeled: batches must carry ``"x_u"``.
-        total_steps: the run's length, set by the harness before :meth:`setup` (schedules use it).
+        total_steps: the run's length in optimizer steps, given to :meth:`setup` (schedules use it;
+            ``None`` when the caller did not say).
         hparams: the keyword arguments given to ``__init__``.
     """
 
@@ -78,8 +174,13 @@ class Method:
         self.hparams: Dict[str, Any] = dict(hparams)
         self.total_steps: Optional[int] = None
 
-    def setup(self, model: nn.Module) -> None:
-        """Prepare for training ``model`` (attach taps, build teachers); called once before :func:`fit`."""
+    def setup(self, model: nn.Module, total_steps: Optional[int] = None) -> None:
+        """Prepare for training ``model`` for ``total_steps`` optimizer steps (attach taps, build teachers);
+        called once before :func:`fit`. Subclasses call ``super().setup(model, total_steps)`` first."""
+        if total_steps is not None and (isinstance(total_steps, bool) or not isinstance(total_steps, int)
+                                        or total_steps < 1):
+            raise ValueError(f"total_steps must be a positive integer or None, got {total_steps!r}")
+        self.total_steps = total_steps
 
     def loss(self, model: nn.Module, batch: dict, step: int) -> Tuple[Tensor, Dict[str, float]]:
         """``(loss, metrics)`` for one batch at optimizer step ``step`` (0-based)."""

@@ -149,8 +149,9 @@ class DAI(TapsNoiseMethod):
         self.layers: List[str] = []
         self.weights: List[float] = []
 
-    def setup(self, model: nn.Module) -> None:
+    def setup(self, model: nn.Module, total_steps: Optional[int] = None) -> None:
         """Resolve the layers and ``alpha^(l)``, attach capturing taps (when ``alpha > 0``), seed the noise."""
+        super().setup(model, total_steps)
         self.remove()
         self.rng = NoiseRNG(self.seed)
         refs = self.layer_refs if self.layer_refs is not None else stage_layers(model)
@@ -204,11 +205,10 @@ class DAI(TapsNoiseMethod):
 # ---------------------------------------------------------------------------------------------------------
 # invariance score (eq. 2)
 # ---------------------------------------------------------------------------------------------------------
-@torch.no_grad()
 def invariance_scores(model: nn.Module, x: Tensor, transform: Callable[[Tensor], Tensor],
                       layers: Optional[Sequence[Union[int, str]]] = None, logits: bool = True,
                       batch_size: int = 500, device: Optional[torch.device] = None) -> Dict[str, Tensor]:
-    """Per-sample invariance scores ``S_i^(l)`` (eq. 2) of ``model`` (in eval mode) on images ``x``.
+    """Per-sample invariance scores ``S_i^(l)`` (eq. 2) of ``model`` (in eval mode, no gradient) on images ``x``.
 
     Args:
         transform: ``G``: images ``(n, ...)`` -> transformed images (called per chunk; seed it yourself).
@@ -228,7 +228,7 @@ def invariance_scores(model: nn.Module, x: Tensor, transform: Callable[[Tensor],
     dists: Dict[str, List[Tensor]] = {}
     dims: Dict[str, int] = {}
     try:
-        with LayerTaps(model, names, detach=True) as taps:
+        with torch.no_grad(), LayerTaps(model, names, detach=True) as taps:
             for i in range(0, len(x), batch_size):
                 xb = x[i:i + batch_size].to(device)
                 out = model(xb)
@@ -255,15 +255,19 @@ def invariance_scores(model: nn.Module, x: Tensor, transform: Callable[[Tensor],
     return out_scores
 
 
-@register_evaluation("invariance")
 def eval_invariance(model: nn.Module, x: Tensor, y: Tensor, ctx: EvalContext) -> Dict[str, float]:
     """Mean invariance score (eq. 2) per layer: columns ``inv/0`` (the input) ... ``inv/n`` (the logits), in
     the order of ``default_layers(model) + ["logits"]``.
 
-    Options (``ctx.options["invariance"]``): ``layers`` (default all default layers), ``noise`` (default
-    ``"dai"``, the DAI paper's augmentation scheme) and ``noise_kwargs``."""
+    Options (``ctx.options["invariance"]``): ``layers`` (default all default layers), ``noise`` (the
+    transformation ``G``; default ``"dai_eval"``, the paper's protocol: the DAI augmentation with every
+    range halved and one of its two ends drawn, appendix A; ``"dai"`` scores the training augmentation
+    distribution instead) and ``noise_kwargs``."""
     layers = ctx.opt("invariance", "layers", None)
-    fn = get_noise(ctx.opt("invariance", "noise", "dai"), **ctx.opt("invariance", "noise_kwargs", {}))
+    fn = get_noise(ctx.opt("invariance", "noise", "dai_eval"), **ctx.opt("invariance", "noise_kwargs", {}))
     g = ctx.generator(6)
     scores = invariance_scores(model, x, lambda xb: fn(xb, g).to(xb), layers, True, ctx.batch_size, ctx.device)
     return {f"inv/{i}": float(s.mean()) for i, s in enumerate(scores.values())}
+
+
+register_evaluation("invariance")(eval_invariance)

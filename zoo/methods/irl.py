@@ -64,8 +64,9 @@ def irl_distance(u: Tensor, v: Tensor, lam: float = 1.0, reduction: str = "sum")
 
     Args:
         u, v: ``(N, ...)`` activations (flattened per sample).
-        reduction: ``"sum"`` (the paper's squared L2 norm) or ``"mean"`` (divided by the feature count
-            ``D``, comparable across layers of different sizes).
+        reduction: ``"sum"`` (``d`` as printed) or ``"mean"`` (``d / D``, divided by the feature count
+            ``D``: comparable across layers of different sizes, with the paper's balance of the two terms,
+            since both are divided; squared L2 dominates the cosine in trained networks).
 
     Returns:
         ``(N,)`` distances.
@@ -75,12 +76,10 @@ def irl_distance(u: Tensor, v: Tensor, lam: float = 1.0, reduction: str = "sum")
     if reduction not in ("sum", "mean"):
         raise ValueError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
     u, v = u.flatten(1).float(), v.flatten(1).float()
-    sq = (u - v).pow(2).sum(1)
-    if reduction == "mean":
-        sq = sq / u.shape[1]
-    if lam == 0:
-        return sq
-    return sq - lam * F.cosine_similarity(u, v, dim=1, eps=1e-8)
+    d = (u - v).pow(2).sum(1)
+    if lam != 0:
+        d = d - lam * F.cosine_similarity(u, v, dim=1, eps=1e-8)
+    return d / u.shape[1] if reduction == "mean" else d
 
 
 class TapsNoiseMethod(Method):
@@ -116,11 +115,12 @@ class IRL(TapsNoiseMethod):
             ``stage_layers(model)[-4:] + ["logits"]``.
         layer_weights: ``gamma_l``: one float for every layer or one per layer (paper: 1).
         lam: ``lambda``, weight of the negative cosine similarity in ``d``.
-        dist_reduction: ``"mean"`` (default: ``||u - v||^2 / D``, the squared distance per feature) or
-            ``"sum"`` (``||u - v||^2`` as printed in the paper). With ``"sum"`` a hidden layer of thousands
-            of features outweighs the cross-entropy by orders of magnitude and ``gamma = 1`` collapses
-            the representation of our small networks (accuracy at chance on the digits; ``gamma = 0.01``
-            trains), hence the per-feature default; see docs/irl.md.
+        dist_reduction: ``"mean"`` (default: ``d(u, v) / D``, the paper's distance per feature: both terms
+            divided by the layer's feature count ``D``, so squared L2 still outweighs the cosine term as in
+            the paper) or ``"sum"`` (``d`` as printed). With ``"sum"`` a hidden layer of thousands of
+            features outweighs the cross-entropy by orders of magnitude and ``gamma = 1`` collapses the
+            representation of our small networks (accuracy at chance on the digits), hence the per-feature
+            default; see docs/irl.md.
         noise: ``"in_domain"``, ``"out_of_domain"``, ``"adversarial"``, ``"gaussian"``, ``"dai"`` or a callable
             ``fn(x, generator) -> x~``. noise_kwargs: options of the noise model (e.g. ``{"std": 0.3}``).
         eps: FGSM step for ``noise="adversarial"`` (inputs in ``[0, 1]``).
@@ -173,8 +173,9 @@ class IRL(TapsNoiseMethod):
         self.weights: Dict[str, float] = {}
 
     # -- setup ------------------------------------------------------------------------------------------
-    def setup(self, model: nn.Module) -> None:
+    def setup(self, model: nn.Module, total_steps: Optional[int] = None) -> None:
         """Resolve the layers and ``gamma_l``, attach capturing taps (when ``gamma > 0``), seed the noise."""
+        super().setup(model, total_steps)
         self.remove()
         self.rng = NoiseRNG(self.seed)
         refs = self.layer_refs

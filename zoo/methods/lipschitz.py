@@ -62,18 +62,20 @@ def gaussian_perturb(x: Tensor, sigma: float, generator: Optional[torch.Generato
     return x + sigma * noise.to(x.device)
 
 
-@torch.no_grad()
 def lipschitz_estimate(model: nn.Module, x: Tensor, sigma: float = 0.1, output: str = "logits",
                        generator: Optional[torch.Generator] = None, batch_size: int = 500) -> Tensor:
-    """Eq. 3-4 for a model (in its current train/eval mode): ``(N,)`` finite-difference estimates at ``x``."""
+    """Eq. 3-4 for a model (in its current train/eval mode, no gradient): ``(N,)`` finite-difference
+    estimates at ``x``."""
     if output not in OUTPUTS:
         raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
     device = next(model.parameters()).device
     out = []
-    for i in range(0, len(x), batch_size):
-        xb = x[i:i + batch_size].to(device)
-        xt = gaussian_perturb(xb, sigma, generator)
-        out.append(finite_difference_lipschitz(_output(model(xb), output), _output(model(xt), output), xb, xt).cpu())
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            xb = x[i:i + batch_size].to(device)
+            xt = gaussian_perturb(xb, sigma, generator)
+            out.append(finite_difference_lipschitz(_output(model(xb), output), _output(model(xt), output),
+                                                   xb, xt).cpu())
     return torch.cat(out)
 
 
@@ -104,7 +106,9 @@ class Lipschitz(Method):
             float(sigma), float(beta), float(K), output, bool(clip), seed)
         self.rng: Optional[NoiseRNG] = None
 
-    def setup(self, model: nn.Module) -> None:
+    def setup(self, model: nn.Module, total_steps: Optional[int] = None) -> None:
+        """Seed the noise generator."""
+        super().setup(model, total_steps)
         self.rng = NoiseRNG(self.seed)
 
     def extra_state(self) -> dict:
@@ -133,10 +137,12 @@ class Lipschitz(Method):
         return task + pen, metrics
 
 
-@register_evaluation("lipschitz")
 def eval_lipschitz(model: nn.Module, x: Tensor, y: Tensor, ctx: EvalContext) -> Dict[str, float]:
     """Mean finite-difference Lipschitz estimate (eq. 4, logits) on the test images, ``sigma`` = 0.1 default."""
     sigma = float(ctx.opt("lipschitz", "sigma", 0.1))
     est = lipschitz_estimate(model, x.to(ctx.device), sigma, ctx.opt("lipschitz", "output", "logits"),
                              ctx.generator(61), ctx.batch_size)
     return {"lipschitz": float(est.mean())}
+
+
+register_evaluation("lipschitz")(eval_lipschitz)

@@ -107,8 +107,9 @@ class ManifoldMixup(Method):
         self.layers: list = []
         self.last: Dict[str, float] = {}
 
-    def setup(self, model: nn.Module) -> None:
+    def setup(self, model: nn.Module, total_steps: Optional[int] = None) -> None:
         """Attach (capture-free) taps on the eligible layers of ``model``."""
+        super().setup(model, total_steps)
         if self.taps is not None:
             self.taps.remove()
         refs = self.layer_refs

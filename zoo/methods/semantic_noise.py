@@ -85,7 +85,9 @@ class SemanticNoise(Method):
         self.rec_reduction, self.detach_noise, self.seed = rec_reduction, bool(detach_noise), seed
         self.rng: Optional[NoiseRNG] = None
 
-    def setup(self, model: nn.Module) -> None:
+    def setup(self, model: nn.Module, total_steps: Optional[int] = None) -> None:
+        """Check that ``model`` has the encoder / classifier / tied-decoder API; seed the noise generator."""
+        super().setup(model, total_steps)
         missing = [a for a in SNM_API if not callable(getattr(model, a, None))]
         if missing:
             raise ValueError(f"{self.name} needs an encoder / classifier / tied-decoder model with "
