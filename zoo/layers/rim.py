@@ -32,9 +32,10 @@ numerics of the authors' code (``anirudh9119/RIMs``, ``event_based/blocks_core.p
 from __future__ import annotations
 
 import math
+import types
 import warnings
 from dataclasses import asdict, dataclass, fields
-from typing import Iterator, List, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -298,17 +299,22 @@ def _fast_step(st: _Static, g: torch.Tensor, p_in: torch.Tensor, h: torch.Tensor
     return h_next, c_next, out, mask, logit, comm_probs
 
 
-_COMPILED_STEP = None
+_COMPILED_STEPS: Dict[_Static, Callable] = {}
 _COMPILE_ERROR: Optional[str] = None
 
 
-def _compiled_fast_step():
-    """``torch.compile(_fast_step)``, created once per process (its code is shared by every cell: the
-    static configuration is an argument, so equal configurations share compiled graphs)."""
-    global _COMPILED_STEP
-    if _COMPILED_STEP is None:
-        _COMPILED_STEP = torch.compile(_fast_step, fullgraph=True)
-    return _COMPILED_STEP
+def _compiled_fast_step(st: _Static) -> Callable:
+    """``torch.compile(_fast_step)`` for one static configuration, shared by every cell that has it.
+
+    Each configuration compiles its own copy of the function (a copy of its code object): torch caches
+    compiled graphs per code object with a limit on recompilations (training/eval, reset masks, batch sizes),
+    which one shared code object would exhaust as soon as a process uses a few configurations."""
+    fn = _COMPILED_STEPS.get(st)
+    if fn is None:
+        code = _fast_step.__code__.replace(co_name=f"_fast_step_{len(_COMPILED_STEPS)}")
+        copy = types.FunctionType(code, _fast_step.__globals__, code.co_name, _fast_step.__defaults__)
+        fn = _COMPILED_STEPS[st] = torch.compile(copy, fullgraph=True)
+    return fn
 
 
 class RIMCell(nn.Module):
@@ -623,12 +629,11 @@ class RIMCell(nn.Module):
         p_in = torch.einsum("tbhv,uhvg->utbhg", v.reshape(steps, batch, H, dv), self.w_ih.weight.view(U, H, dv, -1))
         return g, p_in
 
-    def _fast_step_fn(self):
+    def _fast_step_fn(self, st: _Static):
         """The one-row step to call: compiled (``compile=True``, where ``torch.compile`` works) or eager."""
-        global _COMPILE_ERROR
         if not self.compile or _COMPILE_ERROR is not None:
             return _fast_step
-        return _compiled_fast_step()
+        return _compiled_fast_step(st)
 
     def run(self, rows: torch.Tensor, h: torch.Tensor, c: torch.Tensor,
             episode_starts: Optional[torch.Tensor] = None, return_info: bool = False,
@@ -656,7 +661,7 @@ class RIMCell(nn.Module):
             # the whole sequence, O(T^2) work; unbind's backward is one stack
             gs, ps = (t.unbind(1) for t in self._fast_inputs(rows.squeeze(2)))
             w = self._step_weights(fast=True)
-            step = self._fast_step_fn()
+            step = self._fast_step_fn(st)
             for t in range(steps):
                 args = (st, gs[t], ps[t], h, c, w, keeps[t], self.training)
                 if step is _fast_step:
