@@ -56,7 +56,7 @@ def test_compile_failure_falls_back_to_eager(monkeypatch):
         return call
 
     monkeypatch.setattr(torch, "compile", broken)
-    monkeypatch.setattr(rim_module, "_COMPILED_STEPS", {})
+    monkeypatch.setattr(rim_module, "_COMPILED", {})
     monkeypatch.setattr(rim_module, "_COMPILE_ERROR", None)
     eager, compiled = _pair()
     x = torch.randn(4, 2, 5, dtype=torch.double)

@@ -131,6 +131,8 @@ class _Static(NamedTuple):
     unit_size: int
     k_active: int
     input_heads: int
+    input_key_size: int
+    input_value_size: int
     competition: str
     comm: bool
     comm_source: str
@@ -162,6 +164,72 @@ class _Weights(NamedTuple):
     b_out: Optional[torch.Tensor]
     w_gate: Optional[torch.Tensor]
     b_gate: Optional[torch.Tensor]
+
+
+class _Params(NamedTuple):
+    """A cell's parameters (and the communication scale buffer), as tensors or None."""
+
+    key_w: torch.Tensor
+    key_b: Optional[torch.Tensor]
+    value_w: torch.Tensor
+    value_b: Optional[torch.Tensor]
+    query_w: torch.Tensor
+    ih_w: torch.Tensor
+    ih_b: torch.Tensor
+    hh_w: torch.Tensor
+    hh_b: torch.Tensor
+    qkv_w: Optional[torch.Tensor]
+    comm_scale: Optional[torch.Tensor]
+    out_w: Optional[torch.Tensor]
+    out_b: Optional[torch.Tensor]
+    gate_w: Optional[torch.Tensor]
+    gate_b: Optional[torch.Tensor]
+
+
+def _step_weights(st: _Static, P: _Params, fast: bool) -> _Weights:
+    """The parameters as the step uses them, prepared once per call (see :class:`_Weights`)."""
+    if st.cell == "lstm":
+        gate_bias = P.ih_b + P.hh_b if fast else P.ih_b
+        b_hh = None if fast else P.hh_b.unsqueeze(1)
+    else:
+        gate_bias, b_hh = P.ih_b, P.hh_b.unsqueeze(1)
+    w_qkv = b_out = b_gate = None
+    if st.comm:
+        w_qkv = P.qkv_w * P.comm_scale                  # 1/sqrt(d_k) folded into the query columns
+        if P.out_b is not None:
+            b_out = P.out_b if st.comm_out_shared else P.out_b.unsqueeze(1)
+        if P.gate_b is not None:
+            b_gate = P.gate_b if st.comm_out_shared else P.gate_b.unsqueeze(1)
+    return _Weights(gate_bias.unsqueeze(1), P.hh_w, b_hh, w_qkv, P.out_w, b_out, P.gate_w, b_gate)
+
+
+def _fast_inputs(st: _Static, x: torch.Tensor, P: _Params):
+    """Everything of the one-row step that does not depend on the state, for all T steps at once.
+
+    With one input row and no key/value bias the null row has key 0 and value 0 (eq. 8.2), so the
+    attention of unit ``u``, head ``j`` over ``[0 ; x_t]`` is a two-way softmax (eq. 8.1/8.3):
+    ``p = sigmoid(l)`` on the input row with ``l = q_uj . k_tj / sqrt(d_e)``, and the read vector is
+    ``A_uj = p * v_tj``. Both products factor through the state-free side:
+
+    * ``l = h_u . g_tuj`` with ``g_tuj = W^q_uj k_tj / sqrt(d_e)``;
+    * ``W^ih_u A_u = sum_j p_uj (W^ih_uj v_tj)`` (the block of ``W^ih_u`` that reads head ``j``).
+
+    x ``(T, B, F)`` -> ``g (U, T, B, d)`` and ``P (U, T, B, G)`` with one head (``(U, T, B, H, d)`` and
+    ``(U, T, B, H, G)`` with ``H`` heads), ``G`` the gate width; two matmuls for the whole sequence.
+    """
+    U, d, H = st.units, st.unit_size, st.input_heads
+    de, dv = st.input_key_size, st.input_value_size
+    steps, batch = x.shape[:2]
+    k = F.linear(x, P.key_w) * (1.0 / math.sqrt(de))
+    v = F.linear(x, P.value_w)
+    if H == 1:
+        # (T B, e) @ (U, e, d): one batched matmul over units, no copy of the weights
+        g = torch.bmm(k.reshape(1, steps * batch, de).expand(U, -1, -1), P.query_w.transpose(1, 2))
+        p_in = torch.bmm(v.reshape(1, steps * batch, dv).expand(U, -1, -1), P.ih_w)
+        return g.view(U, steps, batch, d), p_in.view(U, steps, batch, p_in.shape[-1])
+    g = torch.einsum("tbhe,udhe->utbhd", k.reshape(steps, batch, H, de), P.query_w.view(U, d, H, de))
+    p_in = torch.einsum("tbhv,uhvg->utbhg", v.reshape(steps, batch, H, dv), P.ih_w.view(U, H, dv, -1))
+    return g, p_in
 
 
 def _compete(score: torch.Tensor, k: int) -> torch.Tensor:
@@ -299,22 +367,31 @@ def _fast_step(st: _Static, g: torch.Tensor, p_in: torch.Tensor, h: torch.Tensor
     return h_next, c_next, out, mask, logit, comm_probs
 
 
-_COMPILED_STEPS: Dict[_Static, Callable] = {}
+def _single_step(st: _Static, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, P: _Params,
+                 keep: Optional[torch.Tensor], training: bool):
+    """A whole one-row call of one step, from the raw parameters: x (B, F), h, c (U, B, d). What RL rollouts
+    run at every environment step; compiled as one graph, input projection included."""
+    g, p_in = _fast_inputs(st, x.unsqueeze(0), P)
+    return _fast_step(st, g[:, 0], p_in[:, 0], h, c, _step_weights(st, P, fast=True), keep, training)
+
+
+_COMPILED: Dict[Tuple[str, _Static], Callable] = {}
 _COMPILE_ERROR: Optional[str] = None
 
 
-def _compiled_fast_step(st: _Static) -> Callable:
-    """``torch.compile(_fast_step)`` for one static configuration, shared by every cell that has it.
+def _compiled(fn: Callable, st: _Static) -> Callable:
+    """``torch.compile(fn)`` for one static configuration, shared by every cell that has it.
 
-    Each configuration compiles its own copy of the function (a copy of its code object): torch caches
-    compiled graphs per code object with a limit on recompilations (training/eval, reset masks, batch sizes),
-    which one shared code object would exhaust as soon as a process uses a few configurations."""
-    fn = _COMPILED_STEPS.get(st)
-    if fn is None:
-        code = _fast_step.__code__.replace(co_name=f"_fast_step_{len(_COMPILED_STEPS)}")
-        copy = types.FunctionType(code, _fast_step.__globals__, code.co_name, _fast_step.__defaults__)
-        fn = _COMPILED_STEPS[st] = torch.compile(copy, fullgraph=True)
-    return fn
+    Each configuration compiles its own copy of ``fn`` (a copy of its code object): torch caches compiled
+    graphs per code object with a limit on recompilations (training/eval, reset masks, batch sizes), which
+    one shared code object would exhaust as soon as a process uses a few configurations."""
+    key = (fn.__name__, st)
+    compiled = _COMPILED.get(key)
+    if compiled is None:
+        code = fn.__code__.replace(co_name=f"{fn.__name__}_{len(_COMPILED)}")
+        copy = types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__)
+        compiled = _COMPILED[key] = torch.compile(copy, fullgraph=True)
+    return compiled
 
 
 class RIMCell(nn.Module):
@@ -509,32 +586,24 @@ class RIMCell(nn.Module):
     # --- the four stages, on unit-major tensors: states are (U, B, d) ------------------------------
     def _static(self) -> _Static:
         o = self.options
-        return _Static(self.cell, self.num_units, self.unit_size, self.k_active, self.input_heads, o.competition,
-                       self.comm, o.comm_source, o.comm_residual, o.comm_out_shared, self.comm_heads,
-                       self.comm_key_size, self.comm_value_size, self.comm_topk or 0,
-                       float(self.comm_dropout.p) if self.comm else 0.0, o.gru_memory, o.readout)
+        return _Static(self.cell, self.num_units, self.unit_size, self.k_active, self.input_heads,
+                       self.input_key_size, self.input_value_size, o.competition, self.comm, o.comm_source,
+                       o.comm_residual, o.comm_out_shared, self.comm_heads, self.comm_key_size,
+                       self.comm_value_size, self.comm_topk or 0, float(self.comm_dropout.p) if self.comm else 0.0,
+                       o.gru_memory, o.readout)
+
+    def _params(self) -> _Params:
+        comm = self.comm
+        out, gate = self.comm_out, self.comm_gate
+        return _Params(self.input_key.weight, self.input_key.bias, self.input_value.weight, self.input_value.bias,
+                       self.input_query.weight, self.w_ih.weight, self.w_ih.bias, self.w_hh.weight, self.w_hh.bias,
+                       self.comm_qkv.weight if comm else None, self.comm_scale if comm else None,
+                       None if out is None else out.weight, None if out is None else out.bias,
+                       None if gate is None else gate.weight, None if gate is None else gate.bias)
 
     def _step_weights(self, fast: bool) -> _Weights:
         """The parameters as the step uses them, prepared once per call (see :class:`_Weights`)."""
-        if self.cell == "lstm":
-            gate_bias = self.w_ih.bias + self.w_hh.bias if fast else self.w_ih.bias
-            b_hh = None if fast else self.w_hh.bias.unsqueeze(1)
-        else:
-            gate_bias, b_hh = self.w_ih.bias, self.w_hh.bias.unsqueeze(1)
-        w_qkv = w_out = b_out = w_gate = b_gate = None
-        if self.comm:
-            w_qkv = self.comm_qkv.weight * self.comm_scale
-
-            def prep(lin):
-                if lin is None:
-                    return None, None
-                if self.options.comm_out_shared:
-                    return lin.weight, lin.bias
-                return lin.weight, lin.bias.unsqueeze(1)
-
-            w_out, b_out = prep(self.comm_out)
-            w_gate, b_gate = prep(self.comm_gate)
-        return _Weights(gate_bias.unsqueeze(1), self.w_hh.weight, b_hh, w_qkv, w_out, b_out, w_gate, b_gate)
+        return _step_weights(self._static(), self._params(), fast)
 
     def project_input(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Keys and values of ``X = [0 ; x]`` (eq. 8.1-8.2). They do not depend on the state, so a
@@ -602,38 +671,24 @@ class RIMCell(nn.Module):
                 and (self.input_dropout.p == 0 or not self.training))
 
     def _fast_inputs(self, x: torch.Tensor):
-        """Everything of the one-row step that does not depend on the state, for all T steps at once.
+        """:func:`_fast_inputs` with this cell's parameters: x ``(T, B, F)`` -> ``g``, ``P``."""
+        return _fast_inputs(self._static(), x, self._params())
 
-        With one input row and no key/value bias the null row has key 0 and value 0 (eq. 8.2), so the
-        attention of unit ``u``, head ``j`` over ``[0 ; x_t]`` is a two-way softmax (eq. 8.1/8.3):
-        ``p = sigmoid(l)`` on the input row with ``l = q_uj . k_tj / sqrt(d_e)``, and the read vector is
-        ``A_uj = p * v_tj``. Both products factor through the state-free side:
+    def _compiling(self) -> bool:
+        return self.compile and _COMPILE_ERROR is None
 
-        * ``l = h_u . g_tuj`` with ``g_tuj = W^q_uj k_tj / sqrt(d_e)``;
-        * ``W^ih_u A_u = sum_j p_uj (W^ih_uj v_tj)`` (the block of ``W^ih_u`` that reads head ``j``).
-
-        x ``(T, B, F)`` -> ``g (U, T, B, d)`` and ``P (U, T, B, G)`` with one head (``(U, T, B, H, d)`` and
-        ``(U, T, B, H, G)`` with ``H`` heads), ``G`` the gate width; two matmuls for the whole sequence.
-        """
-        U, d, H = self.num_units, self.unit_size, self.input_heads
-        de, dv = self.input_key_size, self.input_value_size
-        steps, batch = x.shape[:2]
-        k = self.input_key(x) * (1.0 / math.sqrt(de))
-        v = self.input_value(x)
-        if H == 1:
-            # (T B, e) @ (U, e, d): one batched matmul over units, no copy of the weights
-            g = torch.bmm(k.reshape(1, steps * batch, de).expand(U, -1, -1), self.input_query.weight.transpose(1, 2))
-            p_in = torch.bmm(v.reshape(1, steps * batch, dv).expand(U, -1, -1), self.w_ih.weight)
-            return g.view(U, steps, batch, d), p_in.view(U, steps, batch, p_in.shape[-1])
-        g = torch.einsum("tbhe,udhe->utbhd", k.reshape(steps, batch, H, de), self.input_query.weight.view(U, d, H, de))
-        p_in = torch.einsum("tbhv,uhvg->utbhg", v.reshape(steps, batch, H, dv), self.w_ih.weight.view(U, H, dv, -1))
-        return g, p_in
-
-    def _fast_step_fn(self, st: _Static):
-        """The one-row step to call: compiled (``compile=True``, where ``torch.compile`` works) or eager."""
-        if not self.compile or _COMPILE_ERROR is not None:
-            return _fast_step
-        return _compiled_fast_step(st)
+    @staticmethod
+    def _call_compiled(fn: Callable, eager: Callable, st: _Static, *args):
+        """``_compiled(fn, st)(st, *args)``; where compiling fails, warn once and run ``eager`` from now on."""
+        global _COMPILE_ERROR
+        if _COMPILE_ERROR is None:
+            try:
+                return _compiled(fn, st)(st, *args)
+            except Exception as exc:  # no compiler, unsupported platform
+                _COMPILE_ERROR = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                warnings.warn(f"RIM compile=True: torch.compile failed ({_COMPILE_ERROR}); running eager",
+                              RuntimeWarning, stacklevel=3)
+        return eager(st, *args)
 
     def run(self, rows: torch.Tensor, h: torch.Tensor, c: torch.Tensor,
             episode_starts: Optional[torch.Tensor] = None, return_info: bool = False,
@@ -646,7 +701,6 @@ class RIMCell(nn.Module):
         (empty unless ``return_info``). Takes the fast path (:meth:`fast_path_applies`) when it applies,
         with the same results as the general path up to rounding.
         """
-        global _COMPILE_ERROR
         steps = rows.shape[0]
         h, c = h.contiguous(), c.contiguous()
         st = self._static()
@@ -657,25 +711,31 @@ class RIMCell(nn.Module):
         if self.fast_path_applies(rows.shape[2]):
             keeps = [None] * steps if episode_starts is None else \
                 (1 - episode_starts.to(h.dtype)).view(steps, 1, episode_starts.shape[1], 1).unbind(0)
-            # unbind (not g[t]): indexing would give each step's backward a zero-filled buffer the size of
-            # the whole sequence, O(T^2) work; unbind's backward is one stack
-            gs, ps = (t.unbind(1) for t in self._fast_inputs(rows.squeeze(2)))
-            w = self._step_weights(fast=True)
-            step = self._fast_step_fn(st)
-            for t in range(steps):
-                args = (st, gs[t], ps[t], h, c, w, keeps[t], self.training)
-                if step is _fast_step:
-                    res = step(*args)
-                else:
-                    try:
-                        res = step(*args)
-                    except Exception as exc:  # no compiler, unsupported platform: eager from now on
-                        _COMPILE_ERROR = f"{type(exc).__name__}: {exc}".splitlines()[0]
-                        warnings.warn(f"RIM compile=True: torch.compile failed ({_COMPILE_ERROR}); running eager",
-                                      RuntimeWarning, stacklevel=2)
-                        step = _fast_step
-                        res = step(*args)
-                h, c, out, mask, logit, comm_probs = res
+            # a first step whose state needs no gradient (zeros, a stored state) runs eager when compiled:
+            # its graph would differ from every later step's, a second compilation for one step
+            first_eager = torch.is_grad_enabled() and not (h.requires_grad or c.requires_grad)
+            compiling = self._compiling()
+            P = self._params()
+            if steps == 1 and compiling and not first_eager:
+                # one step (RL rollouts): the input projection and the step in one compiled graph
+                res = self._call_compiled(_single_step, _single_step, st, rows[0, :, 0], h, c, P, keeps[0],
+                                          self.training)
+                steps_out = [res]
+            else:
+                # unbind (not g[t]): indexing would give each step's backward a zero-filled buffer the size
+                # of the whole sequence, O(T^2) work; unbind's backward is one stack
+                gs, ps = (t.unbind(1) for t in _fast_inputs(st, rows.squeeze(2), P))
+                w = _step_weights(st, P, fast=True)
+                steps_out = []
+                for t in range(steps):
+                    args = (gs[t], ps[t], h, c, w, keeps[t], self.training)
+                    if compiling and not (t == 0 and first_eager):
+                        res = self._call_compiled(_fast_step, _fast_step, st, *args)
+                    else:
+                        res = _fast_step(st, *args)
+                    h, c = res[0], res[1]
+                    steps_out.append(res)
+            for h, c, out, mask, logit, comm_probs in steps_out:
                 outs.append(out)
                 if return_info:
                     # the two-way softmax over [null ; x]: null column sigmoid(-l) = 1 - p
