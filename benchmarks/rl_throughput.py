@@ -2,13 +2,17 @@
 :class:`RecurrentCorePolicy` against sb3-contrib's stock ``MlpLstmPolicy``, same env, same hidden size,
 same PPO settings, in one process.
 
-    python benchmarks/rl_throughput.py                                  # rim vs stock LSTM, threads 1
-    python benchmarks/rl_throughput.py --variants stock rim lstm gru --threads 1 2
+    python benchmarks/rl_throughput.py                                  # rim vs stock LSTM, hidden 32..256, threads 1 2
+    python benchmarks/rl_throughput.py --variants stock rim lstm gru --hidden 64 --threads 1
 
 Every variant trains on ``--env`` (default ``zoo/CartPoleNoVel-v0``) with RecurrentPPO's default settings
 (``n_steps=128``, ``batch_size=128``, 10 epochs, actor and critic cores) after one warm-up update; variants
-are interleaved over ``--repeats`` rounds and each reports its median steps/s and the ratio to the first
-variant (the baseline, default the stock LSTM at the first thread count). Numbers on a shared machine are noisy.
+are interleaved over ``--repeats`` rounds (every hidden size and thread count in the same rounds) and each
+reports its median steps/s and the ratio to sb3-contrib's stock ``MlpLstmPolicy`` at the same hidden size and
+thread count. ``rim`` runs the RIM's time step through ``torch.compile`` (``--compile``, the default; the
+warm-up update compiles it, a minute or two the first time), ``rim_eager`` without. Goal (issue 16):
+``rim`` >= 1.0x the stock policy at hidden 32, 64, 128 and 256, 1 and 2 threads. Numbers on a shared machine
+are noisy.
 """
 from __future__ import annotations
 
@@ -40,12 +44,12 @@ class Bench:
     """RecurrentPPO throughput: stock MlpLstmPolicy vs RecurrentCorePolicy cores, interleaved, median steps/s."""
 
     env: str = arg("zoo/CartPoleNoVel-v0", help="gymnasium env id")
-    variants: List[str] = arg(["stock", "rim"], help="stock (sb3-contrib MlpLstmPolicy), rim, lstm, gru, "
-                                                             "rim_stepped (RIM in sb3-contrib's time loop)")
-    threads: List[int] = arg([1], help="torch thread counts to compare")
-    hidden: int = arg(252, help="hidden size of every core (RIM: num_units * unit size)")
-    num_units: int = arg(6, help="RIM units")
-    k_active: int = arg(4, help="RIM active units")
+    variants: List[str] = arg(["stock", "rim"], help="stock (sb3-contrib MlpLstmPolicy), rim (compiled step), "
+                              "rim_eager, lstm, gru, rim_stepped (RIM in sb3-contrib's time loop)")
+    threads: List[int] = arg([1, 2], help="torch thread counts to compare")
+    hidden: List[int] = arg([32, 64, 128, 256], help="hidden sizes of every core (RIM: num_units * unit size)")
+    num_units: int = arg(4, help="RIM units")
+    k_active: int = arg(2, help="RIM active units")
     n_envs: int = arg(4, help="envs")
     n_steps: int = arg(128, help="rollout length per env (RecurrentPPO default)")
     batch_size: int = arg(128, help="minibatch size (RecurrentPPO default)")
@@ -57,18 +61,20 @@ class Bench:
     seed: int = arg(0, help="seed")
 
 
-def build(b: Bench, variant: str) -> RecurrentPPO:
+def build(b: Bench, variant: str, hidden: int) -> RecurrentPPO:
     if variant == "stock":
-        policy, kw = "MlpLstmPolicy", dict(lstm_hidden_size=b.hidden)
+        policy, kw = "MlpLstmPolicy", dict(lstm_hidden_size=hidden)
     elif variant == "rim_stepped":
-        policy, kw = SteppedRIMPolicy, dict(core="rim", lstm_hidden_size=b.hidden, num_units=b.num_units,
+        policy, kw = SteppedRIMPolicy, dict(core="rim", lstm_hidden_size=hidden, num_units=b.num_units,
                                             k_active=b.k_active)
-    elif variant in CORES:
-        policy, kw = RecurrentCorePolicy, dict(core=variant, lstm_hidden_size=b.hidden)
-        if variant == "rim":
-            kw.update(num_units=b.num_units, k_active=b.k_active)
+    elif variant in CORES or variant == "rim_eager":
+        core = "rim" if variant == "rim_eager" else variant
+        policy, kw = RecurrentCorePolicy, dict(core=core, lstm_hidden_size=hidden)
+        if core == "rim":
+            kw.update(num_units=b.num_units, k_active=b.k_active, core_kwargs=dict(compile=variant == "rim"))
     else:
-        raise ValueError(f"variant={variant!r} is not supported; allowed values: stock, rim, lstm, gru, rim_stepped")
+        raise ValueError(f"variant={variant!r} is not supported; allowed values: stock, rim, rim_eager, lstm, gru, "
+                         "rim_stepped")
     env = make_vec_env(b.env, n_envs=b.n_envs, seed=b.seed)
     return RecurrentPPO(policy, env, n_steps=b.n_steps, batch_size=b.batch_size, n_epochs=b.n_epochs,
                         learning_rate=b.lr, policy_kwargs=kw, seed=b.seed, verbose=0)
@@ -78,28 +84,35 @@ def main(argv=None) -> None:
     b = parse_config(Bench, argv, prog="python benchmarks/rl_throughput.py")
     register_pomdps()
     torch.set_num_threads(b.threads[0])
-    models = {v: build(b, v) for v in b.variants}
+    if "stock" not in b.variants:
+        b.variants = ["stock"] + list(b.variants)
+    models = {(v, h): build(b, v, h) for h in b.hidden for v in b.variants}
     steps = b.updates * b.n_envs * b.n_steps
+    t0 = time.perf_counter()
     for model in models.values():
-        model.learn(b.n_envs * b.n_steps)                             # warm-up update
-    variants = list(itertools.product(b.variants, b.threads))
-    times = {v: [] for v in variants}
+        model.learn(b.n_envs * b.n_steps)                             # warm-up update (compiles the RIM's step)
+    warm = time.perf_counter() - t0
+    runs = list(itertools.product(b.hidden, b.threads, b.variants))
+    times = {r: [] for r in runs}
     for _ in range(b.repeats):
-        for v in variants:
-            torch.set_num_threads(v[1])
+        for r in runs:
+            hidden, threads, variant = r
+            torch.set_num_threads(threads)
             t0 = time.perf_counter()
-            models[v[0]].learn(steps, reset_num_timesteps=False)
-            times[v].append(time.perf_counter() - t0)
-    base = steps / statistics.median(times[variants[0]])
-    print(f"{b.env}, hidden {b.hidden}, {b.n_envs} envs x {b.n_steps} steps, batch {b.batch_size}, "
-          f"{b.n_epochs} epochs, lr {b.lr}, {b.updates} updates x {b.repeats} repeats (median)")
-    print("| policy | threads | steps/s | ratio |\n|---|---|---|---|")
-    names = {"stock": "sb3-contrib MlpLstmPolicy", "rim": f"RIM ({b.num_units} units, k={b.k_active})",
+            models[(variant, hidden)].learn(steps, reset_num_timesteps=False)
+            times[r].append(time.perf_counter() - t0)
+    print(f"{b.env}, {b.n_envs} envs x {b.n_steps} steps, batch {b.batch_size}, {b.n_epochs} epochs, lr {b.lr}, "
+          f"{b.updates} updates x {b.repeats} interleaved repeats (median); warm-up {warm:.0f} s")
+    print("| policy | hidden | threads | steps/s | x stock |\n|---|---|---|---|---|")
+    names = {"stock": "sb3-contrib MlpLstmPolicy", "rim": f"RIM ({b.num_units} units, k={b.k_active}), compiled",
+             "rim_eager": f"RIM ({b.num_units} units, k={b.k_active}), eager",
              "lstm": "RecurrentCorePolicy lstm", "gru": "RecurrentCorePolicy gru",
              "rim_stepped": "RIM stepped by sb3-contrib's loop"}
-    for v in variants:
-        sps = steps / statistics.median(times[v])
-        print(f"| {names[v[0]]} | {v[1]} | {sps:.1f} | {sps / base:.2f}x |")
+    for r in runs:
+        hidden, threads, variant = r
+        sps = steps / statistics.median(times[r])
+        base = steps / statistics.median(times[(hidden, threads, "stock")])
+        print(f"| {names[variant]} | {hidden} | {threads} | {sps:.1f} | {sps / base:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ Shapes (``L`` layers, ``H`` hidden size): ``x (T, B, F)``, ``h_0, c_0 (L, B, H)`
 * ``"lstm"``: :class:`MaskedLSTM`, an ``nn.LSTM`` (same parameters and state dict) whose sequence is cut only
   at the time steps where some sample resets: one ATen call per segment instead of one per step;
 * ``"gru"``: :class:`MaskedGRU`, the same for ``nn.GRU``. It takes and returns ``(h, c)`` pairs with
-  ``c = h`` (zoo.RIM's GRU convention), so sb3-contrib's rollout buffer, which stores ``(h, c)``, works unchanged.
+  ``c = h`` (a GRU without communication: zoo.RIM's GRU units return their state before communication as ``c``),
+  so sb3-contrib's rollout buffer, which stores ``(h, c)``, works unchanged.
 
 :func:`run_core` adds the fast path every recurrent PPO minibatch takes: sb3-contrib's rollout buffer cuts
 sequences at episode starts, so a start can only be a sequence's *first* step; that reset is folded into the

@@ -250,9 +250,9 @@ def test_state_shapes_match_nn_lstm():
     rim = RIM(8, 24, num_layers=2, num_units=4, k_active=2)
     (o1, (h1, c1)), (o2, (h2, c2)) = lstm(x), rim(x)
     assert o1.shape == o2.shape and h1.shape == h2.shape and c1.shape == c2.shape
-    gru_rim = RIM(8, 24, num_units=4, k_active=2, cell="gru")
+    gru_rim = RIM(8, 24, num_units=4, k_active=2, cell="gru", comm=False)
     _, (h, c) = gru_rim(x)
-    assert torch.equal(h, c)                                          # documented GRU convention
+    assert torch.equal(h, c)                  # GRU units: c is the state before communication, h without it
 
 
 def test_initial_state_is_zeros_and_explicit_zeros_match():
@@ -404,8 +404,49 @@ def test_fast_path_applies_only_where_exact():
     drop = _cell(input_dropout=0.1)
     assert not drop.fast_path_applies(1) and drop.eval().fast_path_applies(1)    # dropout on the read vector
     calls = []
-    cell._fast_step = lambda *a, _f=cell._fast_step: calls.append(1) or _f(*a)
-    cell(torch.randn(2, 8))
-    assert calls == [1]
-    cell(torch.randn(2, 3, 8))                                                   # a set of rows: general path
-    assert calls == [1]
+    import zoo.layers.rim as rim_module
+    original = rim_module._fast_step
+    rim_module._fast_step = lambda *a: calls.append(1) or original(*a)
+    try:
+        cell(torch.randn(2, 8))
+        assert calls == [1]
+        cell(torch.randn(2, 3, 8))                                               # a set of rows: general path
+        assert calls == [1]
+    finally:
+        rim_module._fast_step = original
+
+
+# --- initialization loops written for nn.LSTM (issue 16, drop-in details) -----------------------------
+def test_lstm_style_init_loop_on_named_unit_parameters_initializes_each_unit():
+    torch.manual_seed(0)
+    rim = RIM(8, 48, num_layers=2, num_units=4, k_active=2)
+    names = [n for n, _ in rim.named_unit_parameters()]
+    assert "cells.1.weight_hh_u3" in names and "cells.0.bias_ih_u0" in names and len(names) == 2 * 4 * 4
+    for name, p in rim.named_unit_parameters():                        # the loop as written for nn.LSTM
+        if "weight" in name:
+            nn.init.orthogonal_(p)
+        else:
+            nn.init.zeros_(p)
+    d = 12
+    for cell in rim.cells:
+        for u in range(4):
+            w = cell.w_hh.weight[u]                                      # (d, 4d): nn.LSTM's weight_hh^T per unit
+            assert torch.allclose(w @ w.T, torch.eye(d), atol=1e-5)     # an orthogonal map per unit
+        assert torch.equal(cell.w_ih.bias, torch.zeros_like(cell.w_ih.bias))
+    # the layout matches nn.LSTM's: (4 d, in) with the forget gate at rows [d:2d]
+    lstm = nn.LSTM(8, d)
+    shapes = {n: p.shape for n, p in rim.cells[0].named_unit_parameters() if n.endswith("_u0")}
+    assert shapes["weight_ih_u0"][0] == lstm.weight_ih_l0.shape[0] and shapes["weight_hh_u0"] == lstm.weight_hh_l0.shape
+
+
+def test_lstm_style_init_loop_on_named_parameters_does_what_the_docs_say():
+    # documented in docs/rims.md: on the stacked (U, in, out) weights nn.init.orthogonal_ makes each unit's
+    # flattened weight one unit-norm row (std 1/sqrt(in * out)), not an orthogonal map per unit
+    torch.manual_seed(0)
+    rim = RIM(8, 128, num_units=4, k_active=2)
+    for name, p in rim.named_parameters():
+        if "weight" in name and p.dim() >= 2:
+            nn.init.orthogonal_(p)
+    w = rim.cells[0].w_hh.weight                                         # (4, 32, 128)
+    assert torch.allclose(w.flatten(1).norm(dim=1), torch.ones(4), atol=1e-5)
+    assert abs(w.std().item() - 1 / (32 * 128) ** 0.5) < 2e-3            # ~0.016, not an orthogonal map's 0.088

@@ -9,17 +9,29 @@ Registered the timm way, so ``timm.create_model("rim_lstm_seq", num_tokens=10, n
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any, Dict, Optional
 
 import torch
 from torch import nn
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
-from ..layers.rim import RIM
+from ..layers.rim import RIM, RIMCell, RIMOptions
 
 __all__ = ["SequenceModel"]
 
 _CORES = ("rim", "lstm", "gru")
+# every keyword zoo.RIM takes beyond nn.LSTM's: RIM's own, RIMCell's and RIMOptions' fields
+_RIM_KEYWORDS = frozenset(
+    {n for n in inspect.signature(RIM.__init__).parameters if n not in ("self", "cell_kwargs")}
+    | {n for n in inspect.signature(RIMCell.__init__).parameters if n not in ("self", "option_kwargs")}
+    | set(RIMOptions.__dataclass_fields__)) - set(inspect.signature(nn.LSTM.__init__).parameters) - {
+    "input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout", "bidirectional", "proj_size"}
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 class SequenceModel(nn.Module):
@@ -33,6 +45,8 @@ class SequenceModel(nn.Module):
         core: ``"rim"``, ``"lstm"`` or ``"gru"``.
         hidden_size, num_layers, batch_first, dropout: as for ``nn.LSTM``.
         drop_rate: dropout before the head.
+        compile: run the RIM's time step through ``torch.compile`` (see :class:`zoo.RIMCell`); ``nn.LSTM`` and
+            ``nn.GRU`` cores already run a whole sequence as one fused ATen call, so it changes nothing for them.
         core_kwargs: extra arguments of :class:`zoo.RIM` (``num_units``, ``k_active``, ``cell``, ...).
 
     Shapes:
@@ -42,7 +56,7 @@ class SequenceModel(nn.Module):
 
     def __init__(self, num_classes: int = 10, num_tokens: Optional[int] = None, input_size: Optional[int] = None,
                  embed_dim: int = 600, core: str = "rim", hidden_size: int = 600, num_layers: int = 1,
-                 batch_first: bool = True, dropout: float = 0.0, drop_rate: float = 0.0,
+                 batch_first: bool = True, dropout: float = 0.0, drop_rate: float = 0.0, compile: bool = False,
                  **core_kwargs: Any) -> None:
         super().__init__()
         if (num_tokens is None) == (input_size is None):
@@ -50,8 +64,20 @@ class SequenceModel(nn.Module):
                              f"num_tokens={num_tokens!r}, input_size={input_size!r}")
         if core not in _CORES:
             raise ValueError(f"core={core!r} is not supported; allowed values: {', '.join(map(repr, _CORES))}")
+        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 0:
+            raise ValueError(f"num_classes must be an integer >= 0 (0: no head, the core's features), got {num_classes!r}")
+        for name, value in (("num_tokens", num_tokens), ("input_size", input_size)):
+            if value is not None:
+                _positive_int(name, value)
+        _positive_int("embed_dim", embed_dim)
+        _positive_int("hidden_size", hidden_size)
         if core != "rim" and core_kwargs:
+            unknown = sorted(k for k in core_kwargs if k not in _RIM_KEYWORDS)
+            if unknown:
+                raise TypeError(f"SequenceModel(core={core!r}) got an unexpected keyword argument {unknown[0]!r}")
             raise ValueError(f"core={core!r} takes no RIM options, got {sorted(core_kwargs)}")
+        if core == "rim":
+            core_kwargs["compile"] = compile
         self.num_classes, self.num_tokens, self.input_size = num_classes, num_tokens, input_size
         self.hidden_size, self.batch_first, self.core_type = hidden_size, batch_first, core
         self.num_features = hidden_size
@@ -66,13 +92,27 @@ class SequenceModel(nn.Module):
         return self.head
 
     def reset_classifier(self, num_classes: int) -> None:
+        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 0:
+            raise ValueError(f"num_classes must be an integer >= 0 (0: no head), got {num_classes!r}")
         self.num_classes = num_classes
         self.head = nn.Linear(self.hidden_size, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward_features(self, x: torch.Tensor, state=None, return_info: bool = False):
-        """Encoder and core. Returns ``(features, state)`` (and the RIM step info when asked)."""
-        res = self.core(self.encoder(x), state, return_info=True) if return_info else self.core(self.encoder(x), state)
-        return res
+        """Encoder and core. Returns ``(features, state)`` (and the RIM step info when asked). An empty
+        sequence (``T = 0``) gives empty features and the initial state for every core (``nn.LSTM`` and
+        ``nn.GRU`` themselves refuse it)."""
+        emb = self.encoder(x)
+        if self.core_type != "rim" and emb.shape[1 if self.batch_first else 0] == 0:
+            return self._empty_sequence(emb, state)
+        return self.core(emb, state, return_info=True) if return_info else self.core(emb, state)
+
+    def _empty_sequence(self, emb: torch.Tensor, state):
+        batch = emb.shape[0 if self.batch_first else 1]
+        features = emb.new_zeros(*emb.shape[:2], self.hidden_size)
+        if state is None:
+            z = emb.new_zeros(self.core.num_layers, batch, self.hidden_size)
+            state = (z, z) if self.core_type == "lstm" else z
+        return features, state
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return self.head(self.head_drop(features))
@@ -90,7 +130,7 @@ def _cfg(**kwargs) -> Dict[str, Any]:
 
 default_cfgs = generate_default_cfgs({
     "rim_lstm_seq.untrained": _cfg(description="RIMs, LSTM units: 6 units, k_A=4, hidden 600 (thesis Table 1)"),
-    "rim_gru_seq.untrained": _cfg(description="RIMs, GRU units: 6 units, k_A=4, hidden 600, gated communication"),
+    "rim_gru_seq.untrained": _cfg(description="RIMs, GRU units: 6 units, k_A=4, hidden 600"),
     "rim_lstm_seq_official.untrained": _cfg(description="RIMs with the official code's numerics"),
     "rim_lstm_seq_small.untrained": _cfg(description="RIMs, 6 units of 32, k_A=4 (fast CPU demos and tests)"),
     "lstm_seq.untrained": _cfg(description="nn.LSTM baseline, hidden 600 (thesis Table 1)"),
@@ -121,14 +161,12 @@ def rim_lstm_seq(pretrained: bool = False, **kwargs) -> SequenceModel:
 
 @register_model
 def rim_gru_seq(pretrained: bool = False, **kwargs) -> SequenceModel:
-    """RIMs with GRU units: 6 units of 100, ``k_A = 4``, gated communication residual.
+    """RIMs with GRU units: 6 units of 100, ``k_A = 4``.
 
-    A GRU unit carries its previous state through the update gate (``z * h``), so the paper's plain
-    residual ``h + softmax(.)V`` accumulates step after step; it diverged on the copying task (loss 1e5
-    by step 300 at lr 3e-3). The gated residual ``sigmoid(.) * tanh(.)`` (official code) bounds each
-    step's update; pass ``comm_residual="plain"`` for the paper's form.
+    Each GRU unit carries its state before communication as its memory (``gru_memory="pre_comm"``, returned
+    as ``c``), so the communication residual does not accumulate from step to step (see ``docs/rims.md``).
     """
-    return _create("rim_gru_seq", pretrained, **_rim_defaults(kwargs, cell="gru", comm_residual="gated"))
+    return _create("rim_gru_seq", pretrained, **_rim_defaults(kwargs, cell="gru"))
 
 
 @register_model
