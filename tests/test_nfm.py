@@ -6,6 +6,8 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from nfm_reference import reference_block, slot_table
 from timm.models import group_parameters
 from torch import nn
@@ -35,7 +37,7 @@ def test_space_to_depth_is_an_invertible_permutation_of_windows():
 
 @pytest.mark.parametrize("src,query", [((16, 16), (4, 4)), ((2, 2), (8, 8)), ((9, 9), (3, 3)), ((19, 19), (10, 10)),
                                        ((3, 5), (6, 10)), ((6, 7), (4, 4)), ((24,), (6,)), ((7,), (3,)), ((4, 4), ()),
-                                       ((), (3, 3)), ((12, 3), (6, 6))])
+                                       ((), (3, 3)), ((12, 3), (6, 6)), ((3, 5), (7, 7)), ((6,), (10,))])
 @pytest.mark.parametrize("pad", ["mask", "replicate"])
 def test_rescale_puts_every_slot_where_the_thesis_says(src, query, pad):
     """Each slot of each query position holds the source position the thesis' rule names (same index,
@@ -149,6 +151,26 @@ def test_default_block_scale_is_one_over_d_k():
     _, w = blk(h, [src], return_weights=True)[:2]
     torch.testing.assert_close(w, reference_block(blk, h, [src])[1])
     assert not torch.allclose(w, reference_block(blk, h, [src], scale=9 ** -0.5)[1], atol=1e-3)
+
+
+@settings(max_examples=25, deadline=None)
+@given(q=st.integers(1, 5), s1=st.integers(1, 11), s2=st.integers(1, 11), heads=st.integers(1, 3),
+       top_k=st.one_of(st.none(), st.integers(1, 8)), seed=st.integers(0, 2 ** 16),
+       pad=st.sampled_from(["mask", "replicate"]), rule=st.sampled_from(["topk_softmax", "reference"]))
+def test_weights_sum_to_one_with_at_most_k_nonzero(q, s1, s2, heads, top_k, seed, pad, rule):
+    """For any grid sizes (smaller, equal, larger, non-divisible), heads, k, padding and top-k rule: every
+    query's weights sum to 1, at most k are nonzero, and masked padding slots get none."""
+    torch.manual_seed(seed)
+    blk = NFMAttention(3, [2, 4], d_k=2, d_v=2, num_heads=heads, top_k=top_k, pad=pad, topk_rule=rule)
+    _, w, _ = blk(torch.randn(2, 3, q, q), [torch.randn(2, 2, s1, s1), torch.randn(2, 4, s2, s2)],
+                  return_weights=True)
+    torch.testing.assert_close(w.sum(-1), torch.ones_like(w[..., 0]))
+    if top_k is not None:
+        assert ((w > 0).sum(-1) <= top_k).all()
+    if pad == "mask":
+        real = torch.cat([torch.ones(q * q, 1, dtype=torch.bool)]
+                         + [slot_mask((s, s), (q, q)).reshape(-1, q * q).t() for s in (s1, s2)], 1)
+        assert (w[:, :, ~real] == 0).all()
 
 
 def test_top_k_keeps_exactly_k_with_ties():

@@ -220,3 +220,17 @@ def test_torch_compile_of_the_blocks_matches_eager():
     yc.square().sum().backward()
     for a, b in zip(eager.parameters(), compiled.parameters()):
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-3, atol=1e-5)
+
+
+def test_bf16_autocast_and_channels_last_inputs():
+    """The block runs under CPU bfloat16 autocast (close to float32) and takes channels-last maps (same result)."""
+    blk, h, srcs = _block_and_data(top_k=3)
+    blk, h, srcs = blk.float(), h.float(), [s.float() for s in srcs]
+    ref = blk(h, srcs)
+    cl = blk(h.contiguous(memory_format=torch.channels_last),
+             [s.contiguous(memory_format=torch.channels_last) for s in srcs])
+    torch.testing.assert_close(cl, ref)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = blk(h, srcs)
+    assert low.shape == ref.shape and torch.isfinite(low).all()
+    torch.testing.assert_close(low.float(), ref, rtol=0.05, atol=0.1)
