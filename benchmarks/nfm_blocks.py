@@ -1,52 +1,75 @@
-"""CPU time of the attention blocks alone of nfm_preactresnet18 (forward + backward, random inputs).
+"""CPU time of the attention blocks alone of an NFM model (forward + backward), against its backbone.
 
-    python benchmarks/nfm_blocks.py            # the block timings of docs/nfm.md (1 thread, best of 3)
+    python benchmarks/nfm_blocks.py                               # nfm_preactresnet18, 1 and 2 passes, batch 64
+    python benchmarks/nfm_blocks.py --variants p2 p2:share_kv=False --threads 1 --repeats 5
 
-Builds, for each of the 8 NFM blocks of the 2-pass model (before stages 1-4 of pass 1 and of pass 2), an
-``NFMAttention`` with the default settings (d_k = d_v = 16, 4 heads, top-k 5) and random query and source
-tensors of the backbone's shapes at batch 64, 32x32 input, and times ``block(h, sources).sum().backward()``.
-Less noisy than a whole training step on a loaded machine, and isolates what the block itself costs.
+Runs the NFM model with every body module replaced by a stand-in that returns a fixed tensor of that
+module's output shape (plus ``0 * mean(input)``, so gradients still reach the blocks), so that one
+``run(x).output.sum().backward()`` costs the blocks, the key/value projections and the rescaling, and
+nearly nothing else. Prints the CPU milliseconds of that (median over ``--repeats``, interleaved with the
+plain backbone's forward + backward on the same batch) and its ratio to the backbone: the part of the
+train-step ratio of ``benchmarks/nfm_overhead.py`` the blocks are responsible for, without the noise of
+timing the whole step twice. Variants as in ``nfm_overhead.py`` (``p<passes>[:key=value ...]``).
 """
 from __future__ import annotations
 
-import argparse
-import sys
+import statistics
 import time
-from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from nfm_overhead import parse_variant
+from timing import image_batch, image_parser, interleave, prepare
+from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))      # run from a checkout without installing
+import zoo
+from zoo.engine import markdown_table
 
-from zoo.layers.nfm import NFMAttention
 
-LAYERS = [(64, 32), (64, 32), (128, 16), (256, 8), (512, 4)]      # stem, stage 1-4 outputs: channels, size
+class _Fixed(nn.Module):
+    """Returns a fixed tensor (a leaf that requires grad) and keeps the input in the graph."""
+
+    def __init__(self, out: torch.Tensor) -> None:
+        super().__init__()
+        self.out = nn.Parameter(out.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out + 0 * x.mean()
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=1)
+    p = image_parser(__doc__, model="preactresnet18", model_flag="--backbone", repeats=5,
+                     model_help="plain backbone; its NFM version is nfm_<name>")
+    p.add_argument("--variants", nargs="+", default=["p1", "p2"], help="p<passes>[:key=value ...]")
     a = p.parse_args()
-    torch.set_num_threads(a.threads)
-    torch.manual_seed(0)
-    total = {}
-    for passes in (1, 2):
-        for i in (1, 2, 3, 4):                                     # the block before stage i
-            srcs = LAYERS * (passes - 1) + LAYERS[:i]
-            qc, qs = LAYERS[i - 1]
-            blk = NFMAttention(qc, [c for c, _ in srcs]).train()
-            h = torch.randn(a.batch, qc, qs, qs, requires_grad=True)
-            xs = [torch.randn(a.batch, c, s, s, requires_grad=True) for c, s in srcs]
-            ts = []
-            for _ in range(a.repeats):
-                t0 = time.process_time()
-                blk(h, xs).sum().backward()
-                ts.append(time.process_time() - t0)
-            total[passes] = total.get(passes, 0.0) + min(ts)
-            print(f"pass {passes}, block before stage {i} ({len(srcs)} sources): {1000 * min(ts):.0f} ms", flush=True)
-    print(" ".join(f"pass {k} blocks: {v:.2f} s" for k, v in total.items()))
+    device = prepare(a)
+    batch = image_batch(a, device)
+    kw = dict(in_chans=a.chans, num_classes=a.classes)
+    backbone = zoo.create_model(a.backbone, **kw).to(device).train()
+    with torch.no_grad():
+        outs = []
+        h = batch["x"]
+        for m in backbone.body_modules():
+            h = m(h)
+            outs.append(h)
+    steps = {a.backbone: lambda i: F.cross_entropy(backbone(batch["x"]), batch["y"]).backward()}
+    for spec in a.variants:
+        extra, flags = parse_variant(spec)
+        if flags:
+            raise SystemExit(f"nfm_blocks.py times eager blocks only; drop {flags} from {spec!r}")
+        model = zoo.create_model(f"nfm_{a.backbone}", **kw, **extra).to(device).train()
+        net = model.nfm
+        for mods in net.passes:
+            for i in range(len(mods)):
+                mods[i] = _Fixed(outs[i])
+        steps[f"nfm_{a.backbone} {spec} blocks"] = (lambda net: lambda i: net.run(batch["x"]).output.sum().backward())(net)
+    times = interleave(steps, a.repeats, device, warmup=1,
+                       clock=time.process_time if device.type == "cpu" else time.perf_counter)
+    ref = statistics.median(times[a.backbone])
+    rows = [[k, f"{1000 * statistics.median(v):.0f}", f"{statistics.median(v) / ref:.3f}x"] for k, v in times.items()]
+    print(f"batch {a.batch}x{a.chans}x{a.size}x{a.size}, {device}, threads {a.threads or 'default'}, median of "
+          f"{a.repeats} (CPU time on CPU): the blocks' forward + backward against the backbone's")
+    print(markdown_table(["what", "ms", "ratio to backbone fwd+bwd"], rows))
 
 
 if __name__ == "__main__":

@@ -57,24 +57,26 @@ def image_batch(a: argparse.Namespace, device: torch.device) -> Dict[str, torch.
             "y": torch.randint(a.classes, (a.batch,), device=device)}
 
 
-def timed(fn: Callable[[], object], device: torch.device) -> float:
-    """Seconds one call of ``fn`` takes (CUDA synchronised before and after)."""
+def timed(fn: Callable[[], object], device: torch.device,
+          clock: Callable[[], float] = time.perf_counter) -> float:
+    """Seconds one call of ``fn`` takes (CUDA synchronised before and after). ``clock=time.process_time``
+    counts this process's CPU time instead of wall time (steadier when other jobs load the machine)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
+    t0 = clock()
     fn()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return time.perf_counter() - t0
+    return clock() - t0
 
 
 def interleave(steps: Mapping[str, Callable[[int], object]], repeats: int, device: torch.device,
-               warmup: int = 2) -> Dict[str, List[float]]:
+               warmup: int = 2, clock: Callable[[], float] = time.perf_counter) -> Dict[str, List[float]]:
     """Call every ``steps[name](i)`` once per round, ``warmup + repeats`` rounds; the timed rounds' seconds."""
     times: Dict[str, List[float]] = {name: [] for name in steps}
     for i in range(warmup + repeats):
         for name, step in steps.items():
-            t = timed(lambda: step(i), device)
+            t = timed(lambda: step(i), device, clock)
             if i >= warmup:
                 times[name].append(t)
     return times

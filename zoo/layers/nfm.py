@@ -3,14 +3,17 @@
 Three pieces:
 
 * rescaling helpers (thesis 10.3.2.2, "automatic type conversion"): :func:`space_to_depth`,
-  :func:`depth_to_space`, :func:`upsample_nearest` and :func:`rescale`, which bring any layer
-  ``(B, C, *S_src)`` onto a query grid ``S_q`` as ``(B, C, slots, *S_q)``. A larger source is cut into
+  :func:`depth_to_space`, :func:`upsample_nearest`, :func:`rescale` and :func:`slot_mask`, which bring any
+  layer ``(B, C, *S_src)`` onto a query grid ``S_q`` as ``(B, C, slots, *S_q)``. A larger source is cut into
   windows whose positions all stay selectable (space-to-depth, nothing is averaged away); a smaller one is
   upsampled nearest (one slot). Works for 2-D maps, 1-D sequences and vectors ``(B, C)``.
-* :class:`NFMAttention`, the block that runs before a module: multi-head softmax top-k attention from the
-  current hidden state over every stored layer (plus a null slot), ``h + gamma * sigma(BN(A W_o1)) W_o2``.
+* :class:`NFMAttention`, the block that runs before a module: multi-head top-k attention from the current
+  hidden state over every stored layer (plus a null slot), ``h + gamma * sigma(BN(A W_o1)) W_o2``.
 * :class:`NFM`, the multi-pass runner: runs any list of modules ``passes`` times, storing every module's
-  output in a memory that later modules (and later passes) attend over.
+  output in a memory that later modules (and later passes) attend over. By default each stored layer is
+  projected to keys/values once and every reader uses that projection, and each layer's keys/values are
+  rescaled once per query grid within a forward (a cache), so a layer read by several blocks of the same
+  resolution costs one projection and one rescaling.
 
 Shapes use ``B`` batch, ``C`` channels, ``S`` spatial shape (``()``, ``(L,)`` or ``(H, W)``),
 ``N = prod(S_q)`` query positions, ``L`` attention slots per query position (null slot first).
@@ -20,20 +23,41 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
-from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 __all__ = [
-    "space_to_depth", "depth_to_space", "upsample_nearest", "rescale", "slots_for",
+    "space_to_depth", "depth_to_space", "upsample_nearest", "rescale", "slot_mask", "slots_for",
     "NFMAttention", "NFM", "NFMTrace", "NFMAttentionInfo",
+    "PAD_MODES", "TOPK_RULES", "OUT_LAYERS", "SCALES", "PASS_INITS",
 ]
 
 Size = Tuple[int, ...]
+
+PAD_MODES = ("mask", "replicate")
+"""Non-divisible larger sources: ``"mask"`` pads windows with masked slots (score ``-inf``, value 0), so every
+source position is exactly one slot; ``"replicate"`` repeats the edge positions (duplicated slots)."""
+TOPK_RULES = ("topk_softmax", "reference")
+"""``"topk_softmax"``: softmax over the ``k`` largest scores (exactly ``k`` nonzero weights). ``"reference"``:
+the authors' code (sparse attention of Ke et al. 2018): softmax over all slots, minus the ``(k+1)``-th largest
+probability, clamped at 0 and renormalised; all slots kept when there are at most ``k + 1``."""
+OUT_LAYERS = ("linear", "conv3x3")
+"""``"linear"``: ``W_o1``, ``W_o2`` are 1x1 maps (width ``heads * d_v`` by default). ``"conv3x3"``: the
+authors' code: two 3x3 convolutions, the hidden width the query's channels (2-D queries only)."""
+SCALES = ("inv_d_k", "inv_sqrt_d_k")
+"""Named score scales: ``1 / d_k`` (thesis text) and ``1 / sqrt(d_k)`` (the authors' code, the Transformer)."""
+PASS_INITS = ("copy", "independent")
+"""Pass ``k > 1`` module weights start as copies of pass 1 (``"copy"``) or freshly initialised (the code)."""
+
+
+def _choice(name: str, value: Any, allowed: Sequence[str]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not supported; allowed values: {', '.join(map(repr, allowed))}")
+    return value
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -103,93 +127,166 @@ def _fold_windows(x: torch.Tensor, f: Size) -> torch.Tensor:
     nd = len(f)
     b, c = x.shape[:2]
     size = tuple(n // k for n, k in zip(x.shape[2:], f))
+    if all(k == 1 for k in f):
+        return x.reshape(b, c, 1, *size)
     x = x.reshape(b, c, *[v for n, k in zip(size, f) for v in (n, k)])
     perm = [0, 1] + [2 + 2 * d + 1 for d in range(nd)] + [2 + 2 * d for d in range(nd)]
     return x.permute(perm).reshape(b, c, math.prod(f), *size)
 
 
-def _promote(x: torch.Tensor, nd: int) -> torch.Tensor:
-    """A vector layer ``(B, C)`` becomes a map with ``nd`` singleton spatial dims."""
-    return x.reshape(*x.shape[:2], *([1] * nd)) if x.dim() == 2 else x
+def _grid_sizes(src: Size, query: Size) -> Tuple[Size, Size, Size]:
+    """Source and query spatial shapes with the same number of dims (a vector is promoted to singleton
+    dims; a vector query sees a map as one position), and the window factor per dim."""
+    q = tuple(query)
+    nd_s, nd_q = len(src), len(q)
+    if nd_s != nd_q:
+        if nd_s == 0:
+            src = (1,) * nd_q
+        elif nd_q == 0:
+            q = (1,) * nd_s
+        else:
+            raise ValueError(f"cannot rescale a {nd_s}-d layer of spatial size {tuple(src)} onto a {nd_q}-d query "
+                             f"grid {q}; mix 1-d and 2-d layers through a vector layer or reshape them first")
+    return tuple(src), q, slots_for(src, q)
 
 
 def _grids(src: torch.Tensor, query_size: Sequence[int]) -> Tuple[torch.Tensor, Size, Size]:
     """Bring source and query to the same number of spatial dims (vectors are promoted)."""
-    q = tuple(query_size)
-    nd_s, nd_q = src.dim() - 2, len(q)
-    if nd_s != nd_q:
-        if nd_s == 0:
-            src = _promote(src, nd_q)
-        elif nd_q == 0:
-            q = (1,) * nd_s
-        else:
-            raise ValueError(f"cannot rescale a {nd_s}-d layer {tuple(src.shape)} onto a {nd_q}-d query grid "
-                             f"{q}; mix 1-d and 2-d layers through a vector layer or reshape them first")
-    return src, q, slots_for(src.shape[2:], q)
+    s, q, f = _grid_sizes(tuple(src.shape[2:]), tuple(query_size))
+    return src.reshape(*src.shape[:2], *s), q, f
 
 
-def _replicate_pad(x: torch.Tensor, dim: int, size: int) -> torch.Tensor:
-    """Pad dim ``dim`` of ``x`` up to ``size`` by repeating its last entry (one ``cat``; an ``index_select``
-    of the whole map is several times slower, forward and backward)."""
+def _pad_dim(x: torch.Tensor, dim: int, size: int, pad: str) -> torch.Tensor:
+    """Pad dim ``dim`` up to ``size`` by repeating its last entry (``"replicate"``) or with zeros (``"mask"``;
+    the block masks those slots). One ``cat``: an ``index_select`` of the whole map is several times slower."""
     n = x.shape[dim]
     if n >= size:
         return x
-    edge = x.narrow(dim, n - 1, 1)
-    return torch.cat([x, edge.expand(*x.shape[:dim], size - n, *x.shape[dim + 1:])], dim=dim)
+    shape = (*x.shape[:dim], size - n, *x.shape[dim + 1:])
+    fill = x.narrow(dim, n - 1, 1).expand(shape) if pad == "replicate" else x.new_zeros(shape)
+    return torch.cat([x, fill], dim=dim)
 
 
-def _window_view(x: torch.Tensor, q: Size, f: Size) -> torch.Tensor:
-    """``(B, C, *S_src)`` -> ``(B, C, q_1 * f_1, ..., q_d * f_d)`` (identity, nearest upsampling by index,
-    or replicate-padding a non-divisible larger source up to a multiple of the window)."""
+def _window_view(x: torch.Tensor, q: Size, f: Size, pad: str) -> torch.Tensor:
+    """``(B, C, *S_src)`` -> ``(B, C, q_1 * f_1, ..., q_d * f_d)`` (identity, nearest upsampling by index for
+    non-integer ratios, or padding a non-divisible larger source up to a multiple of the window)."""
     for d, (n_src, n_q, k) in enumerate(zip(x.shape[2:], q, f)):
         if n_src == n_q * k:
             continue                                                   # same size, or exact windows
         if n_src < n_q:
             x = x.index_select(2 + d, _nearest_index(n_src, n_q, x.device))
         else:
-            x = _replicate_pad(x, 2 + d, n_q * k)
+            x = _pad_dim(x, 2 + d, n_q * k, pad)
     return x
 
 
-def rescale(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+def _padded(src: Size, q: Size, f: Size) -> bool:
+    return any(s > n and s != n * k for s, n, k in zip(src, q, f))
+
+
+def _slot_mask(src: Size, q: Size, f: Size, device=None) -> torch.Tensor:
+    """``(prod(f), *q)`` bool, True where window slot ``r`` of query position ``i`` is a real source position
+    (``i f + r < S_src`` in every larger dimension)."""
+    nd = len(q)
+    m = torch.ones([1] * (2 * nd), dtype=torch.bool, device=device)
+    for d, (s, n, k) in enumerate(zip(src, q, f)):
+        if s > n:
+            shape = [1] * (2 * nd)
+            shape[d], shape[nd + d] = k, n
+            pos = torch.arange(n, device=device)[None, :] * k + torch.arange(k, device=device)[:, None]
+            m = m & (pos < s).view(shape)
+    return m.expand(*f, *q).reshape(math.prod(f), *q)
+
+
+def slot_mask(src_size: Sequence[int], query_size: Sequence[int]) -> torch.Tensor:
+    """Which slots of :func:`rescale` hold a real source position: ``(slots, *query_size)`` bool.
+
+    All True unless a larger source is not a whole number of windows; then the positions that masked
+    padding adds (zeros in :func:`rescale`'s output) are False, and the block gives them the score ``-inf``.
+    """
+    src, q, f = _grid_sizes(tuple(src_size), tuple(query_size))
+    return _slot_mask(src, q, f).reshape(math.prod(f), *query_size)
+
+
+class _RepeatUpsample(torch.autograd.Function):
+    """Nearest upsampling by whole factors ``u`` of 1-3 spatial dims: ``repeat_interleave`` forward, sum
+    pooling over each ``u`` window backward (2.5-3x faster forward+backward on CPU than a broadcast copy,
+    whose backward is a strided reduction; docs/nfm.md). The backward is made
+    of differentiable ops, so double backward works."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, u: Size) -> torch.Tensor:
+        ctx.u = u
+        for d, k in enumerate(u):
+            if k > 1:
+                x = x.repeat_interleave(k, dim=2 + d)
+        return x
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        return _sum_pool(g, ctx.u), None
+
+
+def _sum_pool(g: torch.Tensor, u: Size) -> torch.Tensor:
+    """Sum over non-overlapping ``u`` windows: ``(B, C, *(S * u))`` -> ``(B, C, *S)``."""
+    if len(u) == 2:
+        return F.avg_pool2d(g, u, divisor_override=1)
+    if len(u) == 3:
+        return F.avg_pool3d(g, u, divisor_override=1)
+    b, c, n = g.shape
+    return g.reshape(b, c, n // u[0], u[0]).sum(-1)
+
+
+def _upsample_int(x: torch.Tensor, u: Size) -> torch.Tensor:
+    """Nearest upsampling by whole factors: ``(B, C, *S)`` -> ``(B, C, *(S * u))``, output ``i`` reads input
+    ``i // u``: :class:`_RepeatUpsample` for 1-3 dims, else (and for an empty tensor) one broadcast copy."""
+    b, c = x.shape[:2]
+    if 1 <= len(u) <= 3 and x.numel() > 0:
+        return _RepeatUpsample.apply(x, tuple(u))
+    size = tuple(n * k for n, k in zip(x.shape[2:], u))
+    view = [v for n in x.shape[2:] for v in (n, 1)]
+    full = [v for n, k in zip(x.shape[2:], u) for v in (n, k)]
+    return x.reshape(b, c, *view).expand(b, c, *full).reshape(b, c, *size)
+
+
+def _on_grid(x: torch.Tensor, size: Sequence[int], broadcast: bool = False,
+             pad: str = "mask") -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """:func:`rescale` without the final reshape: ``(B, C, *S_src)`` or ``(B, C)`` -> ``(B, C, slots, *S_q)``,
+    and the ``(slots, *S_q)`` mask of real slots when masked padding was added (else ``None``).
+
+    With ``broadcast=True`` a source of a single position is left ``(B, C, 1, 1, ...)``, for broadcasting.
+    """
+    x, q, f = _grids(x, size)
+    src = tuple(x.shape[2:])
+    grid_q = tuple(n_q if n_s >= n_q or n_q % n_s else n_s for n_s, n_q in zip(src, q))
+    x = _window_view(x, grid_q, f, pad)                                 # non-integer upsampling, padding
+    u = tuple(n_q // n for n, n_q in zip(grid_q, q))                     # whole upsampling factors
+    if any(k > 1 for k in u) and not (broadcast and all(n == 1 for n in x.shape[2:])):
+        x = _upsample_int(x, u)
+    mask = _slot_mask(src, q, f, x.device) if pad == "mask" and _padded(src, q, f) else None
+    return _fold_windows(x, f), mask
+
+
+def rescale(x: torch.Tensor, size: Sequence[int], pad: str = "mask") -> torch.Tensor:
     """Bring a layer onto the query grid ``size`` as slots (thesis 10.3.2.2).
 
     Per spatial dimension: equal sizes are kept; a smaller source is upsampled nearest (1 slot); a larger
     source is cut into windows of ``f = ceil(S_src / S_q)`` positions by space-to-depth, every position of
-    a window becoming its own slot (a non-divisible source is first replicate-padded to ``S_q * f``).
+    a window becoming its own slot. A non-divisible larger source is first padded to ``S_q * f``: with zeros
+    that :func:`slot_mask` marks as padding (``pad="mask"``) or by repeating its edge (``"replicate"``).
     A vector ``(B, C)`` is a map with singleton spatial dims; a vector query grid ``size = ()`` sees the
     whole source as ``prod(S_src)`` slots.
 
     Shapes: ``(B, C, *S_src)`` or ``(B, C)`` -> ``(B, C, slots, *size)`` with ``slots = prod(f)``.
     """
-    out = _on_grid(x, size)
+    _choice("pad", pad, PAD_MODES)
+    out, _ = _on_grid(x, size, pad=pad)
     return out.reshape(*out.shape[:3], *size)
-
-
-def _on_grid(x: torch.Tensor, size: Sequence[int], broadcast: bool = False) -> torch.Tensor:
-    """:func:`rescale` without the final reshape: ``(B, C, *S_src)`` or ``(B, C)`` -> ``(B, C, slots, *S_q)``.
-
-    Whole-factor upsampling goes through :func:`_upsample_int` (``F.interpolate``, whose backward is a fast
-    sum pooling, unlike ``index_select``'s ``index_add``); only non-integer factors are upsampled by index.
-    With ``broadcast=True`` a source of a single position is left ``(B, C, 1, 1, ...)``, for broadcasting.
-    """
-    x, q, f = _grids(x, size)
-    grid_q = tuple(n_q if n_s >= n_q or n_q % n_s else n_s for n_s, n_q in zip(x.shape[2:], q))
-    x = _window_view(x, grid_q, f)                                      # non-integer upsampling, padding
-    u = tuple(n_q // n for n, n_q in zip(grid_q, q))                     # whole upsampling factors
-    if any(k > 1 for k in u) and not (broadcast and all(n == 1 for n in x.shape[2:])):
-        x = _upsample_int(x, u)
-    return _fold_windows(x, f)
 
 
 # ----------------------------------------------------------------------------------------------------
 # The NFM block
 # ----------------------------------------------------------------------------------------------------
-def _pointwise(lin: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """A 1x1 convolution with ``lin``'s weights on ``(B, C_in, N)`` -> ``(B, C_out, N)``."""
-    return _pointwise_wb(lin.weight, lin.bias, x)
-
-
 def _pointwise_wb(weight: torch.Tensor, bias: Optional[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """A 1x1 convolution with ``weight (C_out, C_in)`` and ``bias`` on ``(B, C_in, N)`` -> ``(B, C_out, N)``.
 
@@ -208,11 +305,51 @@ def _project_source(lin: nn.Linear, src: torch.Tensor, n_k: int) -> Tuple[torch.
     Two GEMMs on row slices of the weight rather than one GEMM split afterwards: the split's backward
     concatenates the key and value gradients into a fresh buffer, a full extra copy of the projection."""
     b, c = src.shape[:2]
-    x = src.reshape(b, c, -1)
+    x = src.reshape(b, c, math.prod(src.shape[2:]))
     w, bias = lin.weight, lin.bias
-    k, v = (_pointwise_wb(w[rows], None if bias is None else bias[rows], x).reshape(b, -1, *src.shape[2:])
+    k, v = (_pointwise_wb(w[rows], None if bias is None else bias[rows], x).reshape(b, rows.stop - rows.start,
+                                                                                     *src.shape[2:])
             for rows in (slice(0, n_k), slice(n_k, w.shape[0])))
     return k, v
+
+
+class _Plan(NamedTuple):
+    """One source on the query grid: keys ``(B, h, d_k, N)`` for one slot per query position,
+    ``(B, h, d_k, 1)`` for a single-position source (broadcast), ``(B, h, d_k, slots, N)`` for windows;
+    values likewise with ``d_v``; ``padding (slots, N)`` True at masked padding slots (else ``None``)."""
+    k: torch.Tensor
+    v: torch.Tensor
+    slots: int
+    padding: Optional[torch.Tensor]
+
+
+def _make_plan(k: torch.Tensor, v: torch.Tensor, q_size: Size, nh: int, dk: int, dv: int, pad: str) -> _Plan:
+    """Projected keys ``(B, h d_k, *S_src)`` and values onto the query grid (see :class:`_Plan`).
+
+    Only the ``h (d_k + d_v)`` projected channels are rescaled, never the source's own channels (a 1x1
+    projection commutes with the rescaling; tested): a larger source is one space-to-depth copy of its keys
+    and one of its values, a smaller one one broadcast copy each, a same-size one a view."""
+    kk, mask = _on_grid(k, q_size, broadcast=True, pad=pad)
+    vv, _ = _on_grid(v, q_size, broadcast=True, pad=pad)
+    b, slots = kk.shape[0], kk.shape[2]
+    n = math.prod(kk.shape[3:])
+    if slots == 1:
+        return _Plan(kk.reshape(b, nh, dk, n), vv.reshape(b, nh, dv, n), 1, None)
+    padding = None if mask is None else ~mask.reshape(slots, n)
+    return _Plan(kk.reshape(b, nh, dk, slots, n), vv.reshape(b, nh, dv, slots, n), slots, padding)
+
+
+def _resolve_scale(scale: Union[None, float, str], d_k: int) -> float:
+    if scale is None or scale == "inv_d_k":
+        return 1.0 / d_k
+    if scale == "inv_sqrt_d_k":
+        return d_k ** -0.5
+    if isinstance(scale, str):
+        raise ValueError(f"scale={scale!r} is not supported; use a positive float or one of {', '.join(map(repr, SCALES))}")
+    value = float(scale)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"scale must be a positive finite float, got {scale!r}")
+    return value
 
 
 class NFMAttention(nn.Module):
@@ -220,32 +357,41 @@ class NFMAttention(nn.Module):
     Computation").
 
     For every query position of ``h`` (the input ``h^(i-1)`` of module ``i``) and head:
-    ``Q = h W_q``; each source layer ``j`` gets its own projections ``K_j = M_j W_k^j``, ``V_j = M_j W_v^j``
-    (so layers of any channel count mix), is rescaled onto the query grid (:func:`rescale`), and all
-    slots are concatenated after a null slot (key 0, value 0). Then
+    ``Q = h W_q``; source layer ``j`` gives keys ``K_j = M_j W_k^j`` and values ``V_j = M_j W_v^j`` (so layers
+    of any channel count mix), rescaled onto the query grid (:func:`rescale`); all slots are concatenated
+    after a null slot (key 0, value 0). Then
 
-        ``A = top-k-softmax(Q K^T * scale) V``  (paper: ``scale = 1 / d_k``; only the ``k`` largest scores
-        per query keep weight, chosen by index so ties never keep more than ``k``),
+        ``A = top-k-softmax(Q K^T * scale) V``  (thesis: ``scale = 1 / d_k``; only the ``k`` largest scores
+        per query and head keep weight, chosen by index so ties never keep more than ``k``),
         ``h_1 = sigma(BN(A W_o1)) W_o2``, ``h_2 = h + gamma * h_1`` with ``gamma`` learned, initialised 0.
 
     Args:
         query_dim: channels of ``h``.
         source_dims: channels of each source layer, in the order they are passed to ``forward``.
-        d_k, d_v: key/query and value size per head (paper: 16-32).
-        num_heads: attention heads (paper: 4).
-        top_k: slots kept per query and head (paper: 4-5); ``None`` keeps every slot.
-        hidden_dim: width of ``W_o1`` (default ``num_heads * d_v``).
+        d_k, d_v: key/query and value size per head (thesis: 16-32).
+        num_heads: attention heads (thesis: 4).
+        top_k: slots kept per query and head (thesis: 4-5); ``None`` keeps every slot.
+        hidden_dim: width of ``W_o1`` (default ``num_heads * d_v``; the query's channels with ``conv3x3``).
         batch_norm: the BN before ``sigma`` (the thesis uses it for the classifiers).
-        scale: score scale (default ``1 / d_k`` as in the thesis; ``d_k ** -0.5`` is the Transformer's).
+        scale: score scale: ``None`` or ``"inv_d_k"`` (``1 / d_k``, the thesis), ``"inv_sqrt_d_k"`` (the
+            authors' code and the Transformer), or a positive float.
         gamma_init: initial ``gamma`` (0: the block starts as the identity).
-        project_sources: ``True`` (the thesis): the block owns ``W_k^j, W_v^j`` for each source. ``False``:
-            the caller passes sources already projected to ``num_heads * (d_k + d_v)`` channels (keys first,
-            then values; :class:`NFM` with ``share_kv=True`` projects each stored layer once for all readers).
+        project_sources: ``True``: the block owns ``W_k^j, W_v^j`` for each source (the per-pair
+            parametrization). ``False``: the caller passes sources already projected to
+            ``num_heads * (d_k + d_v)`` channels (keys first, then values), as :class:`NFM` does with one
+            projection per stored layer.
+        topk_rule: :data:`TOPK_RULES` (``"topk_softmax"``: the thesis text; ``"reference"``: the code's).
+        out_layers: :data:`OUT_LAYERS` (``"linear"`` 1x1 maps; ``"conv3x3"`` the code's 3x3 convolutions).
+        pad: :data:`PAD_MODES`, for larger sources that are not a whole number of windows.
 
     Attributes:
         random_attention: the ablation of thesis 10.4 (96.5 % -> 88.5 %): when set, the scores are replaced
-            by standard Gaussian noise (then the same top-k softmax), so the block reads random slots. Set it
+            by standard Gaussian noise (then the same top-k rule), so the block reads random slots. Set it
             at test time on a trained model (``NFM.set_random_attention(True)``).
+        random_null: with ``random_attention``, the null slot's score is random too (default; the thesis
+            draws "the attention values" at random). ``False`` keeps it at 0, its value without the ablation.
+        compile_blocks: run the attention through ``torch.compile`` (compiled on first use; Inductor caches
+            the compiled code on disk, so later processes with the same shapes skip most of the compile).
 
     Shapes:
         h: ``(B, query_dim, *S_q)`` (``S_q`` may be ``()``), sources[j]: ``(B, source_dims[j], *S_j)``.
@@ -255,8 +401,9 @@ class NFMAttention(nn.Module):
 
     def __init__(self, query_dim: int, source_dims: Sequence[int], d_k: int = 16, d_v: int = 16,
                  num_heads: int = 4, top_k: Optional[int] = 5, hidden_dim: Optional[int] = None,
-                 batch_norm: bool = True, scale: Optional[float] = None, gamma_init: float = 0.0,
-                 project_sources: bool = True) -> None:
+                 batch_norm: bool = True, scale: Union[None, float, str] = None, gamma_init: float = 0.0,
+                 project_sources: bool = True, topk_rule: str = "topk_softmax", out_layers: str = "linear",
+                 pad: str = "mask") -> None:
         super().__init__()
         for name, v in (("query_dim", query_dim), ("d_k", d_k), ("d_v", d_v), ("num_heads", num_heads)):
             if int(v) < 1:
@@ -265,127 +412,200 @@ class NFMAttention(nn.Module):
             raise ValueError(f"source_dims must be a non-empty list of positive channel counts, got {source_dims!r}")
         if top_k is not None and int(top_k) < 1:
             raise ValueError(f"top_k must be a positive int or None (keep all), got {top_k!r}")
-        self.query_dim, self.source_dims = query_dim, tuple(int(c) for c in source_dims)
-        self.d_k, self.d_v, self.num_heads, self.top_k = d_k, d_v, num_heads, top_k
-        self.scale = 1.0 / d_k if scale is None else float(scale)
-        hidden_dim = hidden_dim or num_heads * d_v
+        if hidden_dim is not None and int(hidden_dim) < 1:
+            raise ValueError(f"hidden_dim must be a positive int or None, got {hidden_dim!r}")
+        self.topk_rule = _choice("topk_rule", topk_rule, TOPK_RULES)
+        self.out_layers = _choice("out_layers", out_layers, OUT_LAYERS)
+        self.pad = _choice("pad", pad, PAD_MODES)
+        self.query_dim, self.source_dims = int(query_dim), tuple(int(c) for c in source_dims)
+        self.d_k, self.d_v, self.num_heads = int(d_k), int(d_v), int(num_heads)
+        self.top_k = None if top_k is None else int(top_k)
+        self.scale = _resolve_scale(scale, self.d_k)
         self.q = nn.Linear(query_dim, num_heads * d_k)
         # one projection per source, keys (rows [0, h d_k)) and values (rows [h d_k, h (d_k + d_v))) in one
         # matrix so each source is projected once
         self.project_sources = project_sources
         self.kv = (nn.ModuleList(nn.Linear(c, num_heads * (d_k + d_v)) for c in self.source_dims)
                    if project_sources else None)
-        self.out1 = nn.Linear(num_heads * d_v, hidden_dim, bias=not batch_norm)
-        self.norm = nn.BatchNorm1d(hidden_dim) if batch_norm else nn.Identity()
-        self.out2 = nn.Linear(hidden_dim, query_dim)
+        if out_layers == "linear":
+            hidden_dim = hidden_dim or num_heads * d_v
+            self.out1: nn.Module = nn.Linear(num_heads * d_v, hidden_dim, bias=not batch_norm)
+            self.norm: nn.Module = nn.BatchNorm1d(hidden_dim) if batch_norm else nn.Identity()
+            self.out2: nn.Module = nn.Linear(hidden_dim, query_dim)
+        else:
+            hidden_dim = hidden_dim or query_dim
+            self.out1 = nn.Conv2d(num_heads * d_v, hidden_dim, 3, padding=1, bias=not batch_norm)
+            self.norm = nn.BatchNorm2d(hidden_dim) if batch_norm else nn.Identity()
+            self.out2 = nn.Conv2d(hidden_dim, query_dim, 3, padding=1)
+        self.hidden_dim = hidden_dim
         self.gamma = nn.Parameter(torch.tensor(float(gamma_init)))
         self.random_attention = False
+        self.random_null = True
+        self.compile_blocks = False
+        self._compiled: Optional[Callable] = None
 
     def extra_repr(self) -> str:
         return (f"query_dim={self.query_dim}, sources={len(self.source_dims)}, d_k={self.d_k}, d_v={self.d_v}, "
-                f"heads={self.num_heads}, top_k={self.top_k}, random_attention={self.random_attention}")
+                f"heads={self.num_heads}, top_k={self.top_k}, scale={self.scale:g}, topk_rule={self.topk_rule!r}, "
+                f"out_layers={self.out_layers!r}, pad={self.pad!r}, random_attention={self.random_attention}")
 
-    def _project(self, lin: Optional[nn.Linear], src, q_size: Size) -> "_Plan":
-        """One source's keys and values against the query grid: ``(B, h, d, N)`` (or ``(B, h, d, 1)`` for a
-        vector / 1x1 source, broadcast) for one slot, ``(B, h, d, slots, N)`` for windows.
+    def __getstate__(self) -> Dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_compiled"] = None                          # recompiled on first use (copies, pickles)
+        return state
 
-        The source is projected at its own resolution first, keys and values by two GEMMs (a projection is
-        per position, so projecting and then rescaling equals rescaling and projecting every slot; tested),
-        so only the ``h d_k`` + ``h d_v`` projected channels are rescaled, never the source's own channels:
-        a larger source is one space-to-depth copy each, a smaller one is upsampled nearest by
-        ``F.interpolate`` (integer factors; its backward is a fast sum pooling, unlike ``index_select``'s
-        ``index_add``); only a non-integer upsampling or a non-divisible larger source goes through
-        ``index_select`` / replicate padding first.
-        """
+    # -- inputs ------------------------------------------------------------------------------------
+    def _check_query(self, h: torch.Tensor) -> None:
+        if not isinstance(h, torch.Tensor) or h.dim() < 2:
+            raise ValueError(f"the query h must be a tensor (B, C, *S), got {_shape(h)}")
+        if h.shape[1] != self.query_dim:
+            raise ValueError(f"query h {tuple(h.shape)} has {h.shape[1]} channels, the block was built for "
+                             f"query_dim={self.query_dim}")
+
+    def plan_sources(self, sources: Sequence[Any], q_size: Sequence[int], batch: int) -> List[_Plan]:
+        """Validate, project (``project_sources=True``) and rescale the sources onto the query grid."""
+        if len(sources) != len(self.source_dims):
+            raise ValueError(f"expected {len(self.source_dims)} source layers, got {len(sources)}")
         nh, dk, dv = self.num_heads, self.d_k, self.d_v
-        if lin is not None:
-            k, v = _project_source(lin, src, nh * dk)                        # (B, h d, *S_src) each
-        elif isinstance(src, (tuple, list)):
-            k, v = src
-        else:
-            if src.shape[1] != nh * (dk + dv):
-                raise ValueError(f"a projected source needs num_heads * (d_k + d_v) = {nh * (dk + dv)} "
-                                 f"channels, got {tuple(src.shape)}")
-            k, v = src.split([nh * dk, nh * dv], dim=1)
-        if k.shape[1] != nh * dk or v.shape[1] != nh * dv or k.shape[2:] != v.shape[2:]:
-            raise ValueError(f"a projected source needs keys of num_heads * d_k = {nh * dk} and values of "
-                             f"num_heads * d_v = {nh * dv} channels, got {tuple(k.shape)}, {tuple(v.shape)}")
-        k, v = _on_grid(k, q_size, broadcast=True), _on_grid(v, q_size, broadcast=True)   # (B, h d, slots, *S)
-        b, slots = k.shape[0], k.shape[2]
-        if slots == 1:                                                       # (B, h, d, N), or N = 1: broadcast
-            return _Plan(k.reshape(b, nh, dk, -1), v.reshape(b, nh, dv, -1), 1)
-        return _Plan(k.reshape(b, nh, dk, slots, -1), v.reshape(b, nh, dv, slots, -1), slots)
+        plans = []
+        for j, src in enumerate(sources):
+            if self.kv is not None:
+                _check_source(j, src, batch, self.source_dims[j], f"source_dims[{j}] = {self.source_dims[j]}")
+                k, v = _project_source(self.kv[j], src, nh * dk)
+            elif isinstance(src, (tuple, list)):
+                if len(src) != 2:
+                    raise ValueError(f"projected source {j} must be a (keys, values) pair, got {len(src)} tensors")
+                k, v = src
+                _check_source(j, k, batch, nh * dk, f"num_heads * d_k = {nh * dk} key channels")
+                _check_source(j, v, batch, nh * dv, f"num_heads * d_v = {nh * dv} value channels")
+                if k.shape[2:] != v.shape[2:]:
+                    raise ValueError(f"projected source {j}: keys {tuple(k.shape)} and values {tuple(v.shape)} "
+                                     "have different spatial sizes")
+            else:
+                _check_source(j, src, batch, nh * (dk + dv),
+                              f"num_heads * (d_k + d_v) = {nh * (dk + dv)} channels (a projected source)")
+                k, v = src.split([nh * dk, nh * dv], dim=1)
+            plans.append(_make_plan(k, v, tuple(q_size), nh, dk, dv, self.pad))
+        return plans
 
-    # Scores and weights are (B, h, slots, N): positions innermost, so the products run over contiguous memory.
+    # -- attention ---------------------------------------------------------------------------------
     @staticmethod
-    def _scores(q: torch.Tensor, pl: "_Plan") -> torch.Tensor:
-        """``Q K^T`` for every slot and query position of one source: ``q (B, h, d_k, N)`` -> ``(B, h, slots, N)``."""
+    def _scores(q: torch.Tensor, pl: _Plan) -> torch.Tensor:
+        """``Q K^T`` for every slot and query position of one source: ``q (B, h, d_k, N)`` -> ``(B, h, slots, N)``
+        (positions innermost: every product runs over contiguous memory; padding slots get ``-inf``)."""
         if pl.slots == 1:
+            if pl.k.shape[-1] == 1 and q.shape[-1] != 1:                        # one key for all positions
+                return torch.matmul(pl.k.transpose(2, 3), q)
             return (pl.k * q).sum(2, keepdim=True)
-        return (pl.k * q.unsqueeze(3)).sum(2)
+        s = (pl.k * q.unsqueeze(3)).sum(2)
+        return s if pl.padding is None else s.masked_fill(pl.padding, float("-inf"))
 
     @staticmethod
-    def _read(w: torch.Tensor, pl: "_Plan") -> torch.Tensor:
-        """The weighted sum of one source's values: weights ``(B, h, slots, N)`` -> ``(B, h, d_v, N)``."""
+    def _read(a: Optional[torch.Tensor], w: torch.Tensor, pl: _Plan) -> torch.Tensor:
+        """Add the weighted sum of one source's values, weights ``(B, h, slots, N)``, to ``a (B, h, d_v, N)``."""
         if pl.slots == 1:
-            return pl.v * w
-        return (pl.v * w.unsqueeze(2)).sum(3)
+            return pl.v * w if a is None else torch.addcmul(a, pl.v, w)
+        term = (pl.v * w.unsqueeze(2)).sum(3)
+        return term if a is None else a + term
 
     def _weights(self, scores: torch.Tensor) -> torch.Tensor:
-        """Top-k softmax over the slots (dim 2): softmax over the ``k`` largest scores, scattered back, so
-        exactly ``k`` weights are nonzero per query (chosen by index: ties never keep more than ``k``)."""
-        if self.top_k is not None and self.top_k < scores.shape[2]:
-            vals, idx = scores.topk(self.top_k, dim=2)
+        """Attention weights over the slots (dim 2) by the top-k rule (see :data:`TOPK_RULES`)."""
+        k, n_slots = self.top_k, scores.shape[2]
+        if self.topk_rule == "reference":                  # softmax, minus the (k+1)-th probability, renormalised
+            p = scores.softmax(dim=2)
+            if k is None or n_slots <= k + 1:
+                return p
+            delta = p.topk(k + 1, dim=2).values[:, :, k:] + 1e-7
+            w = (p - delta).clamp(min=0)
+            return w / (w.sum(dim=2, keepdim=True) + 1e-7)
+        if k is not None and k < n_slots:                   # softmax over the k largest, by index
+            vals, idx = scores.topk(k, dim=2)
             return torch.zeros_like(scores).scatter(2, idx, vals.softmax(dim=2))
         return scores.softmax(dim=2)
 
-    def forward(self, h: torch.Tensor, sources: Sequence[torch.Tensor], return_weights: bool = False):
-        if len(sources) != len(self.source_dims):
-            raise ValueError(f"expected {len(self.source_dims)} source layers, got {len(sources)}")
-        if h.shape[1] != self.query_dim:
-            raise ValueError(f"query has {h.shape[1]} channels, the block was built for query_dim={self.query_dim}")
-        b, q_size = h.shape[0], tuple(h.shape[2:])
-        hf = h.reshape(b, self.query_dim, -1)                                       # (B, C_q, N)
-        n, nh = hf.shape[-1], self.num_heads
-        q = _pointwise(self.q, hf).reshape(b, nh, self.d_k, n) * self.scale        # (B, h, d_k, N)
-        lins = self.kv if self.kv is not None else [None] * len(sources)
-        plans = [self._project(lin, src, q_size) for lin, src in zip(lins, sources)]
+    def _random_scores(self, like: torch.Tensor, plans: Sequence[_Plan]) -> torch.Tensor:
+        """The ablation: standard Gaussian scores ``(B, h, L, N)`` (null slot 0 unless ``random_null``)."""
+        b, nh, _, n = like.shape
+        scores = torch.randn(b, nh, 1 + sum(pl.slots for pl in plans), n, device=like.device, dtype=like.dtype)
+        if not self.random_null:
+            scores = torch.cat([torch.zeros_like(scores[:, :, :1]), scores[:, :, 1:]], dim=2)
+        if any(pl.padding is not None for pl in plans):
+            pad = torch.cat([torch.zeros(1, n, dtype=torch.bool, device=like.device)]
+                            + [torch.zeros(pl.slots, n, dtype=torch.bool, device=like.device)
+                               if pl.padding is None else pl.padding for pl in plans])
+            scores = scores.masked_fill(pad, float("-inf"))
+        return scores
+
+    def _output(self, hf: torch.Tensor, a: torch.Tensor, q_size: Size) -> torch.Tensor:
+        """``h + gamma * sigma(BN(A W_o1)) W_o2`` on ``hf (B, C_q, N)``; ``gamma`` scales ``W_o2`` and its bias
+        (small) instead of the output, and the residual is the GEMM's accumulator."""
+        b, c, n = hf.shape
+        w2, b2 = self.gamma * self.out2.weight, self.gamma * self.out2.bias
+        if self.out_layers == "conv3x3":
+            if len(q_size) != 2:
+                raise ValueError(f"out_layers='conv3x3' needs a 2-D query (B, C, H, W), got spatial size {q_size}; "
+                                 "use out_layers='linear' for vectors and sequences")
+            r = F.relu(self.norm(self.out1(a.reshape(b, a.shape[1], *q_size))))
+            return hf + F.conv2d(r, w2, b2, padding=1).reshape(b, c, n)
+        r = F.relu(self.norm(_pointwise_wb(self.out1.weight, self.out1.bias, a)))
+        if n < 64:
+            return hf + F.conv1d(r, w2.unsqueeze(-1), b2)
+        return torch.baddbmm(hf + b2[:, None], w2.expand(b, -1, -1), r)
+
+    def _attend(self, h: torch.Tensor, plans: Sequence[_Plan], return_weights: bool = False):
+        b, c, q_size = h.shape[0], h.shape[1], tuple(h.shape[2:])
+        n, nh = math.prod(q_size), self.num_heads
+        hf = h.reshape(b, c, n)                                                      # (B, C_q, N)
+        s = self.scale
+        q = _pointwise_wb(self.q.weight * s, self.q.bias * s, hf).reshape(b, nh, self.d_k, n)   # scaled Q
         slots = [pl.slots for pl in plans]
-        if self.random_attention:                                                   # ablation: random scores
-            scores = [q.new_zeros(b, nh, 1, n), torch.randn(b, nh, sum(slots), n, device=h.device, dtype=h.dtype)]
+        if self.random_attention:
+            scores = self._random_scores(q.new_empty(b, nh, 1, n), plans)
         else:
-            scores = [q.new_zeros(b, nh, 1, n)] + [self._scores(q, pl) for pl in plans]   # null slot first
-        w = self._weights(torch.cat(scores, dim=2))                                 # (B, h, L, N)
-        a = sum(self._read(wj, pl) for pl, wj in zip(plans, torch.split(w[:, :, 1:], slots, dim=2)))
-        a = a.reshape(b, nh * self.d_v, n)                                          # null value is 0
-        out = _pointwise(self.out2, F.relu(self.norm(_pointwise(self.out1, a))))
-        h2 = h + self.gamma * out.reshape(h.shape)
-        return (h2, w.transpose(2, 3), slots) if return_weights else h2          # weights (B, h, N, L)
+            scores = torch.cat([q.new_zeros(b, nh, 1, n)] + [self._scores(q, pl) for pl in plans], dim=2)
+        w = self._weights(scores)                                                    # (B, h, L, N), null first
+        a = None
+        for pl, wj in zip(plans, torch.split(w[:, :, 1:], slots, dim=2)):          # the null value is 0
+            a = self._read(a, wj, pl)
+        h2 = self._output(hf, a.reshape(b, nh * self.d_v, n), q_size).reshape(h.shape)
+        return (h2, w.transpose(2, 3), slots) if return_weights else h2              # weights (B, h, N, L)
+
+    def attend(self, h: torch.Tensor, plans: Sequence[_Plan], return_weights: bool = False):
+        """The block on sources already on the query grid (see :meth:`plan_sources`)."""
+        self._check_query(h)
+        if self.compile_blocks:
+            if self._compiled is None:
+                _raise_recompile_limit()
+                self._compiled = torch.compile(self._attend, dynamic=False)
+            return self._compiled(h, list(plans), return_weights)
+        return self._attend(h, plans, return_weights)
+
+    def forward(self, h: torch.Tensor, sources: Sequence[Any], return_weights: bool = False):
+        self._check_query(h)
+        return self.attend(h, self.plan_sources(sources, h.shape[2:], h.shape[0]), return_weights)
 
 
-class _Plan(NamedTuple):
-    """One source on the query grid (see :meth:`NFMAttention._project`): keys ``(B, h, d_k, [slots,] N or 1)``,
-    values likewise (the slots dimension only when ``slots > 1``)."""
-    k: torch.Tensor
-    v: torch.Tensor
-    slots: int
+def _raise_recompile_limit(limit: int = 64) -> None:
+    """Every block compiles the same method (one Dynamo cache per code object), so a 2-pass network with 8
+    blocks, and a smaller last batch, passes Dynamo's default limit of 8 compiled versions; raise it."""
+    import torch._dynamo.config as cfg
+    for name in ("recompile_limit", "cache_size_limit"):
+        if getattr(cfg, name, limit) < limit:
+            setattr(cfg, name, limit)
 
 
-def _pow2(x: int) -> bool:
-    return x & (x - 1) == 0
+def _shape(x: Any) -> str:
+    return f"a tensor of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
 
 
-def _upsample_int(x: torch.Tensor, u: Size) -> torch.Tensor:
-    """Nearest upsampling by whole factors: ``(B, C, *S)`` -> ``(B, C, *(S * u))``, output ``i`` reads input
-    ``i // u``. ``F.interpolate`` where its float scale is exact (powers of two, 1-3 dims), else a
-    broadcast copy."""
-    size = tuple(n * k for n, k in zip(x.shape[2:], u))
-    if 1 <= len(u) <= 3 and all(_pow2(k) for k in u):
-        return F.interpolate(x, size=size, mode="nearest")
-    b, c = x.shape[:2]
-    view = [v for n in x.shape[2:] for v in (n, 1)]
-    full = [v for n, k in zip(x.shape[2:], u) for v in (n, k)]
-    return x.reshape(b, c, *view).expand(b, c, *full).reshape(b, c, *size)
+def _check_source(j: int, src: Any, batch: int, channels: int, what: str) -> None:
+    if not isinstance(src, torch.Tensor) or src.dim() < 2:
+        raise ValueError(f"source {j} must be a tensor (B, C, *S), got {_shape(src)}")
+    if src.shape[0] != batch:
+        raise ValueError(f"source {j} {tuple(src.shape)} has batch size {src.shape[0]}, the query h has {batch}: "
+                         "every source must come from the same batch")
+    if src.shape[1] != channels:
+        raise ValueError(f"source {j} {tuple(src.shape)} has {src.shape[1]} channels, the block expects {what}")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -416,6 +636,13 @@ class NFMTrace:
     attention: List[NFMAttentionInfo] = field(default_factory=list)
 
 
+def reset_parameters(module: nn.Module) -> None:
+    """Re-initialise every submodule that has ``reset_parameters`` (PyTorch's default initialisation)."""
+    for m in module.modules():
+        if hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+
+
 class NFM(nn.Module):
     """Run a list of modules as an NFM network (thesis Algorithm 2).
 
@@ -429,16 +656,26 @@ class NFM(nn.Module):
         modules: the ``N`` modules of one pass (e.g. a ResNet's stem and stages); run in order.
         channels: output channels of each module (the sources' sizes for the key/value projections).
         in_chans: channels of ``x`` (the query size of module 0).
-        passes: ``K`` (paper: 2). ``passes=1`` is the single-pass NFM.
-        attend: indices of the modules preceded by an NFM block (default: all). A ResNet uses its stages,
-            not its stem.
-        share_modules: one set of module weights for all passes (default: per-pass copies, as in the
-            thesis; the copies start from the same weights). Attention blocks are always per (pass, module).
-        share_kv: ``False`` (the thesis: every block has its own key/value projection of every source it
-            reads). ``True``: each stored layer is projected to keys/values once, by a projection of its own
-            (``kv.{p}_{i}``), and every block reading it uses that; blocks keep their own query, output layers
-            and ``gamma``. Cheaper: each layer is projected once instead of once per reading block.
-        d_k, d_v, num_heads, top_k, hidden_dim, batch_norm, scale: of every :class:`NFMAttention`.
+        passes: ``K`` (thesis: 2). ``passes=1`` is the single-pass NFM.
+        attend: indices of the modules preceded by an NFM block, or ``"all"`` (the default: every module,
+            as in Algorithm 2; module 0 gets a block from pass 2 on). A ResNet uses its stages, not its stem.
+        share_modules: one set of module weights for all passes (default: per-pass weights, as in the
+            thesis). Attention blocks are always per (pass, module).
+        share_kv: ``True`` (default; the authors' code): each stored layer is projected to keys/values once,
+            by a projection of its own (``kv.{p}_{i}``), and every block reading it uses that; blocks own
+            their query, output layers and ``gamma``. ``False``: every block has its own ``W_k^j, W_v^j`` for
+            each source it reads (the thesis lists ``W_k, W_v`` among a block's parameters but also says the
+            key/value maps are "separate per module": the text reads both ways). Per-pair projections cost a
+            projection of every source in every block that reads it.
+        d_k, d_v, num_heads, top_k, hidden_dim, batch_norm, scale, topk_rule, out_layers, pad: of every
+            :class:`NFMAttention`.
+        pass_init: :data:`PASS_INITS`: pass ``k > 1`` module weights copied from pass 1 (default) or
+            initialised independently by ``init_fn`` (default :func:`reset_parameters`).
+        init_fn: re-initialises one module in place, for ``pass_init="independent"``.
+        compile_blocks: ``torch.compile`` every block's attention (see :class:`NFMAttention`).
+
+    Within one forward, each stored layer's keys/values are rescaled once per query grid (a cache), so
+    blocks of the same resolution share the space-to-depth / upsampling copies.
 
     Shapes:
         x: ``(B, in_chans, *S)``; each module maps ``(B, C_{i-1}, *S_{i-1})`` -> ``(B, channels[i], *S_i)``,
@@ -449,24 +686,41 @@ class NFM(nn.Module):
     """
 
     def __init__(self, modules: Sequence[nn.Module], channels: Sequence[int], in_chans: int, passes: int = 2,
-                 attend: Optional[Sequence[int]] = None, share_modules: bool = False, share_kv: bool = False,
-                 d_k: int = 16,
-                 d_v: int = 16, num_heads: int = 4, top_k: Optional[int] = 5, hidden_dim: Optional[int] = None,
-                 batch_norm: bool = True, scale: Optional[float] = None) -> None:
+                 attend: Union[None, str, Sequence[int]] = None, share_modules: bool = False,
+                 share_kv: bool = True, d_k: int = 16, d_v: int = 16, num_heads: int = 4,
+                 top_k: Optional[int] = 5, hidden_dim: Optional[int] = None, batch_norm: bool = True,
+                 scale: Union[None, float, str] = None, topk_rule: str = "topk_softmax",
+                 out_layers: str = "linear", pad: str = "mask", pass_init: str = "copy",
+                 init_fn: Optional[Callable[[nn.Module], None]] = None, compile_blocks: bool = False) -> None:
         super().__init__()
         n = len(modules)
         if n == 0 or len(channels) != n:
             raise ValueError(f"need one channel count per module: {n} modules, channels={list(channels)!r}")
         if int(passes) < 1:
             raise ValueError(f"passes must be >= 1, got {passes!r}")
-        attend = tuple(range(n)) if attend is None else tuple(sorted(set(int(i) for i in attend)))
+        if int(in_chans) < 1:
+            raise ValueError(f"in_chans must be >= 1, got {in_chans!r}")
+        if attend is None or attend == "all":
+            attend = tuple(range(n))
+        elif isinstance(attend, str):
+            raise ValueError(f"attend must be 'all' or a list of module indices, got {attend!r}")
+        else:
+            attend = tuple(sorted(set(int(i) for i in attend)))
         if any(not 0 <= i < n for i in attend):
             raise ValueError(f"attend must hold module indices in [0, {n}), got {attend!r}")
+        _choice("pass_init", pass_init, PASS_INITS)
+        if pass_init == "independent" and share_modules:
+            raise ValueError("pass_init='independent' needs per-pass modules; it contradicts share_modules=True")
         self.num_modules, self.num_passes, self.attend = n, int(passes), attend
-        self.channels, self.in_chans, self.share_modules = tuple(channels), in_chans, share_modules
+        self.channels, self.in_chans, self.share_modules = tuple(channels), int(in_chans), share_modules
+        self.pass_init = pass_init
         first = nn.ModuleList(modules)
-        copies = 1 if share_modules else self.num_passes
-        self.passes = nn.ModuleList([first] + [copy.deepcopy(first) for _ in range(copies - 1)])
+        copies = [copy.deepcopy(first) for _ in range((1 if share_modules else self.num_passes) - 1)]
+        if pass_init == "independent":
+            for mods in copies:
+                for m in mods:
+                    (init_fn or reset_parameters)(m)
+        self.passes = nn.ModuleList([first] + copies)
         self.attn = nn.ModuleDict()
         read = set()
         for p in range(self.num_passes):
@@ -477,11 +731,14 @@ class NFM(nn.Module):
                     self.attn[f"{p}_{i}"] = NFMAttention(
                         channels[i - 1] if i else in_chans, [channels[j] for _, j in src], d_k=d_k, d_v=d_v,
                         num_heads=num_heads, top_k=top_k, hidden_dim=hidden_dim, batch_norm=batch_norm,
-                        scale=scale, project_sources=not share_kv)
+                        scale=scale, project_sources=not share_kv, topk_rule=topk_rule, out_layers=out_layers,
+                        pad=pad)
         self.share_kv, self.key_channels = share_kv, num_heads * d_k
+        self.d_k, self.d_v, self.num_heads, self.pad = d_k, d_v, num_heads, pad
         self.kv = nn.ModuleDict({f"{p}_{j}": nn.Linear(channels[j], num_heads * (d_k + d_v))
                                  for p, j in sorted(read)}) if share_kv else None
         self.grad_checkpointing = False
+        self.set_compile_blocks(compile_blocks)
 
     def sources_of(self, p: int, i: int) -> List[Tuple[int, int]]:
         """The memory when module ``i`` of pass ``p`` runs: every ``(pass, module)`` computed before it."""
@@ -490,10 +747,17 @@ class NFM(nn.Module):
     def module(self, p: int, i: int) -> nn.Module:
         return self.passes[0 if self.share_modules else p][i]
 
-    def set_random_attention(self, enabled: bool = True) -> None:
-        """Switch the random-attention ablation on every block (use at test time)."""
+    def set_random_attention(self, enabled: bool = True, null: bool = True) -> None:
+        """Switch the random-attention ablation on every block (use at test time); ``null=False`` keeps the
+        null slot's score at 0 instead of drawing it too."""
         for blk in self.attn.values():
-            blk.random_attention = enabled
+            blk.random_attention, blk.random_null = enabled, null
+
+    def set_compile_blocks(self, enabled: bool = True) -> None:
+        """``torch.compile`` every block's attention (compiled lazily, on the first forward)."""
+        self.compile_blocks = enabled
+        for blk in self.attn.values():
+            blk.compile_blocks, blk._compiled = enabled, None
 
     def load_backbone(self, modules: Sequence[nn.Module]) -> None:
         """Copy a backbone's module weights into every pass (with ``gamma = 0`` the NFM network then
@@ -509,20 +773,29 @@ class NFM(nn.Module):
         passes = self.num_passes if passes is None else int(passes)
         if not 1 <= passes <= self.num_passes:
             raise ValueError(f"passes must be in [1, {self.num_passes}] for this network, got {passes}")
+        if not isinstance(x, torch.Tensor) or x.dim() < 2 or x.shape[1] != self.in_chans:
+            raise ValueError(f"NFM input must be (B, in_chans={self.in_chans}, *S), got {_shape(x)}")
         trace = NFMTrace(output=x)
-        reads = trace.memory if self.kv is None else []                 # what the blocks attend over
+        kv_mem: List[Optional[Tuple[torch.Tensor, torch.Tensor]]] = []   # share_kv: keys/values per layer
+        cache: Dict[Tuple[int, Size], _Plan] = {}                         # (layer, query grid) -> on the grid
         h = x
         for p in range(passes):
             h = x
             last = self.num_modules - 1 if (p < passes - 1 or stop_after is None) else stop_after
             for i in range(last + 1):
-                blk = self.attn[f"{p}_{i}"] if f"{p}_{i}" in self.attn else None
+                key = f"{p}_{i}"
+                blk = self.attn[key] if key in self.attn else None
                 if blk is not None:
+                    q_size = tuple(h.shape[2:])
+                    if self.kv is None:
+                        plans = blk.plan_sources(trace.memory, q_size, h.shape[0])
+                    else:
+                        plans = [self._plan(cache, kv_mem, j, q_size) for j in range(len(trace.memory))]
                     if return_attention:
-                        h, w, slots = blk(h, reads, return_weights=True)
+                        h, w, slots = blk.attend(h, plans, return_weights=True)
                         trace.attention.append(NFMAttentionInfo(p, i, w, self.sources_of(p, i), slots))
                     else:
-                        h = blk(h, reads)
+                        h = blk.attend(h, plans)
                 mod = self.module(p, i)
                 if self.grad_checkpointing and torch.is_grad_enabled():
                     h = checkpoint(mod, h, use_reentrant=False)
@@ -531,10 +804,18 @@ class NFM(nn.Module):
                 trace.memory.append(h)
                 trace.memory_index.append((p, i))
                 if self.kv is not None:                                   # shared projection, once per layer
-                    lin = self.kv[f"{p}_{i}"] if f"{p}_{i}" in self.kv else None
-                    reads.append(None if lin is None else _project_source(lin, h, self.key_channels))
+                    lin = self.kv[key] if key in self.kv else None
+                    kv_mem.append(None if lin is None else _project_source(lin, h, self.key_channels))
         trace.output = h
         return trace
+
+    def _plan(self, cache: Dict[Tuple[int, Size], _Plan], kv_mem, j: int, q_size: Size) -> _Plan:
+        """Layer ``j``'s keys/values on the grid ``q_size``, rescaled once per forward and grid."""
+        plan = cache.get((j, q_size))
+        if plan is None:
+            k, v = kv_mem[j]
+            plan = cache[(j, q_size)] = _make_plan(k, v, q_size, self.num_heads, self.d_k, self.d_v, self.pad)
+        return plan
 
     def forward(self, x: torch.Tensor, passes: Optional[int] = None) -> torch.Tensor:
         return self.run(x, passes=passes).output

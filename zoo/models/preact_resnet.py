@@ -7,9 +7,13 @@ WRN-d-k (16 stem channels, three stages of ``(d - 4) / 6`` wide pre-activation b
 
 The ``nfm_*`` versions run the same stem and stages as an :class:`zoo.NFM` network (thesis ch. 10,
 Algorithm 2): 2 passes, an NFM block before each stage (8 blocks for PreActResNet-18), ``d_k = d_v = 16``,
-4 heads, top-k 5 (thesis 10.4.2 settings). ``nfm_passes``, ``nfm_share`` (one set of module weights for all
-passes), ``nfm_share_kv`` (one key/value projection per stored layer), ``nfm_attend``, ``d_k``, ``d_v``,
-``num_heads`` and ``top_k`` are keyword arguments of every ``nfm_*`` entrypoint.
+4 heads, top-k 5 (thesis 10.4.2 settings), one key/value projection per stored layer. Keyword arguments of
+every ``nfm_*`` entrypoint: ``nfm_passes``, ``nfm_share`` (one set of module weights for all passes),
+``nfm_share_kv`` (``False``: a key/value projection per reading block and source), ``nfm_attend`` (module
+indices or ``"all"``: also a block before the stem of pass 2, as in Algorithm 2), ``nfm_pass_init``
+(``"independent"``: pass-2 modules not copied from pass 1), ``nfm_compile_blocks`` (``torch.compile`` the
+blocks), and the block options ``d_k``, ``d_v``, ``num_heads``, ``top_k``, ``hidden_dim``, ``batch_norm``,
+``scale``, ``topk_rule``, ``out_layers``, ``pad`` (see :class:`zoo.NFMAttention` and ``docs/nfm.md``).
 
 :class:`StagedNet` is the shared skeleton (also used by :mod:`zoo.models.small_cnns`): a list of named
 body modules run in order (plain) or as an NFM network, a final norm, and a head; it implements the timm
@@ -27,11 +31,21 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from torch import nn
 
-from ..layers.nfm import NFM, NFMTrace
+from ..layers.nfm import NFM, NFMTrace, reset_parameters
 
 __all__ = ["StagedNet", "PreActResNet", "PreActBlock", "PreActBottleneck"]
 
-NFM_KEYS = ("d_k", "d_v", "num_heads", "top_k", "hidden_dim", "batch_norm", "scale")
+NFM_KEYS = ("d_k", "d_v", "num_heads", "top_k", "hidden_dim", "batch_norm", "scale", "topk_rule", "out_layers", "pad")
+NFM_RENAMED = {"nfm_passes": "passes", "nfm_share": "share_modules", "nfm_share_kv": "share_kv", "nfm_attend": "attend",
+               "nfm_pass_init": "pass_init", "nfm_compile_blocks": "compile_blocks"}
+
+
+def check_head_args(num_classes: Any, in_chans: Any) -> None:
+    """One-line errors for a bad ``num_classes`` (an int >= 0; 0: no classifier) or ``in_chans`` (>= 1)."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+        raise ValueError(f"num_classes must be an int >= 0 (0: no classifier head), got {num_classes!r}")
+    if isinstance(in_chans, bool) or not isinstance(in_chans, int) or in_chans < 1:
+        raise ValueError(f"in_chans must be an int >= 1, got {in_chans!r}")
 
 
 class StagedNet(nn.Module):
@@ -53,6 +67,7 @@ class StagedNet(nn.Module):
                  final_norm: nn.Module, num_features: int, drop_rate: float = 0.0,
                  nfm: Optional[Dict[str, Any]] = None) -> None:
         super().__init__()
+        check_head_args(num_classes, in_chans)
         self.num_classes, self.in_chans, self.drop_rate = num_classes, in_chans, drop_rate
         self.num_features = self.head_hidden_size = num_features
         self.body_names = [b[0] for b in body]
@@ -91,11 +106,12 @@ class StagedNet(nn.Module):
             raise ValueError("nfm_trace needs an NFM model (an nfm_* entrypoint)")
         return self.nfm.run(x, passes=passes, return_attention=True)
 
-    def set_random_attention(self, enabled: bool = True) -> None:
-        """The random-attention ablation (thesis 10.4): every NFM block reads random slots."""
+    def set_random_attention(self, enabled: bool = True, null: bool = True) -> None:
+        """The random-attention ablation (thesis 10.4): every NFM block reads random slots (``null=False``:
+        the null slot keeps its score 0)."""
         if self.nfm is None:
             raise ValueError("set_random_attention needs an NFM model")
-        self.nfm.set_random_attention(enabled)
+        self.nfm.set_random_attention(enabled, null=null)
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -119,6 +135,7 @@ class StagedNet(nn.Module):
         return self.fc
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        check_head_args(num_classes, self.in_chans)
         self.num_classes = num_classes
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
@@ -256,6 +273,7 @@ class PreActResNet(StagedNet):
     def __init__(self, layers: Sequence[int] = (2, 2, 2, 2), widths: Sequence[int] = (64, 128, 256, 512),
                  block: str = "basic", stem_width: int = 64, num_classes: int = 10, in_chans: int = 3,
                  drop_rate: float = 0.0, block_drop: float = 0.0, nfm: Optional[Dict[str, Any]] = None) -> None:
+        check_head_args(num_classes, in_chans)
         if block not in _BLOCKS:
             raise ValueError(f"block={block!r} is not supported; allowed values: {', '.join(map(repr, _BLOCKS))}")
         if len(layers) != len(widths) or not layers:
@@ -272,22 +290,32 @@ class PreActResNet(StagedNet):
                 in_planes = planes * blk.expansion
             body.append((f"layer{s + 1}", nn.Sequential(*blocks), in_planes, reduction))
         for _, m, _, _ in body:                       # init before NFM copies the body for each pass
-            for c in m.modules():
-                if isinstance(c, nn.Conv2d):
-                    nn.init.kaiming_normal_(c.weight, mode="fan_out", nonlinearity="relu")
+            _init_convs(m)
         if nfm is not None:
-            nfm = {"attend": tuple(range(1, len(body))), **nfm}
+            nfm = {"attend": tuple(range(1, len(body))), "init_fn": init_weights, **nfm}
         super().__init__(body, in_chans, num_classes, nn.Sequential(nn.BatchNorm2d(in_planes), nn.ReLU()),
                          in_planes, drop_rate=drop_rate, nfm=nfm)
         self.fc = nn.Linear(in_planes, num_classes) if num_classes > 0 else nn.Identity()
 
 
+def _init_convs(module: nn.Module) -> None:
+    for c in module.modules():
+        if isinstance(c, nn.Conv2d):
+            nn.init.kaiming_normal_(c.weight, mode="fan_out", nonlinearity="relu")
+
+
+def init_weights(module: nn.Module) -> None:
+    """The PreActResNet initialisation of one module (PyTorch defaults, Kaiming-normal convs): what
+    ``nfm_pass_init="independent"`` applies to the modules of passes 2 and later."""
+    reset_parameters(module)
+    _init_convs(module)
+
+
 def split_nfm_kwargs(kwargs: Dict[str, Any], nfm: bool, **defaults: Any) -> Dict[str, Any]:
-    """Move the NFM options out of ``kwargs`` into ``kwargs["nfm"]`` (``nfm_passes``, ``nfm_share``,
-    ``nfm_share_kv``, ``nfm_attend`` and :data:`NFM_KEYS`), on top of the variant's ``defaults``."""
+    """Move the NFM options out of ``kwargs`` into ``kwargs["nfm"]`` (:data:`NFM_RENAMED` and
+    :data:`NFM_KEYS`), on top of the variant's ``defaults``."""
     opts = {k: kwargs.pop(k) for k in NFM_KEYS if k in kwargs}
-    ren = {"nfm_passes": "passes", "nfm_share": "share_modules", "nfm_share_kv": "share_kv", "nfm_attend": "attend"}
-    opts.update({ren[k]: kwargs.pop(k) for k in list(ren) if k in kwargs})
+    opts.update({NFM_RENAMED[k]: kwargs.pop(k) for k in list(NFM_RENAMED) if k in kwargs})
     if not nfm:
         if opts:
             raise ValueError(f"NFM options {sorted(opts)} given to a plain backbone; use its nfm_* version")

@@ -20,7 +20,7 @@ import torch
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
-from .preact_resnet import StagedNet, split_nfm_kwargs
+from .preact_resnet import StagedNet, check_head_args, split_nfm_kwargs
 
 __all__ = ["SortOfClevrCNN", "MnistConvNet"]
 
@@ -51,6 +51,12 @@ class SortOfClevrCNN(StagedNet):
     def __init__(self, num_classes: int = 10, in_chans: int = 3, question_dim: int = 11, width: int = 24,
                  depth: int = 4, img_size: int = 75, hidden: int = 256, drop_rate: float = 0.0,
                  nfm: Optional[Dict[str, Any]] = None) -> None:
+        check_head_args(num_classes, in_chans)
+        for name, v in (("width", width), ("depth", depth), ("img_size", img_size), ("hidden", hidden)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+        if isinstance(question_dim, bool) or not isinstance(question_dim, int) or question_dim < 0:
+            raise ValueError(f"question_dim must be an int >= 0, got {question_dim!r}")
         body, cin, side = [], in_chans, img_size
         for i in range(depth):
             side = (side - 1) // 2 + 1
@@ -64,6 +70,7 @@ class SortOfClevrCNN(StagedNet):
         self.fc = nn.Linear(hidden, num_classes) if num_classes > 0 else nn.Identity()
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        check_head_args(num_classes, self.in_chans)
         self.num_classes = num_classes
         self.fc = nn.Linear(self.hidden, num_classes) if num_classes > 0 else nn.Identity()
 
@@ -94,6 +101,9 @@ class MnistConvNet(StagedNet):
 
     def __init__(self, num_classes: int = 10, in_chans: int = 1, widths: Sequence[int] = (32, 64, 128),
                  drop_rate: float = 0.0, nfm: Optional[Dict[str, Any]] = None) -> None:
+        check_head_args(num_classes, in_chans)
+        if not widths or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
+            raise ValueError(f"widths must be a non-empty list of ints >= 1, got {widths!r}")
         body, cin, red = [], in_chans, 1
         for i, w in enumerate(widths):
             stride = 1 if i == 0 else 2
