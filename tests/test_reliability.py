@@ -18,7 +18,7 @@ from typing import List
 import pytest
 import torch
 
-from tasks import classify, copying, nfm_attention
+from tasks import classify, copying, nfm_attention, seq_mnist
 from zoo.engine import ConfigError, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,6 +31,10 @@ COPYING = ["-m", "tasks.copying", "--models", "rim_lstm_seq_small", "--model-kwa
 CLASSIFY = ["-m", "tasks.classify", "--method", "ict", "--labels-per-class", "10", "--batch-size", "8",
             "--unlabeled-batch-size", "8", "--evaluations", "clean", "--eval-size", "50", "--eval-every", "40",
             "--checkpoint-every", "10", "--log-every", "7", "--threads", "1", "--no-progress"]
+SEQ_MNIST = ["-m", "tasks.seq_mnist", "--models", "rim_lstm_seq_small", "--model-kwargs", TINY_RIM,
+             "--train-resolution", "5", "--test-resolutions", "5", "7", "--batch-size", "8", "--val-size", "40",
+             "--test-size", "40", "--eval-every", "30", "--checkpoint-every", "10", "--log-every", "7", "--threads", "1",
+             "--no-progress"]
 
 
 def run(args: List[str], timeout: float = 600) -> subprocess.CompletedProcess:
@@ -82,7 +86,9 @@ def kill_after_checkpoint(args: List[str], ckpt: Path, sig: int) -> subprocess.C
 # --- kill and resume ------------------------------------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.parametrize("harness,steps,run_dir", [(COPYING, 300, "rim_lstm_seq_small/seed0"),
-                                                   (CLASSIFY, 160, "ict/seed0")], ids=["copying", "classify"])
+                                                   (CLASSIFY, 160, "ict/seed0"),
+                                                   (SEQ_MNIST, 200, "rim_lstm_seq_small/seed0")],
+                         ids=["copying", "classify", "seq_mnist"])
 def test_sigkill_then_resume_is_bit_identical(tmp_path, harness, steps, run_dir):
     args = harness + ["--steps", str(steps), "--workers", "1"]
     full = run(args + ["--out", str(tmp_path / "full")])
@@ -231,6 +237,28 @@ BAD_OPTIONS = [
     (classify, ["--dataset", "cifar10", "--data-root", "/nonexistent"], "add --download"),
     (classify, ["--evaluations", "clean", "fgsn"], "registered evaluations"),
     (classify, ["--eval-only", "/nonexistent/checkpoint.pt"], "does not exist"),
+    (seq_mnist, ["--train-resolution", "1"], "--train-resolution 1 is out of range"),
+    (seq_mnist, ["--test-resolutions", "14", "1"], "--test-resolutions 1"),
+    (seq_mnist, ["--test-resolutions", "14", "-16"], "--test-resolutions -16"),
+    (seq_mnist, ["--dataset", "cifar10"], "--dataset: invalid choice: 'cifar10'"),
+    (seq_mnist, ["--dataset", "mnist", "--data-root", "/nonexistent"], "add --download"),
+    (seq_mnist, ["--input", "rgb"], "--input: invalid choice: 'rgb'"),
+    (seq_mnist, ["--steps", "0"], "--steps 0"),
+    (seq_mnist, ["--batch-size", "0"], "--batch-size 0"),
+    (seq_mnist, ["--lr", "0"], "--lr 0"),
+    (seq_mnist, ["--lr", "nan"], "--lr nan is not a finite number"),
+    (seq_mnist, ["--clip-grad", "-1"], "--clip-grad -1"),
+    (seq_mnist, ["--val-fraction", "1"], "--val-fraction 1"),
+    (seq_mnist, ["--val-fraction", "-0.1"], "--val-fraction -0.1"),
+    (seq_mnist, ["--val-fraction", "0"], "--eval-every 250 needs a validation set"),
+    (seq_mnist, ["--eval-every", "-1"], "--eval-every -1"),
+    (seq_mnist, ["--val-size", "-1"], "--val-size -1"),
+    (seq_mnist, ["--test-size", "-1"], "--test-size -1"),
+    (seq_mnist, ["--seeds", "0"], "--seeds 0"),
+    (seq_mnist, ["--models", "rim_lstm_seq_smal"], "registered sequence model"),
+    (seq_mnist, ["--model-kwargs", '{"k_active": 3'], "is not valid JSON"),
+    (seq_mnist, ["--model-kwargs", '{"lstm_seq_small": {"k_active": 3}}'], "do not fit lstm_seq_small"),
+    (seq_mnist, ["--model-kwargs", '{"gru_seq": {}}'], "not in --models"),
     (nfm_attention, ["--model", "mnist_convnet"], "an NFM model"),
     (nfm_attention, ["--steps", "0"], "--steps 0"),
 ]
