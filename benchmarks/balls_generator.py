@@ -14,6 +14,7 @@ import argparse
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -45,17 +46,16 @@ def main() -> None:
     print(f"generate({a.sequences}, balls={balls}, frames={a.frames}, resolution={a.resolution}); "
           f"median of {a.repeats}, interleaved over thread counts")
     rows = {t: {"total": [], "physics": [], "render": []} for t in a.threads}
+    n = balls if isinstance(balls, int) else balls[1]
     for rep in range(a.repeats):
+        x, v, r, m = initial_state(np.random.default_rng(rep), a.sequences, n)
+        pos = simulate(x, v, r, m, a.frames)[0]
         for t in a.threads:
             torch.set_num_threads(t)
-            rows[t]["total"].append(_time(lambda: generate(a.sequences, balls, frames=a.frames,
-                                                           resolution=a.resolution, seed=rep)))
-            n = balls if isinstance(balls, int) else balls[1]
-            x, v, r, m = initial_state(np.random.default_rng(rep), a.sequences, n)
-            out = {}
-            rows[t]["physics"].append(_time(lambda: out.setdefault("s", simulate(x, v, r, m, a.frames))))
-            pos = out["s"][0]
-            rows[t]["render"].append(_time(lambda: render(pos, r[:, None], a.resolution)))
+            rows[t]["total"].append(_time(partial(generate, a.sequences, balls, frames=a.frames,
+                                                  resolution=a.resolution, seed=rep)))
+            rows[t]["physics"].append(_time(partial(simulate, x, v, r, m, a.frames)))
+            rows[t]["render"].append(_time(partial(render, pos, r[:, None], a.resolution)))
     print(f"{'threads':>7} | {'stage':>8} | {'wall s':>7} | {'cpu s':>7} | wall / {GOAL_S:.0f} s goal")
     for t in a.threads:
         for stage, vals in rows[t].items():
