@@ -226,3 +226,196 @@ def test_bad_generator_arguments_fail_clearly(tmp_path):
         bb.generate(2, 5, radii=3.0)
     with pytest.raises(FileNotFoundError, match="generate-only"):
         bb.BouncingBalls.load(tmp_path / "missing.npz")
+
+
+# ------------------------------------------------------------------------------------------------------
+# models and rollout
+# ------------------------------------------------------------------------------------------------------
+
+import json  # noqa: E402
+import math  # noqa: E402
+
+import timm  # noqa: E402
+
+import zoo  # noqa: E402
+from tasks import bouncing_balls as task  # noqa: E402
+
+BALLS_MODELS = ["rim_lstm_balls", "rim_gru_balls", "lstm_balls", "gru_balls", "rim_lstm_balls_small",
+                "rim_gru_balls_small", "lstm_balls_small", "gru_balls_small"]
+
+
+def _tiny(name: str = "rim_lstm_balls_small", **kw):
+    torch.manual_seed(0)
+    return zoo.create_model(name, img_size=16, **kw)
+
+
+def test_models_are_registered_with_timm_and_predict_frames():
+    assert sorted(zoo.list_models("*balls*")) == sorted(BALLS_MODELS)
+    for name in BALLS_MODELS:
+        m = timm.create_model(name, img_size=16)
+        assert m(torch.rand(2, 3, 1, 16, 16)).shape == (2, 3, 1, 16, 16)
+    assert zoo.create_model("rim_lstm_balls").img_size == (64, 64)          # the standard data
+    assert zoo.create_model("lstm_balls_small").img_size == (32, 32)        # the CPU default
+    with pytest.raises(ValueError, match="frames of shape"):
+        zoo.create_model("lstm_balls_small")(torch.rand(1, 2, 1, 64, 64))
+    with pytest.raises(ValueError, match="multiple of 8"):
+        zoo.create_model("lstm_balls_small", img_size=20)
+
+
+def test_cores_have_comparable_size():
+    core = {n: sum(p.numel() for p in zoo.create_model(n).core.parameters()) for n in BALLS_MODELS}
+    assert isinstance(zoo.create_model("rim_lstm_balls").core, zoo.RIM)
+    assert zoo.create_model("rim_gru_balls").core.cell == "gru"
+    for rim, base in [("rim_lstm_balls_small", "lstm_balls_small"), ("rim_gru_balls_small", "gru_balls_small")]:
+        assert 0.9 < core[base] / core[rim] < 1.1
+    assert 0.6 < core["lstm_balls"] / core["rim_lstm_balls"] < 1.1          # LSTM 256 (thesis) vs RIM 6x100
+
+
+def test_teacher_forced_prediction_is_causal():
+    m = _tiny().eval()
+    x = (torch.rand(2, 8, 1, 16, 16) > 0.7).float()
+    y = x.clone()
+    y[:, 5:] = 1 - y[:, 5:]
+    with torch.no_grad():
+        a, b = m(x), m(y)
+    torch.testing.assert_close(a[:, :5], b[:, :5])                         # steps 0..4 see frames 0..4 only
+    assert not torch.allclose(a[:, 5:], b[:, 5:])
+
+
+@pytest.mark.parametrize("name", ["rim_lstm_balls_small", "lstm_balls_small", "gru_balls_small"])
+def test_rollout_feeds_back_the_models_own_probabilities(name):
+    m = _tiny(name).eval()
+    x = (torch.rand(3, 12, 1, 16, 16) > 0.7).float()
+    seen = []
+    hook = m.encoder.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].detach().clone()))
+    with torch.no_grad():
+        logits = m.rollout(x, context=4, steps=6)
+    hook.remove()
+    assert logits.shape == (3, 10, 1, 16, 16)
+    torch.testing.assert_close(seen[0].view(3, 4, 1, 16, 16), x[:, :4])    # the true context, at once
+    for s in range(6):                                                      # then one fed-back frame per step
+        torch.testing.assert_close(seen[1 + s].view(3, 1, 1, 16, 16), torch.sigmoid(logits[:, 3 + s:4 + s]))
+    with torch.no_grad():
+        other = x.clone()
+        other[:, 4:] = torch.rand_like(other[:, 4:])                       # the future is never read
+        torch.testing.assert_close(m.rollout(other, 4, 6), logits)
+        torch.testing.assert_close(m(x[:, :4]), logits[:, :4])             # context part = teacher forcing
+
+
+def test_rim_rollout_reports_unit_activity():
+    m = _tiny("rim_lstm_balls_small").eval()
+    with torch.no_grad():
+        logits, mask = m.rollout(torch.rand(2, 6, 1, 16, 16), 3, 4, return_info=True)
+    assert mask.shape == (7, 2, 6) and (mask.sum(-1) == 4).all()            # k_A = 4 of 6 units each step
+    assert _tiny("lstm_balls_small").rollout(torch.rand(1, 4, 1, 16, 16), 2, 1, return_info=True)[1] is None
+
+
+class _Constant(torch.nn.Module):
+    """Predicts p = 0.5 everywhere: every frame costs H * W * ln 2 nats."""
+
+    def forward(self, x):
+        return torch.zeros_like(x)
+
+    def rollout(self, x, context, steps):
+        return torch.zeros(x.shape[0], context + steps, *x.shape[2:])
+
+
+def test_rollout_metric_is_nats_per_frame_split_at_the_context():
+    frames = torch.from_numpy(bb.generate(6, 2, frames=11, resolution=8, seed=0).frames)
+    r = task.evaluate_rollout(_Constant(), frames, context=4, batch_size=4)
+    assert len(r["per_frame"]) == 10
+    np.testing.assert_allclose(r["per_frame"], 64 * math.log(2), rtol=1e-6)
+    np.testing.assert_allclose([r["rollout_bce"], r["teacher_forced_bce"]], 64 * math.log(2), rtol=1e-6)
+    logits = torch.randn(2, 3, 1, 4, 4)
+    target = (torch.rand(2, 3, 1, 4, 4) > 0.5).float()
+    want = torch.nn.functional.binary_cross_entropy(torch.sigmoid(logits), target, reduction="none").sum((2, 3, 4))
+    torch.testing.assert_close(task.frame_bce(logits, target), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_short_training_lowers_the_teacher_forced_bce_clearly():
+    data = bb.generate(96, 3, frames=10, resolution=16, radii=(1.2, 1.5), seed=0)
+    frames = task.to_frames(torch.from_numpy(data.frames))
+    train, test = frames[:80], frames[80:]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        m = _tiny("lstm_balls_small")
+        opt = torch.optim.Adam(m.parameters(), lr=3e-3)
+        with torch.no_grad():
+            before = float(task.teacher_forced_loss(m, test))
+        g = torch.Generator().manual_seed(0)
+        for _ in range(100):
+            loss = task.teacher_forced_loss(m, train[torch.randint(0, 80, (8,), generator=g)])
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
+            opt.step()
+        with torch.no_grad():
+            after = float(task.teacher_forced_loss(m, test))
+    finally:
+        torch.set_num_threads(threads)
+    p = float(test.mean())
+    entropy = -(p * math.log(p) + (1 - p) * math.log(1 - p))     # the best constant prediction's BCE
+    assert after < 0.4 * before and after < 0.75 * entropy        # it reads the frames, not just the mean
+
+
+# ------------------------------------------------------------------------------------------------------
+# harness
+# ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--resolution", "30"], "--resolution"),
+    (["--test-sets", "4", "8-6"], "--test-sets"),
+    (["--test-sets", "4", "4"], "--test-sets"),
+    (["--curtain-rect", "5", "0", "4", "10"], "--curtain-rect"),
+    (["--models", "lstm_seq_small"], "--models"),
+    (["--context", "50"], "--context"),
+    (["--curtain"], "--curtain"),
+    (["--sequences", "10"], "--sequences"),
+    (["--model-kwargs", "{bad"], "--model-kwargs"),
+    (["--radii", "6"], "--radii"),
+    (["--balls", "8", "6"], "--balls"),
+    (["--steps", "0"], "--steps"),
+    (["--lr", "nan"], "--lr"),
+])
+def test_bad_options_exit_2_with_one_line(argv, needle, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        task.main([*argv, "--out", str(tmp_path / "o")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err
+    assert not (tmp_path / "o").exists()                                    # nothing written
+
+
+def test_generate_only_writes_a_loadable_data_set(tmp_path, capsys):
+    res = task.main(["--generate-only", "--balls", "6", "8", "--sequences", "6", "--resolution", "16",
+                     "--frames", "5", "--curtain", "--out", str(tmp_path / "data")])
+    path = tmp_path / "data" / "balls6-8_curtain_16px_5f_seed0.npz"
+    assert res["path"] == str(path) and "wrote" in capsys.readouterr().out
+    data = bb.BouncingBalls.load(path)
+    assert data.frames.shape == (6, 5, 16, 16) and set(data.num_balls) <= {6, 7, 8}
+    assert data.curtain == bb.DEFAULT_CURTAIN
+    assert (data.frames[..., bb.curtain_mask(16, bb.DEFAULT_CURTAIN)] == 0).all()
+
+
+@pytest.mark.slow
+def test_end_to_end_run_writes_results_and_figures(tmp_path):
+    out = tmp_path / "run"
+    results = task.main(["--steps", "6", "--train-sequences", "16", "--test-sequences", "4", "--frames", "9",
+                         "--context", "3", "--resolution", "16", "--batch-size", "4", "--eval-every", "3",
+                         "--workers", "1", "--seeds", "1", "--no-progress", "--out", str(out)])
+    saved = json.loads((out / "results.json").read_text())
+    for name in ("rim_lstm_balls_small", "lstm_balls_small"):
+        assert set(saved[name]) == {"4", "6-8", "curtain"}
+        for t in ("4", "6-8", "curtain"):
+            r = saved[name][t]
+            assert {"rollout_bce", "rollout_bce_std", "per_frame"} <= set(r) and len(r["per_frame"]) == 8
+            assert math.isclose(r["rollout_bce"], float(np.mean(r["per_frame"][3:])), rel_tol=1e-9)
+            assert results[name][t]["rollout_bce"] == r["rollout_bce"]
+    for f in ("curves.png", "filmstrip.png", "rollout.gif", "activity.png", "results.md"):
+        assert (out / f).stat().st_size > 0
+    assert (out / "rim_lstm_balls_small" / "seed0" / "checkpoint.pt").exists()
+    from PIL import Image
+    assert Image.open(out / "rollout.gif").n_frames == 8

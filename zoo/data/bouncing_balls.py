@@ -260,64 +260,60 @@ def curtain_mask(resolution: int, rect: Sequence[float], box: float = BOX) -> np
 
 def render(positions: np.ndarray, radii: np.ndarray, resolution: int = 64, box: float = BOX,
            threshold: float = 0.5, curtain: Optional[Sequence[float]] = None, tail: float = 1e-7,
-           chunk_frames: int = 256) -> np.ndarray:
+           chunk_frames: int = 64) -> np.ndarray:
     """Binary frames of balls: ``sum_i exp(-(d_i^2 / r_i^2)^4) > threshold`` on the pixel-centre grid.
 
     Each ball's term is evaluated on a square patch of pixels around its centre that holds every pixel
-    where the term exceeds ``tail`` (``d^2 / r^2 < (-ln tail)^(1/4)``), and the patches are summed into the
-    frame with one ``index_add`` over all frames and balls. Terms left out are below ``tail`` each, so a
+    where the term exceeds ``tail`` (``d^2 / r^2 < (-ln tail)^(1/4)``), and the patches of all frames and
+    balls are summed into the frames with one ``np.bincount``. Terms left out are below ``tail`` each, so a
     pixel can differ from the dense sum only if that sum lies within ``n * tail`` of the threshold.
+    NumPy, single-threaded: no thread pool to oversubscribe on a shared machine.
 
     Args:
         positions: ``(..., n, 2)`` ball centres (``x`` column, ``y`` row); NaN rows are absent balls.
         radii: broadcastable to ``positions.shape[:-1]``: ``(n,)``, or ``(N, 1, n)`` for positions
             ``(N, T, n, 2)``; NaN or 0 for absent balls.
         curtain: a rectangle ``(x0, y0, x1, y1)`` whose pixels are set to 0, or ``None``.
-        chunk_frames: frames rendered per chunk, for memory.
+        chunk_frames: frames rendered per chunk (work arrays stay in cache).
 
     Returns:
         ``positions.shape[:-2] + (resolution, resolution)`` uint8 in ``{0, 1}``.
     """
     pos = np.asarray(positions, dtype=np.float64)
     lead, n = pos.shape[:-2], pos.shape[-2]
-    r = np.broadcast_to(np.asarray(radii, dtype=np.float64), lead + (n,))
+    r = np.broadcast_to(np.asarray(radii, dtype=np.float64), lead + (n,)).reshape(-1, n)
     pos = pos.reshape(-1, n, 2)
-    r = r.reshape(-1, n)
     absent = np.isnan(pos).any(-1) | ~(r > 0)                              # NaN radius compares false
     num_frames = pos.shape[0]
     frames = np.zeros((num_frames, resolution, resolution), dtype=np.uint8)
-    if num_frames == 0 or n == 0 or absent.all():
-        out = frames.reshape(lead + (resolution, resolution))
-        return out
-    px = resolution / box                                                  # pixels per box unit
-    q_cut = (-math.log(tail)) ** 0.25                                      # term < tail beyond q_cut
-    half = int(math.ceil(np.nanmax(np.where(absent, np.nan, r)) * math.sqrt(q_cut) * px)) + 1
-    P = 2 * half + 1                                                       # patch side, pixels
-    pad = P
-    side = resolution + 2 * pad
-    offs = torch.arange(P, dtype=torch.int64) - half                       # (P,)
-    pos_t = torch.from_numpy(np.where(absent[..., None], 0.0, pos))
-    inv_r2 = torch.from_numpy(np.where(absent, 0.0, 1.0 / np.where(absent, 1.0, r) ** 2))
-    keep = torch.from_numpy(~absent).float()
-    canvas = torch.zeros(min(chunk_frames, num_frames) * side * side, dtype=torch.float32)
-    for s in range(0, num_frames, chunk_frames):
-        p, w, k = pos_t[s:s + chunk_frames], inv_r2[s:s + chunk_frames], keep[s:s + chunk_frames]
-        f = p.shape[0]
-        u = p * px - 0.5                                                   # pixel coordinates, centre k at k
-        base = torch.round(u).to(torch.int64)                              # nearest pixel (f, n, 2)
-        idx = base[..., None] + offs                                       # (f, n, 2, P) pixel indices
-        d = (idx.to(torch.float64) + 0.5) / px - p[..., None]              # box-unit offsets of the centres
-        q1 = (d * d * w[..., None, None]).float()                          # (f, n, 2, P) per-axis q terms
-        term = q1[:, :, 1, :, None] + q1[:, :, 0, None, :]                 # (f, n, P_rows, P_cols) = q
-        term.square_().square_().neg_().exp_()                             # exp(-q^4)
-        term.mul_(k[..., None, None])
-        idx = idx + pad
-        flat = idx[:, :, 1, :, None] * side + idx[:, :, 0, None, :]        # (f, n, P, P) in one frame
-        flat += (torch.arange(f) * (side * side))[:, None, None, None]
-        c = canvas[:f * side * side].zero_()
-        c.scatter_add_(0, flat.view(-1), term.view(-1))
-        c = c.view(f, side, side)[:, pad:pad + resolution, pad:pad + resolution]
-        frames[s:s + f] = (c > threshold).numpy()
+    if num_frames and n and not absent.all():
+        px = resolution / box                                              # pixels per box unit
+        q_cut = (-math.log(tail)) ** 0.25                                  # term < tail beyond q_cut
+        half = int(math.ceil(r[~absent].max() * math.sqrt(q_cut) * px)) + 1
+        P = 2 * half + 1                                                   # patch side, pixels
+        side = resolution + 2 * P                                          # canvas padded by P
+        offs = np.arange(P) - half
+        pos = np.where(absent[..., None], 0.0, pos)
+        inv_r2 = np.where(absent, 0.0, 1.0 / np.where(absent, 1.0, r) ** 2)
+        keep = (~absent).astype(np.float32)
+        for s in range(0, num_frames, chunk_frames):
+            p, w, k = pos[s:s + chunk_frames], inv_r2[s:s + chunk_frames], keep[s:s + chunk_frames]
+            f = p.shape[0]
+            idx = np.rint(p * px - 0.5).astype(np.int64)[..., None] + offs        # (f, n, 2, P) pixel indices
+            d = (idx + 0.5) / px - p[..., None]                                    # pixel centre - ball centre
+            q1 = (d * d * w[..., None, None]).astype(np.float32)                   # per-axis d^2 / r^2
+            q = q1[:, :, 1, :, None] + q1[:, :, 0, None, :]                        # (f, n, rows, cols)
+            np.square(q, out=q)
+            np.square(q, out=q)
+            np.negative(q, out=q)
+            np.exp(q, out=q)                                                       # exp(-(d^2 / r^2)^4)
+            q *= k[..., None, None]
+            idx += P
+            flat = idx[:, :, 1, :, None] * side + idx[:, :, 0, None, :]
+            flat += (np.arange(f) * (side * side))[:, None, None, None]
+            canvas = np.bincount(flat.ravel(), weights=q.ravel(), minlength=f * side * side)
+            canvas = canvas.reshape(f, side, side)[:, P:P + resolution, P:P + resolution]
+            frames[s:s + f] = canvas > threshold
     frames = frames.reshape(lead + (resolution, resolution))
     if curtain is not None:
         frames[..., curtain_mask(resolution, curtain, box)] = 0
