@@ -371,7 +371,7 @@ def plot_curves(cfg: Config, results: dict, path: Path) -> Path:
         for i, name in enumerate(cfg.models):
             y = np.asarray(results[name][t]["per_frame"])
             ax.plot(np.arange(1, len(y) + 1), y, color=f"C{i}", label=name)
-        ax.axvspan(0.5, cfg.context + 0.5, color="gold", alpha=0.2, label=f"{cfg.context} true frames fed")
+        ax.axvspan(0.5, cfg.context + 0.5, color="gold", alpha=0.2, label=f"from true inputs (frames 0..{cfg.context - 1})")
         ax.set_title(f"test set {t}")
         ax.set_xlabel("predicted frame")
         ax.set_ylabel("BCE (nats / frame)")
@@ -392,33 +392,44 @@ def _examples(cfg: Config, runs: List[dict]) -> Tuple[Dict[str, np.ndarray], Dic
 
 
 def plot_filmstrip(cfg: Config, runs: List[dict], path: Path, every: int = 5) -> Path:
-    """Ground truth and each model's rollout of the first sequence of every test set, every ``every`` frames."""
+    """Ground truth and each model's rollout of the first sequence of every test set, every ``every`` frames
+    (the curtain's rectangle outlined in red)."""
     plt = _mpl()
+    from matplotlib.patches import Rectangle
+
     truth, preds = _examples(cfg, runs)
     models = [m for m in cfg.models if m in preds]
     cols = list(range(every - 1, cfg.frames - 1, every))                           # predicted frames every..50
     nrows = len(cfg.test_sets) * (1 + len(models))
-    fig, axes = plt.subplots(nrows, len(cols), figsize=(1.1 * len(cols), 1.15 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, len(cols), figsize=(0.9 * len(cols) + 1.6, 0.9 * nrows + 0.6), squeeze=False)
+    px = cfg.resolution / BOX
     row = 0
     for t in cfg.test_sets:
+        curtain = parse_test_set(t)[1]
         for label, seq in [("truth", truth[t])] + [(m, preds[m][t][0]) for m in models]:
             for ax, k in zip(axes[row], cols):
                 ax.imshow(seq[k], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
                 ax.set_xticks([])
                 ax.set_yticks([])
+                if curtain:
+                    x0, y0, x1, y1 = (v * px - 0.5 for v in cfg.curtain_rect)
+                    ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="tab:red", lw=0.6))
                 if row == 0:
-                    ax.set_title(f"{k + 1}" + (" (fed)" if k + 1 <= cfg.context else ""), fontsize=7)
-            axes[row, 0].set_ylabel(f"{t}\n{label}", fontsize=6, rotation=0, ha="right", va="center")
+                    ax.set_title(f"{k + 1}", fontsize=7, color="black" if k + 1 <= cfg.context else "tab:blue")
+            axes[row, 0].set_ylabel(f"{t}: {label}", fontsize=6, rotation=0, ha="right", va="center")
             row += 1
-    fig.suptitle(f"frame {cfg.context + 1} on: rollout from {cfg.context} true frames", fontsize=8)
-    fig.tight_layout()
+    fig.suptitle(f"predicted frame (black: from true inputs; blue: rollout, the model's own frames fed back "
+                 f"after frame {cfg.context})", fontsize=7)
+    fig.subplots_adjust(left=1.5 / fig.get_figwidth(), right=0.99, top=1 - 0.45 / fig.get_figheight(),
+                        bottom=0.01, wspace=0.05, hspace=0.08)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
 
 def write_gif(cfg: Config, runs: List[dict], path: Path, scale: int = 2) -> Path:
-    """Animated ground truth (top row) vs each model's rollout (rows below), one column per test set."""
+    """Animated ground truth (top row) vs each model's prediction (rows below; from frame ``context + 1`` on
+    a rollout), one column per test set."""
     from PIL import Image, ImageDraw
 
     truth, preds = _examples(cfg, runs)
@@ -432,8 +443,8 @@ def write_gif(cfg: Config, runs: List[dict], path: Path, scale: int = 2) -> Path
     for k in range(cfg.frames - 1):
         canvas = Image.new("L", (width, height), 40)
         draw = ImageDraw.Draw(canvas)
-        phase = "fed" if k + 1 <= cfg.context else "rollout"
-        draw.text((2, 0), f"frame {k + 1} ({phase})", fill=255)
+        phase = "from true inputs" if k + 1 <= cfg.context else "rollout"
+        draw.text((2, 0), f"predicted frame {k + 1} ({phase})", fill=255)
         for c, t in enumerate(cfg.test_sets):
             for r, seq in enumerate([truth[t]] + [preds[m][t][0] for m in models]):
                 tile = Image.fromarray(seq[k]).resize((W * scale, H * scale), Image.NEAREST)
