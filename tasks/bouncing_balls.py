@@ -19,6 +19,7 @@ own probabilities). ``rollout_bce`` is the mean of the 35 rollout entries.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,12 +185,12 @@ class Config(RunConfig):
     data_seed: int = arg(0, help="seed of the data sets (training, test and --generate-only)", ge=0)
     steps: int = arg(800, help="optimizer steps per model and seed", ge=1)
     batch_size: int = arg(16, help="training batch size (sequences)", ge=1)
-    lr: float = arg(1e-3, help="Adam learning rate", gt=0)
+    lr: float = arg(2e-3, help="Adam learning rate", gt=0)
     clip_grad: float = arg(1.0, help="gradient-norm clip (thesis protocol: 1.0; 0 disables)", ge=0)
     eval_every: int = arg(200, help="log teacher-forced and rollout BCE on 32 test sequences every this many "
                                     "steps (0: only at the end)", ge=0)
     model_kwargs: str = arg("{}", help='JSON dict of extra model kwargs, e.g. \'{"k_active": 3}\'')
-    seeds: int = arg(2, help="seeds per model (seed, seed+1, ...); tables show mean ± std", ge=1)
+    seeds: int = arg(3, help="seeds per model (seed, seed+1, ...); tables show mean ± std", ge=1)
     out: str = arg("runs/bouncing_balls", help="output folder", path="out_dir")
 
     def check(self) -> None:

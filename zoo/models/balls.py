@@ -234,8 +234,9 @@ def _create(variant: str, pretrained: bool, defaults: Dict[str, Any], kwargs: Di
 
 # the thesis's sizes: RIMs 6 units of 100 with k_A = 4 (ch. 8), LSTM 256 (Fig. 3 text)
 _RIM = dict(core="rim", hidden_size=600, embed_dim=256, num_units=6, k_active=4)
-# CPU sizes (docs/bouncing_balls.md, the sweep): 32x32 frames, narrower cores of comparable parameter count
-_SMALL = dict(embed_dim=64, enc_channels=(16, 32, 64), upsample="transpose")
+# CPU sizes (docs/bouncing_balls.md, the sweep): 32x32 frames, half the conv widths, transposed-conv decoder,
+# cores of comparable parameter count
+_SMALL = dict(embed_dim=64, enc_channels=(8, 16, 32), upsample="transpose")
 _RIM_SMALL = dict(core="rim", hidden_size=192, num_units=6, k_active=4, **_SMALL)
 
 
@@ -265,7 +266,7 @@ def gru_balls(pretrained: bool = False, **kwargs) -> BallsVideoModel:
 
 @register_model
 def rim_lstm_balls_small(pretrained: bool = False, **kwargs) -> BallsVideoModel:
-    """A small RIM core (6 LSTM units of 32, ``k_A = 4``, embedding 64) for 32x32 CPU runs."""
+    """A small RIM core (6 LSTM units of 32, ``k_A = 4``, embedding 64; convs 8/16/32) for 32x32 CPU runs."""
     return _create("rim_lstm_balls_small", pretrained, {**_RIM_SMALL, "cell": "lstm"}, kwargs)
 
 
