@@ -421,7 +421,7 @@ def plot_filmstrip(cfg: Config, runs: List[dict], path: Path, every: int = 5) ->
             row += 1
     fig.suptitle(f"predicted frame (black: from true inputs; blue: rollout, the model's own frames fed back "
                  f"after frame {cfg.context})", fontsize=7)
-    fig.subplots_adjust(left=1.5 / fig.get_figwidth(), right=0.99, top=1 - 0.45 / fig.get_figheight(),
+    fig.subplots_adjust(left=1.5 / fig.get_figwidth(), right=0.99, top=1 - 0.6 / fig.get_figheight(),
                         bottom=0.01, wspace=0.05, hspace=0.08)
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -430,26 +430,31 @@ def plot_filmstrip(cfg: Config, runs: List[dict], path: Path, every: int = 5) ->
 
 def write_gif(cfg: Config, runs: List[dict], path: Path, scale: int = 2) -> Path:
     """Animated ground truth (top row) vs each model's prediction (rows below; from frame ``context + 1`` on
-    a rollout), one column per test set."""
+    a rollout), one column per test set; 16 grey levels keep the file small."""
     from PIL import Image, ImageDraw
 
     truth, preds = _examples(cfg, runs)
     models = [m for m in cfg.models if m in preds]
+    labels = ["truth", *models]
     H = W = cfg.resolution
-    gap, label_h = 2, 12
-    rows = 1 + len(models)
-    width = len(cfg.test_sets) * (W + gap) * scale
-    height = label_h + rows * (H + gap) * scale
+    gap, top = 2 * scale, 24
+    left = 6 * max(map(len, labels)) + 8
+    width = left + len(cfg.test_sets) * (W * scale + gap)
+    height = top + len(labels) * (H * scale + gap)
     images = []
     for k in range(cfg.frames - 1):
         canvas = Image.new("L", (width, height), 40)
         draw = ImageDraw.Draw(canvas)
         phase = "from true inputs" if k + 1 <= cfg.context else "rollout"
         draw.text((2, 0), f"predicted frame {k + 1} ({phase})", fill=255)
+        for r, label in enumerate(labels):
+            draw.text((2, top + r * (H * scale + gap) + H * scale // 2 - 5), label, fill=200)
         for c, t in enumerate(cfg.test_sets):
+            x0 = left + c * (W * scale + gap)
+            draw.text((x0 + 2, 12), f"test set {t}", fill=200)
             for r, seq in enumerate([truth[t]] + [preds[m][t][0] for m in models]):
-                tile = Image.fromarray(seq[k]).resize((W * scale, H * scale), Image.NEAREST)
-                canvas.paste(tile, (c * (W + gap) * scale, label_h + r * (H + gap) * scale))
+                tile = Image.fromarray((seq[k] // 16) * 17).resize((W * scale, H * scale), Image.NEAREST)
+                canvas.paste(tile, (x0, top + r * (H * scale + gap)))
         images.append(canvas)
     images[0].save(path, save_all=True, append_images=images[1:], duration=120, loop=0, optimize=True)
     return path
@@ -470,7 +475,7 @@ def plot_activity(cfg: Config, runs: List[dict], path: Path) -> Optional[Path]:
             ax.imshow(mask, aspect="auto", cmap="Greys", vmin=0, vmax=1, interpolation="nearest",
                       extent=(0.5, mask.shape[1] + 0.5, mask.shape[0] - 0.5, -0.5))
             ax.axvline(cfg.context + 0.5, color="tab:red", lw=1)
-            ax.set_title(f"{m}, test set {t}", fontsize=8)
+            ax.set_title(f"{m}, test set {t} (black: active)", fontsize=8)
             ax.set_xlabel("step (red line: rollout starts)", fontsize=7)
             ax.set_ylabel("unit", fontsize=7)
     fig.tight_layout()
