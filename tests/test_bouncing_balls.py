@@ -59,6 +59,20 @@ def test_receding_balls_do_not_collide():
     np.testing.assert_array_equal(v2, v)
 
 
+@pytest.mark.parametrize("axis, side", [(0, -1), (0, 1), (1, -1), (1, 1)])
+def test_every_wall_mirrors_the_position_and_flips_the_normal_velocity(axis, side):
+    r = 1.0
+    x = np.full((1, 1, 2), 5.0)
+    x[0, 0, axis] = (r + 0.05) if side < 0 else (bb.BOX - r - 0.05)     # 0.05 from the wall
+    v = np.array([[[0.1, 0.1]]])
+    v[0, 0, axis] = 0.3 * side                                          # moving into it, 0.15 per sub-step
+    x2, v2, wall, _ = bb.physics_substep(x, v, np.array([[r]]), np.array([[1.0]]), dt=0.5)
+    assert wall[0, 0]
+    want = x[0, 0, axis] - 0.05 * side                                  # 0.1 past the wall, mirrored back
+    np.testing.assert_allclose(x2[0, 0, axis], want, atol=1e-12)
+    assert v2[0, 0, axis] == -v[0, 0, axis] and v2[0, 0, 1 - axis] == v[0, 0, 1 - axis]
+
+
 def test_momentum_conserved_through_every_ball_collision_and_energy_through_everything():
     x, v, r, m = _crowded()
     collided = walls = 0
