@@ -149,6 +149,10 @@ def test_render_equals_the_dense_formula_also_for_touching_balls():
     got = bb.render(pos, r[:, None], resolution=32)
     want = _dense_render(pos.reshape(-1, 6, 2), np.repeat(r, 20, axis=0), 32).reshape(got.shape)
     np.testing.assert_array_equal(got, want)
+    # a low threshold reaches far into the tails: the patches must hold every term that can matter
+    low = bb.render(pos[:5], r[:5, None], resolution=32, threshold=1e-3)
+    want_low = _dense_render(pos[:5].reshape(-1, 6, 2), np.repeat(r[:5], 20, axis=0), 32, threshold=1e-3)
+    np.testing.assert_array_equal(low, want_low.reshape(low.shape))
     # two balls closer than their drawn radii: the pixels between them come from the sum of both terms
     pos2 = np.array([[[4.0, 5.0], [5.9, 5.0]]])
     np.testing.assert_array_equal(bb.render(pos2, np.ones(2), 64), _dense_render(pos2, np.ones((1, 2)), 64))
