@@ -178,11 +178,10 @@ def test_renderer_puts_each_balls_pixels_at_its_centre(res):
 
 
 def test_curtain_hides_exactly_the_pixels_inside_it():
-    rect = (3.2, 1.0, 6.8, 9.0)
-    mask = bb.curtain_mask(10, rect)                                    # 10 px: centres 0.5, 1.5, ..., 9.5
-    want = np.zeros((10, 10), dtype=bool)
+    want = np.zeros((10, 10), dtype=bool)                               # 10 px: centres 0.5, 1.5, ..., 9.5
     want[1:9, 3:7] = True                                               # rows y 1.5..8.5, cols x 3.5..6.5
-    np.testing.assert_array_equal(mask, want)
+    for rect in [(3.2, 1.0, 6.8, 9.0), (3.0, 0.6, 6.9, 8.6), (3.5, 1.5, 6.5, 8.5)]:   # centres on edges count
+        np.testing.assert_array_equal(bb.curtain_mask(10, rect), want)
     open_ = bb.generate(30, 4, frames=20, resolution=32, seed=5)
     hidden = bb.generate(30, 4, frames=20, resolution=32, seed=5, curtain=bb.DEFAULT_CURTAIN)
     inside = bb.curtain_mask(32, bb.DEFAULT_CURTAIN)
