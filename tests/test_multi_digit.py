@@ -86,3 +86,70 @@ def test_bad_inputs_are_one_line_errors(pools):
         DigitPool(torch.zeros(3, 1, 28, 28), torch.tensor([0, 1, 2]))
     with pytest.raises(ValueError, match="source"):
         digit_sources("svhn")
+
+
+# -- metrics and harness ---------------------------------------------------------------------------------
+from tasks import multi_digit as harness  # noqa: E402
+
+
+def test_exact_set_metrics_by_hand():
+    y = torch.tensor([[1, 1, 0, 0, 0, 0, 0, 0, 0, 0], [0, 0, 1, 0, 0, 0, 0, 0, 0, 0.]])
+    logits = torch.full((2, 10), -5.0)
+    logits[0, 0], logits[0, 1] = 4.0, 0.5                       # both right
+    logits[1, 2], logits[1, 3] = 3.0, 2.0                        # an extra digit predicted
+    m = harness.exact_set_metrics(logits, y)
+    assert m["exact_acc"] == 0.5
+    assert m["topk_acc"] == 1.0                                   # with k given, the top-1 of row 2 is right
+    assert m["f1_per_label"][3] == 0.0 and m["f1_per_label"][0] == 1.0 and m["f1_per_label"][9] == 1.0
+    assert m["f1"] == pytest.approx(0.9)
+    logits[0, 1] = -0.5                                           # digit 1 now below the threshold
+    assert harness.exact_set_metrics(logits, y)["exact_acc"] == 0.0
+    assert harness.exact_set_metrics(logits, y, threshold=0.3)["exact_acc"] == 0.5
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--train-counts", "0", "3"], "--train-counts 0 is out of range"),
+    (["--test-counts", "11"], "--test-counts 11 is out of range"),
+    (["--models", "nope_net"], "not a registered model"),
+    (["--model-kwargs", '{"mnist_convnet": {"d_k": 8}}'], "cannot be built"),
+    (["--data", "svhn"], "invalid choice"),
+    (["--threshold", "1.5"], "--threshold 1.5 is out of range"),
+])
+def test_bad_options_are_one_line_errors(argv, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        harness.parse_config(harness.Config, argv + ["--out", str(tmp_path / "o")], prog="python -m tasks.multi_digit")
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_mnist_is_a_config_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        harness.parse_config(harness.Config, ["--data", "mnist", "--data-root", str(tmp_path), "--out",
+                                              str(tmp_path / "o")])
+    assert e.value.code == 2 and "--download" in capsys.readouterr().err
+
+
+def test_counts_and_timm_models():
+    cfg = harness.Config(train_counts=[1, 5], test_counts=[2, 3, 4], models=["resnet18"], model_kwargs="{}")
+    assert cfg.counts == [1, 2, 3, 4, 5]
+    assert harness.build_model("resnet18", {})(torch.zeros(2, 1, 64, 64)).shape == (2, 10)
+
+
+@pytest.mark.slow
+def test_short_run_learns_above_the_majority_set_and_writes_every_output(tmp_path):
+    out = tmp_path / "run"
+    res = harness.main(["--models", "mnist_convnet", "nfm_mnist_convnet", "--train-counts", "1", "2",
+                        "--test-counts", "3", "--steps", "250", "--test-size", "200", "--workers", "2",
+                        "--model-kwargs", '{"*": {"widths": [8, 16, 32]}, "nfm_mnist_convnet": {"d_k": 4, "d_v": 4}}',
+                        "--samples", "3", "--attention-images", "12", "--out", str(out), "--no-progress"])
+    # the most common set of one digit is right on 1 canvas in 10
+    assert res["mnist_convnet"]["1"]["exact_acc"] > 0.3
+    saved = json.loads((out / "results.json").read_text())
+    for name in ("mnist_convnet", "nfm_mnist_convnet"):
+        assert set(saved[name]) == {"1", "2", "3"}
+        assert {"exact_acc", "exact_acc_std", "exact_acc_per_seed", "f1", "f1_per_label"} <= set(saved[name]["2"])
+        assert saved[name]["1"]["seen"] and not saved[name]["3"]["seen"]
+    assert (out / "accuracy_vs_count.png").stat().st_size > 0 and (out / "samples.png").exists()
+    assert (out / "attention_nfm_mnist_convnet.png").exists()

@@ -186,3 +186,104 @@ def test_dataset_items_and_question_vectors(data):
         SortOfClevrDataset(data, "both")
     assert soc.describe_question(0, 1, 0) == "shape of the object closest to red?"
     assert COLORS[5] == "yellow"
+
+
+# -- the models ------------------------------------------------------------------------------------------
+def test_relation_network_equals_the_pairwise_concatenation_and_has_the_timm_api():
+    torch.manual_seed(0)
+    m = zoo.create_model("sortclevr_rn", g_hidden=32, f_hidden=24, drop_rate=0.5).eval()
+    x, q = torch.rand(3, 3, 75, 75), question_vectors([0, 4, 5], [1, 0, 1], [0, 2, 2])
+    feats = m.forward_features(x)
+    assert feats.shape == (3, 24, 5, 5)
+    # brute force (Santoro et al. eq. 1): g on every concatenated pair [o_i; o_j; q], summed, then f
+    o = feats.flatten(2).transpose(1, 2)
+    coords = torch.tensor([[(r - 2) / 2, (c - 2) / 2] for r in range(5) for c in range(5)])
+    o = torch.cat([o, coords.expand(3, -1, -1)], -1)
+    total = 0
+    for i in range(25):
+        for j in range(25):
+            total = total + m.g(torch.relu(m.g_in(torch.cat([o[:, i], o[:, j], q], -1))))
+    want = m.fc(m.f(total))
+    assert torch.allclose(m(x, q), want, atol=1e-4, rtol=1e-4)
+    assert m.forward_head(feats, q, pre_logits=True).shape == (3, 24)
+    m.reset_classifier(4)
+    assert m(x, q).shape == (3, 4)
+    assert torch.equal(m(x, q), m(x, q))                              # dropout off at test time
+    m.train()
+    assert not torch.equal(m(x, q), m(x, q))                          # and on in training
+    assert "sortclevr_rn" in zoo.list_models("sortclevr*")
+
+
+@pytest.mark.parametrize("name", ["sortclevr_cnn", "nfm_sortclevr_cnn"])
+def test_test_time_dropout_is_off(name):
+    # the reference's CNN+MLP called F.dropout in eval too: predictions changed from call to call
+    m = zoo.create_model(name, drop_rate=0.5, d_k=4, d_v=4) if name.startswith("nfm") else \
+        zoo.create_model(name, drop_rate=0.5)
+    x, q = torch.rand(4, 3, 75, 75), question_vectors([0, 1, 2, 3], [0, 1, 0, 1], [0, 1, 2, 0])
+    m.eval()
+    assert torch.equal(m(x, q), m(x, q))
+    m.train()
+    assert not torch.equal(m(x, q), m(x, q))
+
+
+# -- the harness -----------------------------------------------------------------------------------------
+from tasks import sort_of_clevr as harness  # noqa: E402
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--holdout", "7"], "--holdout 7 is out of range"),
+    (["--steps", "0"], "--steps 0 is out of range"),
+    (["--models", "resnet18"], "takes no question"),
+    (["--models", "nope_net"], "not a registered model"),
+    (["--model-kwargs", "{oops"], "not valid JSON"),
+    (["--model-kwargs", '{"sortclevr_nn": {}}'], "not a registered model name"),
+    (["--model-kwargs", '{"sortclevr_cnn": {"bogus": 1}}'], "cannot be built"),
+    (["--model-kwargs", '{"sortclevr_cnn": {"d_k": 8}}'], "cannot be built"),
+    (["--models", "sortclevr_cnn", "sortclevr_cnn"], "twice"),
+])
+def test_bad_options_are_one_line_errors(argv, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        harness.parse_config(harness.Config, argv + ["--out", str(tmp_path / "o")], prog="python -m tasks.sort_of_clevr")
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_per_model_kwargs_and_seed_summary():
+    kw = harness.per_model_kwargs('{"*": {"drop_rate": 0.5}, "b": {"drop_rate": 0.1, "x": 1}, "sortclevr_rn": {}}',
+                                  ["a", "b"])
+    assert kw == {"a": {"drop_rate": 0.5}, "b": {"drop_rate": 0.1, "x": 1}}       # entries of other models ignored
+    s = harness.seed_summary([{"rel": 0.5}, {"rel": 0.7}])
+    assert s["rel"] == pytest.approx(0.6) and s["rel_std"] == pytest.approx(0.1414, abs=1e-4)
+    assert s["rel_per_seed"] == [0.5, 0.7]
+
+
+def test_generate_only_writes_the_data_set(tmp_path):
+    out = tmp_path / "data"
+    harness.main(["--generate-only", "--out", str(out), "--train-images", "40", "--test-images", "10",
+                  "--holdout", "2"])
+    (npz,) = out.glob("*.npz")
+    with np.load(npz) as z:
+        assert z["train_images"].shape == (40, 75, 75, 3) and z["test_answers"].shape == (10, 20)
+    assert (out / "preview.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_short_run_learns_above_the_majority_answer_and_writes_every_output(tmp_path):
+    out = tmp_path / "run"
+    res = harness.main(["--models", "sortclevr_cnn", "nfm_sortclevr_cnn", "--steps", "300", "--holdout", "2",
+                        "--train-images", "2000", "--test-images", "100", "--data-dir", str(tmp_path / "d"),
+                        "--model-kwargs", '{"nfm_sortclevr_cnn": {"nfm_attend": [3], "d_k": 4, "d_v": 4}}',
+                        "--workers", "2", "--samples", "4", "--attention-images", "8", "--out", str(out),
+                        "--no-progress"])
+    chance = res["majority_answer"]
+    assert res["sortclevr_cnn"]["nonrel"] > chance["nonrel"] + 0.1
+    saved = json.loads((out / "results.json").read_text())
+    for name in ("sortclevr_cnn", "nfm_sortclevr_cnn"):
+        keys = set(saved[name])
+        for k in ("rel", "nonrel", "rel_heldout", "nonrel_heldout", "rel_seen", "nonrel_seen", "rel_count"):
+            assert {k, f"{k}_std", f"{k}_per_seed"} <= keys
+        assert len(saved[name]["rel_per_seed"]) == 1
+    assert (out / "samples.png").stat().st_size > 0 and (out / "attention_nfm_sortclevr_cnn.png").exists()
+    assert "nonrel_shape" in (out / "results.md").read_text()
