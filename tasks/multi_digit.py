@@ -144,6 +144,7 @@ def load_pools(cfg: Config):
 def train_one(cfg: Config, name: str, seed: int, position: int = 0) -> dict:
     """Train one (model, seed) and test it at every count; runs in a worker process."""
     device = resolve_device(cfg.device)
+    torch.set_num_threads(cfg.threads)                # run_jobs sets it in worker processes only, not with 1 worker
     seed_everything(seed)
     pools = load_pools(cfg)
     tests = test_sets(cfg, pools)

@@ -207,6 +207,7 @@ def _run_dir(cfg: Config, name: str, seed: int) -> Path:
 def train_one(cfg: Config, name: str, seed: int, position: int = 0) -> dict:
     """Train one (model, seed) and evaluate it; runs in a worker process."""
     device = resolve_device(cfg.device)
+    torch.set_num_threads(cfg.threads)                # run_jobs sets it in worker processes only, not with 1 worker
     seed_everything(seed)
     data = load_data(cfg)
     holdout = soc.holdout_combinations(cfg.holdout, cfg.holdout_seed)
