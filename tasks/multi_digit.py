@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 
 import zoo
-from tasks.sort_of_clevr import check_models, per_model_kwargs, plot_attention_runs, seed_summary
+from tasks.sort_of_clevr import (check_models, make_scheduler, per_model_kwargs, plot_attention_runs,
+                                 seed_summary)
 from zoo.data.multi_digit import NUM_CLASSES, MultiDigitDataset, digit_sources, multi_digit_batch
 from zoo.engine import (ConfigError, RunConfig, RunError, SeededStream, arg, command_line, fit, markdown_table,
                         parse_config, resolve_device, run_cli, run_grid, seed_everything, summarize_seeds,
@@ -63,6 +64,8 @@ class Config(RunConfig):
     steps: int = arg(1200, help="optimizer steps per model and seed", ge=1)
     batch_size: int = arg(32, help="canvases per step", ge=1)
     lr: float = arg(3e-3, help="Adam learning rate", gt=0)
+    schedule: str = arg("cosine", help="learning-rate schedule: cosine decay to 0 (batch-norm statistics then "
+                                       "match the final weights), or constant", choices=["cosine", "constant"])
     clip_grad: float = arg(0.0, help="gradient-norm clip (0: off)", ge=0)
     canvas: int = arg(64, help="canvas side in pixels", ge=28, le=256)
     data: str = arg("embedded", help="digit source: the embedded 5,000 digits, or full MNIST from --data-root",
@@ -160,6 +163,7 @@ def train_one(cfg: Config, name: str, seed: int, position: int = 0) -> dict:
     seen = {k: tests[k] for k in cfg.train_counts}
     fitted = fit(model, optimizer, batches, step_fn, steps=cfg.steps, device=device,
                  out_dir=_run_dir(cfg, name, seed), clip_grad=cfg.clip_grad or None, log_every=cfg.log_every,
+                 scheduler=make_scheduler(optimizer, cfg.schedule, cfg.steps),
                  eval_fn=lambda m: {f"exact_acc_{k}": v["exact_acc"] for k, v in
                                     evaluate(m, seen, device, cfg.threshold).items()},
                  eval_every=cfg.eval_every, ckpt_every=cfg.checkpoint_every, resume=cfg.resume,

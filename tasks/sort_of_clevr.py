@@ -20,6 +20,7 @@ colour-shape pair (``*_heldout``) and on the others (``*_seen``). Writes ``resul
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -77,6 +78,14 @@ def check_models(models: Sequence[str], kwargs: Dict[str, dict], probe) -> None:
             raise ConfigError(f"--models {name}: {why}")
 
 
+def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, steps: int):
+    """``"cosine"``: the learning rate decays to 0 over ``steps`` (the weights settle at the end, so batch-norm
+    running statistics match the final weights at test time); ``"constant"``: ``None``."""
+    if schedule == "constant":
+        return None
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+
+
 def seed_summary(per_seed: Sequence[Dict[str, float]]) -> Dict[str, object]:
     """``[{metric: value}]`` per seed -> ``{metric: mean, metric_std: std, metric_per_seed: [...]}``."""
     stats = summarize_seeds(per_seed)
@@ -104,6 +113,9 @@ class Config(RunConfig):
                                "questions in batches of 64, about 61,000 steps)", ge=1)
     batch_size: int = arg(32, help="(image, question) pairs per step (reference: 64)", ge=1)
     lr: float = arg(1e-3, help="Adam learning rate (reference: 1e-4)", gt=0)
+    schedule: str = arg("cosine", help="learning-rate schedule: cosine decay to 0 (batch-norm statistics then "
+                                       "match the final weights), or constant (the reference)",
+                        choices=["cosine", "constant"])
     clip_grad: float = arg(0.0, help="gradient-norm clip (0: off)", ge=0)
     holdout: int = arg(0, help="colour-shape pairs held out of the training images (thesis Table 7: 1-3)",
                        ge=0, le=soc.NUM_OBJECTS)
@@ -223,6 +235,7 @@ def train_one(cfg: Config, name: str, seed: int, position: int = 0) -> dict:
 
     fitted = fit(model, optimizer, batches, step_fn, steps=cfg.steps, device=device,
                  out_dir=_run_dir(cfg, name, seed), clip_grad=cfg.clip_grad or None, log_every=cfg.log_every,
+                 scheduler=make_scheduler(optimizer, cfg.schedule, cfg.steps),
                  eval_fn=lambda m: evaluate(m, data["test"], holdout, device), eval_every=cfg.eval_every,
                  ckpt_every=cfg.checkpoint_every, resume=cfg.resume, desc=f"{name} s{seed}",
                  progress=cfg.progress, position=position)

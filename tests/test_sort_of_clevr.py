@@ -259,6 +259,19 @@ def test_per_model_kwargs_and_seed_summary():
     assert s["rel_per_seed"] == [0.5, 0.7]
 
 
+def test_cosine_schedule_decays_to_zero():
+    opt = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=2.0)
+    sched = harness.make_scheduler(opt, "cosine", 100)
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == 2.0 and lrs[50] == pytest.approx(1.0) and lrs[-1] < 0.01
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    assert harness.make_scheduler(opt, "constant", 100) is None
+
+
 def test_generate_only_writes_the_data_set(tmp_path):
     out = tmp_path / "data"
     harness.main(["--generate-only", "--out", str(out), "--train-images", "40", "--test-images", "10",
