@@ -164,8 +164,8 @@ def train_one(cfg: Config, name: str, seed: int, position: int = 0) -> dict:
     fitted = fit(model, optimizer, batches, step_fn, steps=cfg.steps, device=device,
                  out_dir=_run_dir(cfg, name, seed), clip_grad=cfg.clip_grad or None, log_every=cfg.log_every,
                  scheduler=make_scheduler(optimizer, cfg.schedule, cfg.steps),
-                 eval_fn=lambda m: {f"exact_acc_{k}": v["exact_acc"] for k, v in
-                                    evaluate(m, seen, device, cfg.threshold).items()},
+                 eval_fn=(lambda m: {f"exact_acc_{k}": v["exact_acc"] for k, v in
+                                     evaluate(m, seen, device, cfg.threshold).items()}) if cfg.eval_every else None,
                  eval_every=cfg.eval_every, ckpt_every=cfg.checkpoint_every, resume=cfg.resume,
                  desc=f"{name} s{seed}", progress=cfg.progress, position=position)
     result = evaluate(model, tests, device, cfg.threshold)

@@ -240,7 +240,7 @@ def train_one(cfg: Config, name: str, seed: int, position: int = 0) -> dict:
                  ckpt_every=cfg.checkpoint_every, resume=cfg.resume, desc=f"{name} s{seed}",
                  progress=cfg.progress, position=position)
     model.eval()
-    test = evaluate(model, data["test"], holdout, device)
+    test = {k[len("eval/"):]: v for k, v in fitted.last_metrics.items() if k.startswith("eval/")}   # fit's final eval
     picks = sample_questions(data["test"], cfg.samples)
     preds = []
     if picks:
