@@ -3,6 +3,7 @@ from . import rim_seq  # noqa: F401
 from . import preact_resnet, small_cnns  # noqa: F401
 from . import snm  # noqa: F401  (snm_mnist_convnet, snm_mnist_mlp)
 from . import balls  # noqa: F401  (rim_lstm_balls, lstm_balls, ...: bouncing-balls video models)
+from . import relational  # noqa: F401  (sortclevr_rn)
 from .preact_resnet import PreActResNet, StagedNet
 from .small_cnns import MnistConvNet, SortOfClevrCNN
 from .rim_seq import SequenceModel

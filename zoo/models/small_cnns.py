@@ -94,19 +94,24 @@ class SortOfClevrCNN(StagedNet):
 
 class MnistConvNet(StagedNet):
     """Small MNIST convnet (optionally NFM): ``widths`` 3x3 conv-BN-ReLU modules (the first at stride 1,
-    then stride 2) -> global average pool -> linear.
+    then stride 2; ``strides`` sets them, e.g. ``(2, 2, 2, 2)`` for 64x64 canvases) -> global average pool
+    -> linear.
 
-    Shapes: ``(B, in_chans, H, W)`` -> ``(B, num_classes)``; ``forward_features`` ``(B, widths[-1], H/4, W/4)``.
+    Shapes: ``(B, in_chans, H, W)`` -> ``(B, num_classes)``; ``forward_features`` ``(B, widths[-1], H/4, W/4)``
+    with the default strides.
     """
 
     def __init__(self, num_classes: int = 10, in_chans: int = 1, widths: Sequence[int] = (32, 64, 128),
-                 drop_rate: float = 0.0, nfm: Optional[Dict[str, Any]] = None) -> None:
+                 drop_rate: float = 0.0, nfm: Optional[Dict[str, Any]] = None,
+                 strides: Optional[Sequence[int]] = None) -> None:
         check_head_args(num_classes, in_chans)
         if not widths or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
             raise ValueError(f"widths must be a non-empty list of ints >= 1, got {widths!r}")
+        strides = [1] + [2] * (len(widths) - 1) if strides is None else list(strides)
+        if len(strides) != len(widths) or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in strides):
+            raise ValueError(f"strides must give one positive int stride per width, got {strides} for {list(widths)}")
         body, cin, red = [], in_chans, 1
-        for i, w in enumerate(widths):
-            stride = 1 if i == 0 else 2
+        for i, (w, stride) in enumerate(zip(widths, strides)):
             red *= stride
             body.append((f"conv{i + 1}", _conv_bn(cin, w, stride, "bn_relu"), w, red))
             cin = w
