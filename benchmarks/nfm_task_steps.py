@@ -23,7 +23,6 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))      # run from a checkout without installing
 
-import zoo  # noqa: E402
 from tasks import multi_digit, sort_of_clevr  # noqa: E402
 from zoo.engine import markdown_table  # noqa: E402
 

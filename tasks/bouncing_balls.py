@@ -19,7 +19,6 @@ own probabilities). ``rollout_bce`` is the mean of the 35 rollout entries.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ import torch.nn.functional as F
 
 import zoo
 from zoo.data.bouncing_balls import BOX, BouncingBalls, describe, generate
-from zoo.engine import (ConfigError, MapStream, RunConfig, ShuffledBatches, arg, command_line, fit,
+from zoo.engine import (ConfigError, MapStream, RunConfig, ShuffledBatches, arg, command_line, config_to_dict, fit,
                         markdown_table, parse_config, parse_json_object, resolve_device, run_cli, run_grid,
                         seed_everything, summarize_seeds, write_report)
 from zoo.engine.results import fmt_mean_std
@@ -287,6 +286,7 @@ def train_one(cfg: Config, model_name: str, seed: int, position: int = 0) -> dic
                  out_dir=_run_dir(cfg, model_name, seed), clip_grad=cfg.clip_grad or None,
                  log_every=cfg.log_every, eval_fn=eval_fn, eval_every=cfg.eval_every,
                  ckpt_every=cfg.checkpoint_every, resume=cfg.resume, desc=f"{model_name} s{seed}",
+                 run_meta={**config_to_dict(cfg, include_run_control=False), "model": model_name, "seed": seed},
                  progress=cfg.progress, position=position)
     scores = {name: evaluate_rollout(model, frames, cfg.context, device=device) for name, frames in tests.items()}
     cpu = time.process_time() - cpu0
@@ -505,8 +505,9 @@ def generate_only(cfg: Config) -> Path:
     return path
 
 
-def main(argv: Optional[List[str]] = None) -> dict:
-    cfg = parse_config(Config, argv, prog=PROG)
+def run(cfg: Config, command: Optional[str] = None) -> dict:
+    """Generate the data, train and roll out every model x seed of ``cfg``; write the report; return ``results``."""
+    command = command or command_line(PROG, [])
     if cfg.generate_only:
         return {"path": str(generate_only(cfg))}
     out = Path(cfg.out)
@@ -516,7 +517,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
           f"{cfg.test_sequences} per test set {cfg.test_sets}, {cfg.resolution}x{cfg.resolution}, "
           f"{time.perf_counter() - t0:.1f} s -> {out / 'data'}")
     runs, wall, out = run_grid(cfg, train_one, cfg.models, "bouncing balls",
-                               f"; {cfg.steps} steps each, rollout {cfg.context} + {cfg.frames - 1 - cfg.context}")
+                               f"; {cfg.steps} steps each, rollout {cfg.context} + {cfg.frames - 1 - cfg.context}",
+                               command=command)
     results = summarize(cfg, runs)
     table = results_table(cfg, runs)
     extra = (f"\nRollout BCE: nats per frame ({cfg.resolution}x{cfg.resolution} pixels), mean over the "
@@ -524,10 +526,16 @@ def main(argv: Optional[List[str]] = None) -> dict:
              + comparison(cfg, runs))
     figures = [plot_curves(cfg, results, out / "curves.png"), plot_filmstrip(cfg, runs, out / "filmstrip.png"),
                write_gif(cfg, runs, out / "rollout.gif"), plot_activity(cfg, runs, out / "activity.png")]
+    timing = {"train_seconds": {f"{r['model']}/seed{r['seed']}": r["seconds"] for r in runs},
+              "cpu_seconds": {f"{r['model']}/seed{r['seed']}": r["cpu_seconds"] for r in runs}}
     write_report(out, cfg, results, wall, f"Bouncing balls: train {describe(tuple(cfg.balls))} balls, "
-                 f"roll out on {', '.join(cfg.test_sets)}", command_line(PROG, argv), table, extra=extra,
-                 figures=figures)
+                 f"roll out on {', '.join(cfg.test_sets)}", command, table, extra=extra,
+                 figures=figures, timing=timing)
     return results
+
+
+def main(argv: Optional[List[str]] = None) -> dict:
+    return run(parse_config(Config, argv, prog=PROG), command_line(PROG, argv))
 
 
 if __name__ == "__main__":

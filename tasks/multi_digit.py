@@ -31,7 +31,7 @@ import zoo
 from tasks.sort_of_clevr import (check_models, make_scheduler, per_model_kwargs, plot_attention_runs,
                                  seed_summary)
 from zoo.data.multi_digit import NUM_CLASSES, MultiDigitDataset, digit_sources, multi_digit_batch
-from zoo.engine import (ConfigError, RunConfig, RunError, SeededStream, arg, command_line, fit, markdown_table,
+from zoo.engine import (ConfigError, config_to_dict, RunConfig, RunError, SeededStream, arg, command_line, fit, markdown_table,
                         parse_config, resolve_device, run_cli, run_grid, seed_everything, summarize_seeds,
                         write_report)
 from zoo.engine.results import fmt_mean_std
@@ -167,7 +167,8 @@ def train_one(cfg: Config, name: str, seed: int, position: int = 0) -> dict:
                  eval_fn=(lambda m: {f"exact_acc_{k}": v["exact_acc"] for k, v in
                                      evaluate(m, seen, device, cfg.threshold).items()}) if cfg.eval_every else None,
                  eval_every=cfg.eval_every, ckpt_every=cfg.checkpoint_every, resume=cfg.resume,
-                 desc=f"{name} s{seed}", progress=cfg.progress, position=position)
+                 desc=f"{name} s{seed}",
+                 run_meta={**config_to_dict(cfg, include_run_control=False), "model": name, "seed": seed}, progress=cfg.progress, position=position)
     result = evaluate(model, tests, device, cfg.threshold)
     out = {"model": name, "seed": seed, "tests": result, "seconds": fitted.seconds, "curve": fitted.eval_history}
     if seed == cfg.seed and cfg.samples:
@@ -271,11 +272,15 @@ def plot_samples(cfg: Config, runs: List[dict], tests: Dict[int, MultiDigitDatas
     return path
 
 
-def main(argv: Optional[List[str]] = None) -> dict:
-    cfg = parse_config(Config, argv, prog="python -m tasks.multi_digit")
+PROG = "python -m tasks.multi_digit"
+
+
+def run(cfg: Config, command: Optional[str] = None) -> dict:
+    """Train and test every model x seed of ``cfg``; write the report; return ``results``."""
+    command = command or command_line(PROG, [])
     pools = load_pools(cfg)                               # fail early (missing MNIST) before the workers start
     runs, wall, out = run_grid(cfg, train_one, cfg.models, "multi_digit",
-                               f"; train counts {cfg.train_counts}, test counts {cfg.counts}, {cfg.steps} steps each")
+                               f"; train counts {cfg.train_counts}, test counts {cfg.counts}, {cfg.steps} steps each", command=command)
     results = summarize(cfg, runs)
     table = results_table(cfg, runs)
     extra = ("\nTop-k set accuracy (the k highest scores are the k digits; k given):\n\n"
@@ -290,9 +295,13 @@ def main(argv: Optional[List[str]] = None) -> dict:
         f"{r['model']} (seed {r['seed']}), multi-digit, {cfg.steps} steps\nexact-set accuracy "
         + ", ".join(f"{k} digits {r['tests'][str(k)]['exact_acc']:.3f}" for k in cfg.counts)))
     title = f"Multi-digit MNIST: train on {cfg.train_counts} digits, exact-set accuracy per digit count"
-    write_report(out, cfg, results, wall, title, command_line("python -m tasks.multi_digit", argv), table,
-                 extra=extra, figures=(fig, samples, *att))
+    write_report(out, cfg, results, wall, title, command, table,
+                 timing={"train_seconds": {f"{r['model']}/seed{r['seed']}": r["seconds"] for r in runs}}, extra=extra, figures=(fig, samples, *att))
     return results
+
+
+def main(argv: Optional[List[str]] = None) -> dict:
+    return run(parse_config(Config, argv, prog=PROG), command_line(PROG, argv))
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 import zoo
 from zoo.data import sort_of_clevr as soc
-from zoo.engine import (ConfigError, MapStream, RunConfig, RunError, ShuffledBatches, arg, command_line, fit,
+from zoo.engine import (ConfigError, config_to_dict, MapStream, RunConfig, ShuffledBatches, arg, command_line, fit,
                         markdown_table, parse_config, parse_json_object, resolve_device, run_cli, run_grid,
                         seed_everything, summarize_seeds, write_report)
 from zoo.engine.results import fmt_mean_std
@@ -238,6 +238,7 @@ def train_one(cfg: Config, name: str, seed: int, position: int = 0) -> dict:
                  scheduler=make_scheduler(optimizer, cfg.schedule, cfg.steps),
                  eval_fn=lambda m: evaluate(m, data["test"], holdout, device), eval_every=cfg.eval_every,
                  ckpt_every=cfg.checkpoint_every, resume=cfg.resume, desc=f"{name} s{seed}",
+                 run_meta={**config_to_dict(cfg, include_run_control=False), "model": name, "seed": seed},
                  progress=cfg.progress, position=position)
     model.eval()
     test = {k[len("eval/"):]: v for k, v in fitted.last_metrics.items() if k.startswith("eval/")}   # fit's final eval
@@ -337,8 +338,12 @@ def plot_preview(data: soc.SortOfClevr, path: Path, n: int = 8) -> Path:
     return path
 
 
-def main(argv: Optional[List[str]] = None) -> dict:
-    cfg = parse_config(Config, argv, prog="python -m tasks.sort_of_clevr")
+PROG = "python -m tasks.sort_of_clevr"
+
+
+def run(cfg: Config, command: Optional[str] = None) -> dict:
+    """Train and test every model x seed of ``cfg``; write the report; return ``results``."""
+    command = command or command_line(PROG, [])
     holdout = soc.holdout_combinations(cfg.holdout, cfg.holdout_seed)
     if cfg.generate_only:
         data = soc.load_or_generate(cfg.out, num_train=cfg.train_images, num_test=cfg.test_images,
@@ -351,7 +356,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
     data = load_data(cfg)                              # generate and cache once, before the workers start
     held = ", ".join(f"{soc.COLORS[c]} {soc.SHAPES[s]}" for c, s in holdout)
     runs, wall, out = run_grid(cfg, train_one, cfg.models, "sort_of_clevr",
-                               f"; {cfg.steps} steps each" + (f"; held out: {held}" if held else ""))
+                               f"; {cfg.steps} steps each" + (f"; held out: {held}" if held else ""), command=command)
     chance = majority_rates(data["train"], data["test"], holdout)
     table, sub = results_table(cfg, runs, chance), subtype_table(cfg, runs, chance)
     results = summarize(cfg, runs)
@@ -369,9 +374,13 @@ def main(argv: Optional[List[str]] = None) -> dict:
              + "Training time per run (s, this machine): "
              + ", ".join(f"{n} {s:.0f}" for n, s in seconds.items()) + "\n")
     title = f"Sort-of-CLEVR: {cfg.steps} steps" + (f", {cfg.holdout} held-out pairs" if cfg.holdout else "")
-    write_report(out, cfg, results, wall, title, command_line("python -m tasks.sort_of_clevr", argv), table,
-                 extra=extra, figures=(samples, *att))
+    write_report(out, cfg, results, wall, title, command, table,
+                 timing={"train_seconds": {f"{r['model']}/seed{r['seed']}": r["seconds"] for r in runs}}, extra=extra, figures=(samples, *att))
     return results
+
+
+def main(argv: Optional[List[str]] = None) -> dict:
+    return run(parse_config(Config, argv, prog=PROG), command_line(PROG, argv))
 
 
 if __name__ == "__main__":

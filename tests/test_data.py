@@ -16,7 +16,7 @@ def test_embedded_digits_are_real_mnist_images():
 
 def test_split_is_balanced_disjoint_and_deterministic():
     a, b = embedded_mnist_split(), embedded_mnist_split()
-    (xtr, ytr), (xte, yte) = a["train"], a["test"]
+    (xtr, _ytr), (xte, yte) = a["train"], a["test"]
     assert len(xtr) == 4000 and len(xte) == 1000
     assert torch.equal(torch.bincount(yte), torch.full((10,), 100))
     assert torch.equal(xtr, b["train"][0]) and torch.equal(yte, b["test"][1])

@@ -10,6 +10,8 @@ def _example_input(model):
     size = model.pretrained_cfg.get("input_size")
     if size is None:                                                  # sequence models: token ids
         return torch.randint(0, model.num_tokens or 10, (2, 12))
+    if getattr(model, "input_kind", "image") == "video":                      # video models: (batch, time, C, H, W)
+        return torch.rand(2, 3, *size)
     return torch.randn(2, *size)
 
 

@@ -1,8 +1,6 @@
 """Multi-digit MNIST (thesis 10.4.2): canvases, labels, the train/test digit split, the metrics, and the
 harness's options and a short learning run."""
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -141,8 +139,7 @@ def test_counts_and_timm_models():
 def test_short_run_learns_above_the_majority_set_and_writes_every_output(tmp_path):
     out = tmp_path / "run"
     res = harness.main(["--models", "mnist_convnet", "nfm_mnist_convnet", "--train-counts", "1", "2",
-                        "--test-counts", "3", "--steps", "250", "--test-size", "200", "--workers", "2",
-                        "--model-kwargs", '{"*": {"widths": [8, 16, 32]}, "nfm_mnist_convnet": {"d_k": 4, "d_v": 4}}',
+                        "--test-counts", "3", "--steps", "600", "--test-size", "200", "--workers", "2",
                         "--samples", "3", "--attention-images", "12", "--out", str(out), "--no-progress"])
     # the most common set of one digit is right on 1 canvas in 10
     assert res["mnist_convnet"]["1"]["exact_acc"] > 0.3

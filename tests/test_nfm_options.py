@@ -233,4 +233,5 @@ def test_bf16_autocast_and_channels_last_inputs():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         low = blk(h, srcs)
     assert low.shape == ref.shape and torch.isfinite(low).all()
-    torch.testing.assert_close(low.float(), ref, rtol=0.05, atol=0.1)
+    rel = (low.float() - ref).norm() / ref.norm()                    # bf16 keeps ~3 digits: a 1-2% relative error
+    assert rel < 0.03, rel

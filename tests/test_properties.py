@@ -116,10 +116,9 @@ def test_rim_sequence_call_equals_stepping_one_call_per_step(cfg, steps, layers,
         assert torch.equal(mask.sum(-1), torch.full((steps, layers, B), float(cfg["k_active"]), dtype=mask.dtype))
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="RIM(return_info=True) stacks per-layer input attention of different widths "
-                          "(1 + N rows in layer 1, 1 + 1 above); remove this mark once the layer is fixed")
 def test_rim_info_with_several_input_rows_and_layers():
+    """Several input rows per step and two layers: the per-layer step info stacks (layer 1 attends over 1 + N
+    rows, the layers above over 1 + 1)."""
     rim = zoo.RIM(3, 8, num_layers=2, num_units=4, k_active=2).eval()
     with torch.no_grad():
         _, _, info = rim(torch.randn(2, 1, 5, 3), return_info=True)              # (T, B, N rows, F)

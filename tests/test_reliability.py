@@ -6,7 +6,6 @@ Each harness family gets the same checks: copying (generated data, ``SeededStrea
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess

@@ -1,10 +1,8 @@
 """RIMs against the paper (thesis ch. 8): competition, frozen inactive units, independence, interface."""
 import pytest
 import torch
-from einops import rearrange
 from torch import nn
 
-import zoo
 from zoo import RIM, RIMCell
 
 

@@ -311,7 +311,7 @@ def test_use_inactive_false_zeroes_inactive_units_for_the_next_layer():
     h0 = torch.randn(2, 3, 24)
     states = []
     for m in (a, b):
-        inp, state = x, []
+        inp, _state = x, []
         for i, cell in enumerate(m.cells):
             outs = []
             s = (h0[i], h0[i])

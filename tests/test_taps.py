@@ -7,7 +7,6 @@ import zoo
 import torch
 from torch import nn
 
-import zoo
 from zoo.taps import INPUT, LayerTaps, default_layers, map_tensors, resolve_layers, stage_layers
 
 torch.set_num_threads(1)

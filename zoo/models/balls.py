@@ -117,7 +117,11 @@ class BallsVideoModel(nn.Module):
         frames: ``(B, T, in_chans, H, W)`` in ``[0, 1]``.
         ``forward``: logits ``(B, T, in_chans, H, W)``; step ``t`` predicts frame ``t + 1``.
         ``forward_features``: ``(B, T, hidden_size)`` and the core state (and RIM step info if asked).
+
+    ``input_kind = "video"``: ``pretrained_cfg["input_size"]`` is one frame; an input is a batch of videos.
     """
+
+    input_kind = "video"
 
     def __init__(self, img_size: Union[int, Sequence[int]] = 64, in_chans: int = 1, core: str = "rim",
                  hidden_size: int = 600, embed_dim: int = 256, enc_channels: Sequence[int] = (16, 32, 64),
@@ -207,6 +211,7 @@ class BallsVideoModel(nn.Module):
 
 
 def _cfg(**kwargs) -> Dict[str, Any]:
+    # input_size is one frame; inputs are videos (batch, time, *input_size) of any time >= 1 (see input_kind)
     return {"url": "", "num_classes": 0, "input_size": (1, 64, 64), "fixed_input_size": True, "license": "mit",
             "paper_ids": "arXiv:1909.10893", "paper_name": "Recurrent Independent Mechanisms", **kwargs}
 
