@@ -30,9 +30,25 @@ import torch.nn.functional as F
 
 import zoo
 from zoo.data.bouncing_balls import BOX, BouncingBalls, describe, generate
-from zoo.engine import (ConfigError, MapStream, RunConfig, ShuffledBatches, arg, command_line, config_to_dict, fit,
-                        markdown_table, parse_config, parse_json_object, resolve_device, run_cli, run_grid,
-                        seed_everything, summarize_seeds, write_report)
+from zoo.engine import (
+    ConfigError,
+    MapStream,
+    RunConfig,
+    ShuffledBatches,
+    arg,
+    command_line,
+    config_to_dict,
+    fit,
+    markdown_table,
+    parse_config,
+    per_model_kwargs,
+    resolve_device,
+    run_cli,
+    run_grid,
+    seed_everything,
+    summarize_seeds,
+    write_report,
+)
 from zoo.engine.results import fmt_mean_std
 
 PROG = "python -m tasks.bouncing_balls"
@@ -188,7 +204,8 @@ class Config(RunConfig):
     clip_grad: float = arg(1.0, help="gradient-norm clip (thesis protocol: 1.0; 0 disables)", ge=0)
     eval_every: int = arg(200, help="log teacher-forced and rollout BCE on 32 test sequences every this many "
                                     "steps (0: only at the end)", ge=0)
-    model_kwargs: str = arg("{}", help='JSON dict of extra model kwargs, e.g. \'{"k_active": 3}\'')
+    model_kwargs: str = arg("{}", help='JSON object of extra model kwargs, shared (\'{"k_active": 3}\') or per '
+                                       'model (\'{"*": {...}, "rim_lstm_balls_small": {"k_active": 3}}\')')
     seeds: int = arg(3, help="seeds per model (seed, seed+1, ...); tables show mean ± std", ge=1)
     out: str = arg("runs/bouncing_balls", help="output folder", path="out_dir")
 
@@ -212,7 +229,14 @@ class Config(RunConfig):
         for name in self.models:
             if name not in known:
                 raise ConfigError(f"--models {name!r} is not a bouncing-balls model; allowed: {', '.join(known)}")
-        parse_json_object(self.model_kwargs, "--model-kwargs")
+        kwargs = per_model_kwargs(self.model_kwargs, self.models)
+        for name in self.models:                   # build on the meta device: no memory, no time
+            try:
+                with torch.device("meta"):
+                    zoo.create_model(name, img_size=self.resolution, **kwargs[name])
+            except (TypeError, ValueError) as e:
+                raise ConfigError(f"--model-kwargs {self.model_kwargs} do not fit {name}: "
+                                  f"{str(e).splitlines()[0]}") from None
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -269,7 +293,7 @@ def train_one(cfg: Config, model_name: str, seed: int, position: int = 0) -> dic
     tests = {name: torch.from_numpy(BouncingBalls.load(paths[name]).frames) for name in cfg.test_sets}
     seed_everything(seed)
     model = zoo.create_model(model_name, img_size=cfg.resolution,
-                             **parse_json_object(cfg.model_kwargs, "--model-kwargs")).to(device)
+                             **per_model_kwargs(cfg.model_kwargs, cfg.models)[model_name]).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     batches = MapStream(ShuffledBatches(train, batch_size=cfg.batch_size, seed=seed), to_frames)
 

@@ -14,7 +14,6 @@ positions, which the all-position number dilutes with blanks.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ import torch.nn.functional as F
 
 import zoo
 from zoo.engine import (ConfigError, RunConfig, SeededStream, arg, command_line, config_to_dict, fit, fmt_mean_std,
-                        markdown_table, parse_config, parse_json_object, resolve_device, run_cli, run_grid,
+                        markdown_table, parse_config, per_model_kwargs, resolve_device, run_cli, run_grid,
                         seed_everything, summarize_seeds, write_report)
 
 BLANK, MARKER, NUM_TOKENS = 0, 9, 10
@@ -110,15 +109,16 @@ class Config(RunConfig):
     clip_grad: float = arg(1.0, help="gradient-norm clip (paper: 1.0; 0: none)", ge=0)
     eval_size: int = arg(1000, help="test sequences per dormant length", ge=1)
     eval_every: int = arg(250, help="evaluate at train_len every this many steps (0: only at the end)", ge=0)
-    model_kwargs: str = arg("{}", help='JSON dict of extra model kwargs, e.g. \'{"k_active": 3}\'')
+    model_kwargs: str = arg("{}", help='JSON object of extra model kwargs, shared (\'{"k_active": 3}\') or per '
+                                       'model (\'{"*": {...}, "rim_lstm_seq": {"k_active": 3}}\')')
     out: str = arg("runs/copying", help="output folder", path="out_dir")
 
     def check(self) -> None:
-        kwargs = parse_json_object(self.model_kwargs, "--model-kwargs")
+        kwargs = per_model_kwargs(self.model_kwargs, self.models)
         for name in self.models:                   # build on the meta device: no memory, no time
             try:
                 with torch.device("meta"):
-                    zoo.create_model(name, num_tokens=NUM_TOKENS, num_classes=NUM_TOKENS, **kwargs)
+                    zoo.create_model(name, num_tokens=NUM_TOKENS, num_classes=NUM_TOKENS, **kwargs[name])
             except (TypeError, ValueError) as e:
                 raise ConfigError(f"--model-kwargs {self.model_kwargs} do not fit {name}: {e}") from None
 
@@ -132,7 +132,7 @@ def train_one(cfg: Config, model_name: str, seed: int, position: int = 0) -> dic
     device = resolve_device(cfg.device)
     seed_everything(seed)
     model = zoo.create_model(model_name, num_tokens=NUM_TOKENS, num_classes=NUM_TOKENS,
-                             **json.loads(cfg.model_kwargs)).to(device)
+                             **per_model_kwargs(cfg.model_kwargs, cfg.models)[model_name]).to(device)
     run_meta = {**config_to_dict(cfg, include_run_control=False), "model": model_name, "seed": seed}
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
 

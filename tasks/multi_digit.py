@@ -28,14 +28,35 @@ import torch
 import torch.nn.functional as F
 
 import zoo
-from tasks.sort_of_clevr import (check_models, make_scheduler, per_model_kwargs, plot_attention_runs,
-                                 seed_summary)
-from zoo.data.multi_digit import NUM_CLASSES, MultiDigitDataset, digit_sources, multi_digit_batch
-from zoo.engine import (ConfigError, config_to_dict, RunConfig, RunError, SeededStream, arg, command_line, fit, markdown_table,
-                        parse_config, resolve_device, run_cli, run_grid, seed_everything, summarize_seeds,
-                        write_report)
+from tasks.sort_of_clevr import check_models, plot_attention_runs, seed_summary
+from zoo.data.multi_digit import (
+    NUM_CLASSES,
+    MultiDigitDataset,
+    digit_sources,
+    multi_digit_batch,
+)
+from zoo.engine import (
+    SCHEDULES,
+    ConfigError,
+    RunConfig,
+    RunError,
+    SeededStream,
+    arg,
+    command_line,
+    config_to_dict,
+    fit,
+    lr_schedule,
+    markdown_table,
+    parse_config,
+    per_model_kwargs,
+    resolve_device,
+    run_cli,
+    run_grid,
+    seed_everything,
+    summarize_seeds,
+    write_report,
+)
 from zoo.engine.results import fmt_mean_std
-
 
 #: the default model kwargs: both nets get 4 stride-2 conv modules (64x64 -> 4x4; the registry default
 #: starts at stride 1, which leaves a 9-pixel receptive field on a 64x64 canvas), as the thesis' 4 modules x 2
@@ -65,7 +86,7 @@ class Config(RunConfig):
     batch_size: int = arg(32, help="canvases per step", ge=1)
     lr: float = arg(3e-3, help="Adam learning rate", gt=0)
     schedule: str = arg("cosine", help="learning-rate schedule: cosine decay to 0 (batch-norm statistics then "
-                                       "match the final weights), or constant", choices=["cosine", "constant"])
+                                       "match the final weights), or constant", choices=list(SCHEDULES))
     clip_grad: float = arg(0.0, help="gradient-norm clip (0: off)", ge=0)
     canvas: int = arg(64, help="canvas side in pixels", ge=28, le=256)
     data: str = arg("embedded", help="digit source: the embedded 5,000 digits, or full MNIST from --data-root",
@@ -84,7 +105,7 @@ class Config(RunConfig):
         if len(set(self.models)) != len(self.models):
             raise ConfigError(f"--models lists a model twice: {' '.join(self.models)}")
         kwargs = {m: {"num_classes": NUM_CLASSES, "in_chans": 1, **kw}
-                  for m, kw in per_model_kwargs(self.model_kwargs, self.models).items()}
+                  for m, kw in per_model_kwargs(self.model_kwargs, self.models, default=json.dumps(CPU_KWARGS)).items()}
         check_models(self.models, kwargs, lambda m: None)
         if self.data == "mnist" and not self.download and not (Path(self.data_root) / "MNIST" / "raw").is_dir():
             raise ConfigError(f"--data mnist needs the IDX files in {Path(self.data_root) / 'MNIST' / 'raw'}; "
@@ -151,7 +172,7 @@ def train_one(cfg: Config, name: str, seed: int, position: int = 0) -> dict:
     seed_everything(seed)
     pools = load_pools(cfg)
     tests = test_sets(cfg, pools)
-    model = build_model(name, per_model_kwargs(cfg.model_kwargs, cfg.models)[name]).to(device)
+    model = build_model(name, per_model_kwargs(cfg.model_kwargs, cfg.models, default=json.dumps(CPU_KWARGS))[name]).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     batches = SeededStream(lambda g: multi_digit_batch(pools["train"], cfg.train_counts, cfg.batch_size,
                                                        cfg.canvas, g)[:2], seed)
@@ -163,7 +184,7 @@ def train_one(cfg: Config, name: str, seed: int, position: int = 0) -> dict:
     seen = {k: tests[k] for k in cfg.train_counts}
     fitted = fit(model, optimizer, batches, step_fn, steps=cfg.steps, device=device,
                  out_dir=_run_dir(cfg, name, seed), clip_grad=cfg.clip_grad or None, log_every=cfg.log_every,
-                 scheduler=make_scheduler(optimizer, cfg.schedule, cfg.steps),
+                 scheduler=lr_schedule(optimizer, cfg.schedule, cfg.steps),
                  eval_fn=(lambda m: {f"exact_acc_{k}": v["exact_acc"] for k, v in
                                      evaluate(m, seen, device, cfg.threshold).items()}) if cfg.eval_every else None,
                  eval_every=cfg.eval_every, ckpt_every=cfg.checkpoint_every, resume=cfg.resume,

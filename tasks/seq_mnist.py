@@ -33,7 +33,7 @@ import zoo
 from zoo.data import dataset_missing
 from zoo.data.seq_mnist import INPUTS, SEQ_DATASETS, pixel_sequences, seq_mnist_batches, seq_mnist_splits
 from zoo.engine import (ConfigError, RunConfig, RunError, arg, command_line, config_to_dict, fit, fmt_mean_std,
-                        markdown_table, parse_config, parse_json_object, resolve_device, run_cli, run_grid,
+                        markdown_table, parse_config, per_model_kwargs, resolve_device, run_cli, run_grid,
                         seed_everything, summarize_seeds, write_report)
 
 __all__ = ["Config", "run", "main", "model_kwargs", "build_model", "classify", "accuracy", "BestWeights", "unit_activity",
@@ -104,20 +104,9 @@ class Config(RunConfig):
 
 
 def model_kwargs(cfg: Config, name: str) -> dict:
-    """The extra kwargs of model ``name`` from ``--model-kwargs``: one JSON object for every model, or one
-    object per model name (models not named get none). Names that are not in ``--models`` are a
-    :class:`ConfigError`."""
-    kw = parse_json_object(cfg.model_kwargs, "--model-kwargs")
-    per_model = [k for k, v in kw.items() if isinstance(v, dict)]
-    if not per_model:
-        return kw
-    if len(per_model) != len(kw):
-        raise ConfigError(f"--model-kwargs {cfg.model_kwargs} mixes per-model objects and shared values; give "
-                          "either one object for every model or one object per model name")
-    unknown = sorted(set(kw) - set(cfg.models))
-    if unknown:
-        raise ConfigError(f"--model-kwargs names {unknown}, which are not in --models {' '.join(cfg.models)}")
-    return kw.get(name, {})
+    """The extra kwargs of model ``name`` from ``--model-kwargs`` (:func:`zoo.engine.per_model_kwargs`: one
+    object for every model, or ``{"*": {...}, "<model>": {...}}``)."""
+    return per_model_kwargs(cfg.model_kwargs, cfg.models)[name]
 
 
 def build_model(name: str, input: str = "tokens", kwargs: Optional[dict] = None) -> torch.nn.Module:

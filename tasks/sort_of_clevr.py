@@ -20,7 +20,6 @@ colour-shape pair (``*_heldout``) and on the others (``*_seen``). Writes ``resul
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -32,9 +31,27 @@ import torch.nn.functional as F
 
 import zoo
 from zoo.data import sort_of_clevr as soc
-from zoo.engine import (ConfigError, config_to_dict, MapStream, RunConfig, ShuffledBatches, arg, command_line, fit,
-                        markdown_table, parse_config, parse_json_object, resolve_device, run_cli, run_grid,
-                        seed_everything, summarize_seeds, write_report)
+from zoo.engine import (
+    SCHEDULES,
+    ConfigError,
+    MapStream,
+    RunConfig,
+    ShuffledBatches,
+    arg,
+    command_line,
+    config_to_dict,
+    fit,
+    lr_schedule,
+    markdown_table,
+    parse_config,
+    per_model_kwargs,
+    resolve_device,
+    run_cli,
+    run_grid,
+    seed_everything,
+    summarize_seeds,
+    write_report,
+)
 from zoo.engine.results import fmt_mean_std
 
 #: the default model kwargs: the reference's dropout 0.5 (train only), and the NFM blocks of
@@ -46,20 +63,6 @@ SUBTYPES = [f"nonrel_{s}" for s in soc.NONREL_SUBTYPES] + [f"rel_{s}" for s in s
 
 
 # -- shared by the NFM harnesses (multi-digit imports these) ----------------------------------------------
-def per_model_kwargs(text: str, models: Sequence[str], option: str = "--model-kwargs") -> Dict[str, dict]:
-    """``'{"*": {...}, "<model>": {...}}'`` -> kwargs for each model (``"*"`` applies to all, a model's own
-    entry overrides it; entries of registered models that are not run are ignored). Raises
-    :class:`ConfigError` for malformed JSON or a key that is neither ``"*"`` nor a registered model."""
-    spec = parse_json_object(text, option)
-    for key, value in spec.items():
-        if key != "*" and key not in models and not timm.is_model(key):
-            raise ConfigError(f"{option} key {key!r} is not a registered model name or '*' "
-                              f"(--models: {', '.join(models)})")
-        if not isinstance(value, dict):
-            raise ConfigError(f"{option} entry {key!r} must be a JSON object of keyword arguments, got {value!r}")
-    return {m: {**spec.get("*", {}), **spec.get(m, {})} for m in models}
-
-
 def check_models(models: Sequence[str], kwargs: Dict[str, dict], probe) -> None:
     """Build every model once (cheap) so unknown names and bad kwargs are a :class:`ConfigError` before any
     work; ``probe(model)`` returns ``None`` or why the model does not fit the task."""
@@ -76,14 +79,6 @@ def check_models(models: Sequence[str], kwargs: Dict[str, dict], probe) -> None:
         why = probe(m)
         if why:
             raise ConfigError(f"--models {name}: {why}")
-
-
-def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, steps: int):
-    """``"cosine"``: the learning rate decays to 0 over ``steps`` (the weights settle at the end, so batch-norm
-    running statistics match the final weights at test time); ``"constant"``: ``None``."""
-    if schedule == "constant":
-        return None
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
 
 
 def seed_summary(per_seed: Sequence[Dict[str, float]]) -> Dict[str, object]:
@@ -115,7 +110,7 @@ class Config(RunConfig):
     lr: float = arg(1e-3, help="Adam learning rate (reference: 1e-4)", gt=0)
     schedule: str = arg("cosine", help="learning-rate schedule: cosine decay to 0 (batch-norm statistics then "
                                        "match the final weights), or constant (the reference)",
-                        choices=["cosine", "constant"])
+                        choices=list(SCHEDULES))
     clip_grad: float = arg(0.0, help="gradient-norm clip (0: off)", ge=0)
     holdout: int = arg(0, help="colour-shape pairs held out of the training images (thesis Table 7: 1-3)",
                        ge=0, le=soc.NUM_OBJECTS)
@@ -135,7 +130,7 @@ class Config(RunConfig):
 
     def check(self) -> None:
         super().check()
-        kwargs = per_model_kwargs(self.model_kwargs, self.models)
+        kwargs = per_model_kwargs(self.model_kwargs, self.models, default=json.dumps(CPU_KWARGS))
         check_models(self.models, kwargs, lambda m: None if hasattr(m, "question_dim") else
                      "takes no question; use a Sort-of-CLEVR model (sortclevr_cnn, nfm_sortclevr_cnn, sortclevr_rn)")
         if len(set(self.models)) != len(self.models):
@@ -224,7 +219,7 @@ def train_one(cfg: Config, name: str, seed: int, position: int = 0) -> dict:
     data = load_data(cfg)
     holdout = soc.holdout_combinations(cfg.holdout, cfg.holdout_seed)
     train = soc.SortOfClevrDataset(data["train"])
-    model = build_model(name, per_model_kwargs(cfg.model_kwargs, cfg.models)[name]).to(device)
+    model = build_model(name, per_model_kwargs(cfg.model_kwargs, cfg.models, default=json.dumps(CPU_KWARGS))[name]).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     batches = MapStream(ShuffledBatches(torch.arange(len(train)), batch_size=cfg.batch_size, seed=seed), train.batch)
 
@@ -235,7 +230,7 @@ def train_one(cfg: Config, name: str, seed: int, position: int = 0) -> dict:
 
     fitted = fit(model, optimizer, batches, step_fn, steps=cfg.steps, device=device,
                  out_dir=_run_dir(cfg, name, seed), clip_grad=cfg.clip_grad or None, log_every=cfg.log_every,
-                 scheduler=make_scheduler(optimizer, cfg.schedule, cfg.steps),
+                 scheduler=lr_schedule(optimizer, cfg.schedule, cfg.steps),
                  eval_fn=lambda m: evaluate(m, data["test"], holdout, device), eval_every=cfg.eval_every,
                  ckpt_every=cfg.checkpoint_every, resume=cfg.resume, desc=f"{name} s{seed}",
                  run_meta={**config_to_dict(cfg, include_run_control=False), "model": name, "seed": seed},

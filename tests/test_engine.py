@@ -143,3 +143,36 @@ def test_metric_logger_widens_header_for_new_metrics(tmp_path):
     log.log(2, {"loss": 0.5, "acc": 0.9})
     rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
     assert rows[0]["loss"] == "1.0" and rows[0]["acc"] == "" and rows[1]["acc"] == "0.9"
+
+
+def test_per_model_kwargs_shared_or_per_model_and_one_line_errors():
+    from zoo.engine import ConfigError, per_model_kwargs
+    models = ["rim_lstm_seq_small", "lstm_seq_small"]
+    assert per_model_kwargs('{"hidden_size": 8}', models) == {m: {"hidden_size": 8} for m in models}
+    kw = per_model_kwargs('{"*": {"hidden_size": 8, "embed_dim": 4}, "lstm_seq_small": {"hidden_size": 6}}', models)
+    assert kw == {"rim_lstm_seq_small": {"hidden_size": 8, "embed_dim": 4},
+                  "lstm_seq_small": {"hidden_size": 6, "embed_dim": 4}}           # own entry overrides "*"
+    with pytest.raises(ConfigError, match="mixes per-model objects"):
+        per_model_kwargs('{"lstm_seq_small": {}, "hidden_size": 8}', models)
+    with pytest.raises(ConfigError, match="did you mean lstm_seq_small"):
+        per_model_kwargs('{"lstm_seq_smal": {}}', models)
+    with pytest.raises(ConfigError, match="not in --models"):
+        per_model_kwargs('{"gru_seq": {}}', models)
+    default = '{"gru_seq": {"hidden_size": 4}}'                        # a default may cover models left out
+    assert per_model_kwargs(default, models, default=default) == {m: {} for m in models}
+
+
+def test_cosine_schedule_decays_to_zero_and_constant_is_none():
+    from zoo.engine import lr_schedule
+    opt = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=2.0)
+    sched = lr_schedule(opt, "cosine", 100)
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == 2.0 and lrs[50] == pytest.approx(1.0) and lrs[-1] < 0.01
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    assert lr_schedule(opt, "constant", 100) is None
+    with pytest.raises(ValueError, match="cosine"):
+        lr_schedule(opt, "linear", 100)

@@ -14,7 +14,6 @@ Examples are few and tiny (``max_examples`` <= 12, derandomized) so the file run
 """
 from __future__ import annotations
 
-import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

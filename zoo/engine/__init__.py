@@ -6,11 +6,11 @@ the reference.
 """
 from .checkpoint import atomic_write, clean_stale_tmp, load_checkpoint, save_checkpoint, write_json, write_text
 from .cli import (ConfigError, RunConfig, arg, check_device, check_writable_dir, check_writable_file,
-                  config_to_argv, config_to_dict, parse_config, parse_json_object, validate_config)
+                  config_to_argv, config_to_dict, parse_config, parse_json_object, per_model_kwargs, validate_config)
 from .errors import CheckpointError, Interrupted, RunError, run_cli
 from .jobs import RunLock, check_finite, command_line, default_workers, run_grid, run_jobs, write_report
 from .logger import MetricLogger
-from .loop import FitResult, NonFiniteError, cycle, fit, request_stop, stop_requested, to_device
+from .loop import SCHEDULES, FitResult, NonFiniteError, cycle, fit, lr_schedule, request_stop, stop_requested, to_device
 from .results import fmt_mean_std, markdown_table, summarize_seeds
 from .seed import resolve_device, seed_everything
 from .streams import MapStream, SeededStream, ShuffledBatches, Stream, ZipStream, restore_stream, stream_state
@@ -20,10 +20,10 @@ __all__ = [
     "atomic_write", "clean_stale_tmp", "load_checkpoint", "save_checkpoint", "write_json", "write_text",
     # configs and errors
     "ConfigError", "RunConfig", "arg", "check_device", "check_writable_dir", "check_writable_file",
-    "config_to_argv", "config_to_dict", "parse_config", "parse_json_object", "validate_config",
+    "config_to_argv", "config_to_dict", "parse_config", "parse_json_object", "per_model_kwargs", "validate_config",
     "CheckpointError", "Interrupted", "RunError", "NonFiniteError", "run_cli",
     # training
-    "FitResult", "cycle", "fit", "request_stop", "stop_requested", "to_device", "MetricLogger",
+    "FitResult", "cycle", "fit", "lr_schedule", "SCHEDULES", "request_stop", "stop_requested", "to_device", "MetricLogger",
     "Stream", "SeededStream", "ShuffledBatches", "ZipStream", "MapStream", "restore_stream", "stream_state",
     "resolve_device", "seed_everything",
     # grids and reports

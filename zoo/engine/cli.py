@@ -19,7 +19,7 @@ import math
 import os
 import typing
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Sequence, Type, TypeVar
+from typing import Any, Callable, Dict, List, Optional, Sequence, Type, TypeVar
 
 __all__ = ["parse_config", "arg", "config_to_dict", "config_to_argv", "ConfigError", "RunConfig", "validate_config",
            "check_writable_dir", "check_writable_file", "check_device", "parse_json_object"]
@@ -129,6 +129,46 @@ def parse_json_object(text: str, option: str) -> dict:
     if not isinstance(value, dict):
         raise ConfigError(f"{option} must be a JSON object such as '{{\"alpha\": 2.0}}', got {text!r}")
     return value
+
+
+def per_model_kwargs(text: str, models: Sequence[str], option: str = "--model-kwargs",
+                     default: Optional[str] = None) -> Dict[str, dict]:
+    """The keyword arguments of each of ``models`` from one JSON object, the one ``--model-kwargs`` style of
+    every harness.
+
+    Two forms: **shared**, ``'{"hidden_size": 64}'`` (every model gets it), or **per model**,
+    ``'{"*": {...}, "rim_lstm_seq": {...}}'`` (every value an object; ``"*"`` goes to every model and a
+    model's own entry overrides it key by key; models not named get ``"*"`` or nothing).
+
+    Raises:
+        ConfigError (one line): invalid JSON; the two forms mixed; a key that is not ``"*"`` or a registered
+        model (with the closest names); a model that is not in ``models`` -- except when ``text`` is the
+        option's ``default``, whose per-model entries cover models a user may leave out.
+    """
+    import difflib
+
+    import timm
+
+    spec = parse_json_object(text, option)
+    nested = [k for k, v in spec.items() if isinstance(v, dict)]
+    if not nested and "*" not in spec:
+        return {m: dict(spec) for m in models}
+    if len(nested) != len(spec):
+        flat = [k for k in spec if k not in nested]
+        raise ConfigError(f"{option} mixes per-model objects ({', '.join(map(repr, nested))}) with shared values "
+                          f"({', '.join(map(repr, flat))}); give either '{{\"hidden_size\": 64}}' for every model "
+                          f"or '{{\"*\": {{...}}, \"<model>\": {{...}}}}'")
+    for key in spec:
+        if key == "*" or key in models:
+            continue
+        if not timm.is_model(key):
+            close = difflib.get_close_matches(key, list(models) + timm.list_models(), n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise ConfigError(f"{option} names {key!r}, which is not a registered model{hint}; keys are '*' or "
+                              f"names in --models ({' '.join(models)})")
+        if text != default:
+            raise ConfigError(f"{option} names {key!r}, which is not in --models {' '.join(models)}")
+    return {m: {**spec.get("*", {}), **spec.get(m, {})} for m in models}
 
 
 def _describe_bounds(meta: dict) -> str:

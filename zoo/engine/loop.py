@@ -342,3 +342,21 @@ def fit(
         logger.close()
     return FitResult(steps=steps, seconds=seconds_before + time.perf_counter() - t0, last_metrics=last,
                      eval_history=history, resumed_from=start)
+
+
+SCHEDULES = ("cosine", "constant")
+
+
+def lr_schedule(optimizer: torch.optim.Optimizer, name: str, steps: int
+                ) -> Optional[torch.optim.lr_scheduler.LRScheduler]:
+    """The learning-rate schedule of a harness (``--schedule``), stepped once per optimizer step by :func:`fit`.
+
+    ``"cosine"``: ``lr_t = lr * (1 + cos(pi * min(t, steps) / steps)) / 2``, decaying to 0 at ``steps`` (the
+    weights settle at the end, so batch-norm running statistics match the final weights at test time);
+    ``"constant"``: ``None`` (no scheduler).
+    """
+    if name not in SCHEDULES:
+        raise ValueError(f"schedule {name!r} is not one of {', '.join(SCHEDULES)}")
+    if name == "constant":
+        return None
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
