@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -30,10 +29,32 @@ import zoo
 from zoo import methods as zoo_methods
 from zoo import robustness
 from zoo.data import DATASETS, dataset_missing, load_dataset
-from zoo.engine import (ConfigError, check_finite, MapStream, RunConfig, ShuffledBatches, Stream, ZipStream, arg, command_line,
-                        config_to_dict, fit, load_checkpoint, markdown_table, parse_config, parse_json_object,
-                        resolve_device, run_cli, run_grid, seed_everything, summarize_seeds, write_json,
-                        write_report, write_text)
+from zoo.engine import (
+    ConfigError,
+    MapStream,
+    RunConfig,
+    ShuffledBatches,
+    Stream,
+    ZipStream,
+    arg,
+    check_finite,
+    command_line,
+    config_to_dict,
+    fit,
+    load_checkpoint,
+    lr_schedule,
+    markdown_table,
+    parse_config,
+    parse_json_object,
+    resolve_device,
+    run_cli,
+    run_grid,
+    seed_everything,
+    summarize_seeds,
+    write_json,
+    write_report,
+    write_text,
+)
 
 __all__ = ["Config", "run", "main", "load_dataset", "method_batches", "build_model", "test_accuracy"]
 
@@ -189,7 +210,7 @@ def train_one(cfg: Config, method_name: str, seed: int, position: int = 0) -> di
                               weight_decay=cfg.weight_decay)
     else:
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)))
+    sched = lr_schedule(opt, "cosine", cfg.steps)
     x_test, y_test = data["test"]
     stream = method_batches(data, cfg.batch_size, cfg.unlabeled_batch_size, method.needs_unlabeled, seed)
     result = fit(model, opt, stream, steps=cfg.steps, device=device, out_dir=_run_dir(cfg, method_name, seed),

@@ -34,6 +34,18 @@ SEQ_MNIST = ["-m", "tasks.seq_mnist", "--models", "rim_lstm_seq_small", "--model
              "--train-resolution", "5", "--test-resolutions", "5", "7", "--batch-size", "8", "--val-size", "40",
              "--test-size", "40", "--eval-every", "30", "--checkpoint-every", "10", "--log-every", "7", "--threads", "1",
              "--no-progress"]
+BALLS = ["-m", "tasks.bouncing_balls", "--models", "lstm_balls_small", "--model-kwargs", '{"hidden_size": 16}',
+         "--train-sequences", "16", "--test-sequences", "4", "--frames", "9", "--context", "3", "--resolution", "16",
+         "--batch-size", "4", "--seeds", "1", "--eval-every", "30", "--checkpoint-every", "10", "--log-every", "7",
+         "--threads", "1", "--no-progress"]
+SORT_OF_CLEVR = ["-m", "tasks.sort_of_clevr", "--models", "sortclevr_cnn", "--model-kwargs",
+                 '{"width": 8, "hidden": 16}', "--train-images", "40", "--test-images", "8", "--data-dir", "{tmp}/data",
+                 "--batch-size", "8", "--seeds", "1", "--eval-every", "30", "--checkpoint-every", "10", "--log-every",
+                 "7", "--samples", "2", "--threads", "1", "--no-progress"]
+MULTI_DIGIT = ["-m", "tasks.multi_digit", "--models", "mnist_convnet", "--model-kwargs",
+               '{"widths": [4, 8], "strides": [4, 4]}', "--train-counts", "1", "--test-counts", "2", "--test-size", "16",
+               "--batch-size", "8", "--seeds", "1", "--eval-every", "30", "--checkpoint-every", "10", "--log-every", "7",
+               "--samples", "2", "--threads", "1", "--no-progress"]
 
 
 def run(args: List[str], timeout: float = 600) -> subprocess.CompletedProcess:
@@ -86,10 +98,13 @@ def kill_after_checkpoint(args: List[str], ckpt: Path, sig: int) -> subprocess.C
 @pytest.mark.slow
 @pytest.mark.parametrize("harness,steps,run_dir", [(COPYING, 300, "rim_lstm_seq_small/seed0"),
                                                    (CLASSIFY, 160, "ict/seed0"),
-                                                   (SEQ_MNIST, 200, "rim_lstm_seq_small/seed0")],
-                         ids=["copying", "classify", "seq_mnist"])
+                                                   (SEQ_MNIST, 200, "rim_lstm_seq_small/seed0"),
+                                                   (BALLS, 200, "lstm_balls_small/seed0"),
+                                                   (SORT_OF_CLEVR, 200, "sortclevr_cnn/seed0"),
+                                                   (MULTI_DIGIT, 200, "mnist_convnet/seed0")],
+                         ids=["copying", "classify", "seq_mnist", "bouncing_balls", "sort_of_clevr", "multi_digit"])
 def test_sigkill_then_resume_is_bit_identical(tmp_path, harness, steps, run_dir):
-    args = harness + ["--steps", str(steps), "--workers", "1"]
+    args = [a.replace("{tmp}", str(tmp_path)) for a in harness] + ["--steps", str(steps), "--workers", "1"]
     full = run(args + ["--out", str(tmp_path / "full")])
     assert full.returncode == 0, full.stderr
     killed = kill_after_checkpoint(args + ["--out", str(tmp_path / "cut")], tmp_path / "cut" / run_dir / "checkpoint.pt",
