@@ -283,3 +283,182 @@ register(Part("nfm_random_attention", "NFM random-attention ablation", "thesis 1
               _nfm_ablation_claims, figures=("main/nfm_attention.png",),
               note="CPU scale: nfm_mnist_convnet on the embedded digits."))
 
+
+
+# --- sequential MNIST at other resolutions (thesis Table 1 right) -----------------------------------------
+def _seq_mnist_runs(scale: str, smoke: bool) -> Dict[str, Any]:
+    from tasks import seq_mnist
+
+    if smoke:
+        return {"main": seq_mnist.Config(steps=3, seeds=1, train_resolution=5, test_resolutions=[5, 7], val_size=20,
+                                         test_size=20, eval_every=0, model_kwargs='{"hidden_size": 12, "embed_dim": 8}')}
+    if scale == "paper":
+        return {"main": seq_mnist.Config(models=["rim_lstm_seq", "lstm_seq"], dataset="mnist", download=True,
+                                         steps=100 * 750, seeds=3, eval_every=750)}
+    return {"main": seq_mnist.Config()}
+
+
+def _seq_mnist_claims(results: Dict[str, dict]) -> List[Claim]:
+    from tasks.seq_mnist import PAPER
+
+    res = results["main"]
+    models = [m for m in res if not m.startswith("_") and isinstance(res[m], dict)]
+    rim = next((m for m in models if m.startswith("rim")), None)
+    base = next((m for m in models if not m.startswith("rim")), None)
+    if not (rim and base):
+        return []
+    cfg = res["_meta"]["config"]
+    train, unseen = str(cfg["train_resolution"]), [str(r) for r in cfg["test_resolutions"]
+                                                   if r != cfg["train_resolution"]]
+
+    def acc(m: str, r: str) -> Tuple[float, float, int]:
+        e = res[m][r]
+        return e["acc"], e["acc_std"], len(e["per_seed"])
+
+    claims = [Claim(f"at the training size {train}x{train} both models are close", "thesis: both > 0.99 at 14x14",
+                    f"acc RIM {ms(*acc(rim, train))} vs LSTM {ms(*acc(base, train))}",
+                    abs(acc(rim, train)[0] - acc(base, train)[0]) < 0.05)]
+    for r in unseen:
+        p = PAPER["RIM (paper)"].get(int(r)), PAPER["LSTM (paper)"].get(int(r))
+        paper = f"{p[0]:.3f} vs {p[1]:.3f}" if None not in p else "(not in the paper)"
+        claims.append(Claim(f"RIMs beat the LSTM at {r}x{r} (never trained)", paper,
+                            f"acc {ms(*acc(rim, r))} vs {ms(*acc(base, r))}", acc(rim, r)[0] > acc(base, r)[0]))
+    return claims
+
+
+register(Part("seq_mnist", "Sequential MNIST: train 14x14, test 16/19/24", "thesis Table 1 (right)", _seq_mnist_runs,
+              _seq_mnist_claims, figures=("main/accuracy.png", "main/activity.png")))
+
+
+# --- bouncing balls (thesis Fig. 3) -------------------------------------------------------------------------
+def _balls_runs(scale: str, smoke: bool) -> Dict[str, Any]:
+    from tasks import bouncing_balls
+
+    if smoke:
+        return {"main": bouncing_balls.Config(steps=3, seeds=1, train_sequences=8, test_sequences=2, frames=9,
+                                              context=3, resolution=16, eval_every=0,
+                                              model_kwargs='{"hidden_size": 12}')}
+    if scale == "paper":
+        return {"main": bouncing_balls.Config(models=["rim_lstm_balls", "lstm_balls"], resolution=64, frames=51,
+                                              context=15, train_sequences=20000, steps=100_000, seeds=3)}
+    return {"main": bouncing_balls.Config()}
+
+
+def _balls_claims(results: Dict[str, dict]) -> List[Claim]:
+    res = results["main"]
+    models = [m for m in res if not m.startswith("_") and isinstance(res[m], dict)]
+    rim = next((m for m in models if m.startswith("rim")), None)
+    base = next((m for m in models if not m.startswith("rim")), None)
+    if not (rim and base):
+        return []
+    claims = []
+    for test in res[rim]:
+        a, b = res[rim][test], res[base][test]
+        n = len(a["per_seed"])
+        claims.append(Claim(f"RIMs roll out with a lower BCE than the LSTM ({test})", "Fig. 3: lower for RIMs, "
+                            "most on 6-8 balls and the curtain",
+                            f"BCE {ms(a['rollout_bce'], a['rollout_bce_std'], n, 2)} vs "
+                            f"{ms(b['rollout_bce'], b['rollout_bce_std'], n, 2)}", a["rollout_bce"] < b["rollout_bce"]))
+    return claims
+
+
+register(Part("bouncing_balls", "Bouncing balls: rollouts on 4, 6-8 balls and behind a curtain", "thesis Fig. 3",
+              _balls_runs, _balls_claims, figures=("main/curves.png", "main/filmstrip.png")))
+
+
+# --- Sort-of-CLEVR (thesis ch. 10, Table 6 / 7) -------------------------------------------------------------
+def _clevr_runs(scale: str, smoke: bool) -> Dict[str, Any]:
+    from tasks import sort_of_clevr
+
+    if smoke:
+        small = '{"*": {"width": 8, "hidden": 16}}'
+        return {"main": sort_of_clevr.Config(steps=3, seeds=1, train_images=40, test_images=8, samples=2,
+                                             attention_images=4, model_kwargs=small, data_dir=""),
+                "holdout": sort_of_clevr.Config(steps=3, seeds=1, train_images=40, test_images=8, samples=2,
+                                                attention_images=4, model_kwargs=small, data_dir="", holdout=2)}
+    if scale == "paper":
+        big = '{"*": {"drop_rate": 0.5}}'
+        return {"main": sort_of_clevr.Config(lr=1e-4, batch_size=64, steps=61000, model_kwargs=big),
+                "holdout": sort_of_clevr.Config(lr=1e-4, batch_size=64, steps=61000, model_kwargs=big, holdout=2)}
+    return {"main": sort_of_clevr.Config(), "holdout": sort_of_clevr.Config(holdout=2)}
+
+
+def _clevr_claims(results: Dict[str, dict]) -> List[Claim]:
+    claims = []
+    for run, key, what in (("main", "rel", "relational questions"), ("holdout", "rel_heldout",
+                                                                       "relational questions on held-out pairs")):
+        res = results.get(run)
+        if not res or "sortclevr_cnn" not in res or "nfm_sortclevr_cnn" not in res:
+            continue
+        a, b = res["sortclevr_cnn"], res["nfm_sortclevr_cnn"]
+        if key not in a:
+            continue
+        n = len(a[f"{key}_per_seed"])
+        claims.append(Claim(f"NFM beats the CNN on {what}", "thesis Tables 6-7: NFM higher",
+                            f"acc {ms(a[key], a[f'{key}_std'], n)} vs {ms(b[key], b[f'{key}_std'], n)}",
+                            b[key] > a[key]))
+    return claims
+
+
+register(Part("sort_of_clevr", "Sort-of-CLEVR: relational questions, held-out colour-shape pairs", "thesis ch. 10.4",
+              _clevr_runs, _clevr_claims, figures=("main/samples.png",)))
+
+
+# --- multi-digit MNIST (thesis ch. 10) ---------------------------------------------------------------------
+def _digits_runs(scale: str, smoke: bool) -> Dict[str, Any]:
+    from tasks import multi_digit
+
+    if smoke:
+        return {"main": multi_digit.Config(steps=3, seeds=1, test_size=16, samples=2, attention_images=4,
+                                           model_kwargs='{"*": {"widths": [4, 8], "strides": [4, 4]}}')}
+    if scale == "paper":
+        return {"main": multi_digit.Config(data="mnist", download=True, steps=20000,
+                                           model_kwargs='{"*": {"widths": [16, 32, 64, 64], "strides": [2, 2, 2, 2]}}')}
+    return {"main": multi_digit.Config()}
+
+
+def _digits_claims(results: Dict[str, dict]) -> List[Claim]:
+    res = results["main"]
+    if "mnist_convnet" not in res or "nfm_mnist_convnet" not in res:
+        return []
+    a, b = res["mnist_convnet"], res["nfm_mnist_convnet"]
+    claims = []
+    for k in a:
+        if a[k].get("seen"):
+            continue
+        n = len(a[k]["exact_acc_per_seed"])
+        claims.append(Claim(f"NFM beats the CNN on {k} digits (a count never trained)", "thesis ch. 10: NFM higher",
+                            f"exact-set acc {ms(a[k]['exact_acc'], a[k]['exact_acc_std'], n)} vs "
+                            f"{ms(b[k]['exact_acc'], b[k]['exact_acc_std'], n)}", b[k]["exact_acc"] > a[k]["exact_acc"]))
+    return claims
+
+
+register(Part("multi_digit", "Multi-digit MNIST: train on some digit counts, test on others", "thesis ch. 10.4",
+              _digits_runs, _digits_claims, figures=("main/accuracy_vs_count.png",)))
+
+
+# --- RL: RIMs with novel distractors (thesis ch. 8, MiniGrid) ----------------------------------------------
+def _distractor_runs(scale: str, smoke: bool) -> Dict[str, Any]:
+    from rl import distractors
+
+    if smoke:
+        return {"main": distractors.Config(steps=256, seeds=1, n_envs=2, n_steps=32, eval_every=0, curve_episodes=2,
+                                           eval_episodes=4)}
+    if scale == "paper":
+        return {"main": distractors.Config(steps=2_000_000, seeds=5)}
+    return {"main": distractors.Config()}
+
+
+def _distractor_claims(results: Dict[str, dict]) -> List[Claim]:
+    res = results["main"]
+    if "rim" not in res or "lstm" not in res:
+        return []
+    r, l_ = res["rim"]["novel"], res["lstm"]["novel"]
+    n = len(r["per_seed"])
+    return [Claim("RIMs generalize better than an LSTM to distractors of novel colours", "thesis ch. 8: RIMs higher "
+                  "success with new distractors", f"success {ms(r['success'], r['success_std'], n, 2)} vs "
+                  f"{ms(l_['success'], l_['success_std'], n, 2)}", r["success"] > l_["success"])]
+
+
+register(Part("distractors", "RL: a red ball among distractors of novel colours", "thesis ch. 8 (RL)",
+              _distractor_runs, _distractor_claims, figures=("main/curves.png",)))
