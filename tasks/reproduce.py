@@ -185,8 +185,11 @@ def write_docs(path: Path, table_md: str, command: str) -> None:
 def run(cfg: Config, command: Optional[str] = None) -> dict:
     command = command or command_line(PROG, [])
     if cfg.list:
-        for part in PARTS.values():
+        for part in cfg.parts():                       # the commands each part runs at this scale
             print(f"{part.id:22s} {part.title} ({part.paper})")
+            for name, run_cfg in part.runs(cfg.scale, cfg.smoke).items():
+                run_cfg = dataclasses.replace(run_cfg, out=str(Path(cfg.out) / part.id / name))
+                print(f"    {_harness_command(run_cfg)}")
         return {}
     out = Path(cfg.out)
     RunLock(out, command).acquire()
