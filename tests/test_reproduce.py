@@ -39,6 +39,18 @@ def test_smoke_run_writes_a_complete_report_and_reruns_reuse_finished_runs(tmp_p
     assert docs.read_text().count(reproduce.DOCS_BEGIN) == 1
 
 
+@pytest.mark.slow
+def test_smoke_of_every_other_part_states_its_claims(tmp_path):
+    """The smoke mode of the parts not covered above: every harness runs, and every claim is stated."""
+    others = [p for p in reproduce.PARTS if p not in ("copying", "nfm_random_attention")]
+    report = reproduce.main(["--smoke", "--only", *others, "--no-progress", "--out", str(tmp_path / "rep")])
+    assert [p["id"] for p in report["parts"]] == others
+    for part in report["parts"]:
+        assert part["claims"], part["id"]
+        assert all(c["holds"] in (True, False, None) for c in part["claims"])
+        assert all(cmd.startswith(("python -m tasks.", "python -m rl.")) for cmd in part["commands"].values())
+
+
 def test_every_part_builds_its_configs_at_every_scale():
     for part in paper_results.PARTS.values():
         for scale, smoke in (("cpu", False), ("paper", False), ("cpu", True)):
