@@ -226,3 +226,19 @@ def test_lambda_zero_at_every_default_layer_permutes_outputs(name):
             assert not torch.allclose(m(x), plain, atol=1e-3)
         method.end_step()
         assert torch.allclose(m(x), plain)
+
+
+def test_layer_indices_out_of_range_are_an_error_not_dropped():
+    """layers=[7, 8] on a model with fewer default layers must not silently become Input Mixup (issue 18)."""
+    import timm
+
+    from zoo.methods import create_method
+    from zoo.taps import default_layers
+
+    model = timm.create_model("resnet18", num_classes=10)
+    n = len(default_layers(model))
+    with pytest.raises(ValueError, match="out of range"):
+        create_method("manifold_mixup", layers=[n, n + 1]).setup(model)
+    method = create_method("manifold_mixup", layers=[0, n - 1])
+    method.setup(model)
+    assert len(method.layers) == 2 and method.layers[0] == "input"

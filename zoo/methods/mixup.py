@@ -115,9 +115,6 @@ class ManifoldMixup(Method):
         refs = self.layer_refs
         if refs is None:                                     # the paper's S = {input, stage 1, stage 2}
             refs = (INPUT,) + tuple(stage_layers(model)[:2])
-        elif all(isinstance(r, int) for r in refs):           # indices past a short model's stages: drop them
-            n = len(LayerTaps(model, capture=False).layers)
-            refs = tuple(r for r in refs if r < n) or (0,)
         self.taps = LayerTaps(model, refs, capture=False).attach()
         self.layers = list(self.taps.layers)
 
