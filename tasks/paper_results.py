@@ -427,9 +427,10 @@ def _digits_claims(results: Dict[str, dict]) -> List[Claim]:
         if a[k].get("seen"):
             continue
         n = len(a[k]["exact_acc_per_seed"])
-        claims.append(Claim(f"NFM beats the CNN on {k} digits (a count never trained)", "thesis ch. 10: NFM higher",
-                            f"exact-set acc {ms(a[k]['exact_acc'], a[k]['exact_acc_std'], n)} vs "
-                            f"{ms(b[k]['exact_acc'], b[k]['exact_acc_std'], n)}", b[k]["exact_acc"] > a[k]["exact_acc"]))
+        paper = {"2": "88.4 vs 76.7 %", "4": "66.1 vs 62.6 %", "5": "29.5 vs 24.3 %"}.get(k, "NFM higher")
+        claims.append(Claim(f"NFM beats the CNN on {k} digits (a count never trained)", f"Table 5 (1, 3): {paper}",
+                            f"exact-set acc {ms(b[k]['exact_acc'], b[k]['exact_acc_std'], n)} vs "
+                            f"{ms(a[k]['exact_acc'], a[k]['exact_acc_std'], n)}", b[k]["exact_acc"] > a[k]["exact_acc"]))
     return claims
 
 
