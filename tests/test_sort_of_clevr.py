@@ -282,9 +282,10 @@ def test_generate_only_writes_the_data_set(tmp_path):
 
 @pytest.mark.slow
 def test_short_run_learns_above_the_majority_answer_and_writes_every_output(tmp_path):
-    # The CNN+MLP baseline (default architecture, dropout 0.5) sits at the per-subtype answer prior for its
-    # first ~1,000 steps (training loss ~0.8 = the prior's); it never reached majority + 0.1 on non-relational
-    # questions in 300 steps (0.54-0.56 vs 0.52, also at the commit that added this test). Measured (2,000
+    # The CNN+MLP baseline (default architecture, dropout 0.5) learns the answer prior of each question
+    # subtype first and then plateaus there (constant lr 1e-3: training loss 0.80 nats = the prior's entropy
+    # from step ~350 to ~1,250); it never reached majority + 0.1 on non-relational questions in 300 steps
+    # (0.54-0.56 vs 0.52, also at the commit that added this test, and before the merge). Measured (2,000
     # training images, cosine lr, 1 thread, under load): 1,000 steps give non-relational 0.569 / 0.558 / 0.578
     # (seeds 0 / 1 / 2; 1,500 steps: 0.595 / 0.575) vs the majority answer's 0.497, ~30-40 s per run; the
     # margin below is ~3.5 std of the accuracy on 2,000 test questions.
