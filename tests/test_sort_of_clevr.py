@@ -266,16 +266,24 @@ def test_generate_only_writes_the_data_set(tmp_path):
 
 @pytest.mark.slow
 def test_short_run_learns_above_the_majority_answer_and_writes_every_output(tmp_path):
+    # The CNN+MLP baseline (default architecture, dropout 0.5) learns the answer prior of each question
+    # subtype first and then plateaus there (constant lr 1e-3: training loss 0.80 nats = the prior's entropy
+    # from step ~350 to ~1,250); it never reached majority + 0.1 on non-relational questions in 300 steps
+    # (0.54-0.56 vs 0.52, also at the commit that added this test, and before the merge). Measured (2,000
+    # training images, cosine lr, 1 thread, under load): 1,000 steps give non-relational 0.569 / 0.558 / 0.578
+    # (seeds 0 / 1 / 2; 1,500 steps: 0.595 / 0.575) vs the majority answer's 0.497, ~30-40 s per run; the
+    # margin below is ~3.5 std of the accuracy on 2,000 test questions.
+    data = str(tmp_path / "d")
+    common = ["--holdout", "2", "--train-images", "2000", "--data-dir", data, "--seeds", "1", "--workers", "1",
+              "--no-progress"]
+    learn = harness.main(["--models", "sortclevr_cnn", "--steps", "1000", "--test-images", "200", "--samples", "0",
+                          "--out", str(tmp_path / "learn"), *common])
+    assert learn["sortclevr_cnn"]["nonrel"] > learn["majority_answer"]["nonrel"] + 0.04
+    # outputs: both models, the NFM one (about 11x the baseline's step cost, its test pass too) for a few
+    # steps and 50 test images only
     out = tmp_path / "run"
-    # a constant lr: 300 cosine-decayed steps spend half the run at a small lr (the default's 900 steps do not)
-    res = harness.main(["--models", "sortclevr_cnn", "nfm_sortclevr_cnn", "--steps", "300", "--holdout", "2",
-                        "--schedule", "constant",
-                        "--train-images", "2000", "--test-images", "100", "--data-dir", str(tmp_path / "d"),
-                        "--model-kwargs", '{"nfm_sortclevr_cnn": {"nfm_attend": [3], "d_k": 4, "d_v": 4}}',
-                        "--workers", "2", "--samples", "4", "--attention-images", "8", "--out", str(out),
-                        "--no-progress"])
-    chance = res["majority_answer"]
-    assert res["sortclevr_cnn"]["nonrel"] > chance["nonrel"] + 0.1
+    harness.main(["--models", "sortclevr_cnn", "nfm_sortclevr_cnn", "--steps", "5", "--test-images", "50",
+                  "--samples", "4", "--attention-images", "8", "--out", str(out), *common])
     saved = json.loads((out / "results.json").read_text())
     for name in ("sortclevr_cnn", "nfm_sortclevr_cnn"):
         keys = set(saved[name])
