@@ -2,11 +2,9 @@
 
     python benchmarks/check_copying_numbers.py                          # re-run the documented default command
     python benchmarks/check_copying_numbers.py --results runs/copying/results.json   # check a finished run
-    python benchmarks/check_copying_numbers.py --table drift            # the short command of docs/copying.md
 
 Every documented table is a markdown table preceded, in its section, by the ```bash block holding the command
-that produced it: ``--table default`` is the first table of ``docs/results.md#copying``, ``--table drift`` the
-table of ``docs/copying.md#drift-check``. The script runs that command (with ``--out`` in a temporary folder,
+that produced it: ``--table default`` is the first table of ``docs/results.md#copying``. The script runs that command (with ``--out`` in a temporary folder,
 one thread per process) or reads ``--results``, and compares every ``acc recall`` and ``CE recall`` mean of
 the table with the run's; it exits 1 listing the numbers that differ by more than ``--tol``. Runs are
 reproducible only at the same thread count and on the same kind of CPU, so the tolerance is not zero.
@@ -24,8 +22,7 @@ from pathlib import Path
 from typing import Dict, List, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = {"default": (ROOT / "docs" / "results.md", "## Copying"),
-           "drift": (ROOT / "docs" / "copying.md", "## Drift check")}
+SOURCES = {"default": (ROOT / "docs" / "results.md", "## Copying")}
 
 
 def documented(table: str) -> Tuple[str, Dict[Tuple[str, str], Dict[str, float]]]:
