@@ -20,7 +20,8 @@ torch.set_num_threads(1)
 
 IMAGE_MODELS = [n for n in zoo.list_models() if not n.endswith("_seq") and "_seq_" not in n]
 SEQ_MODELS = [n for n in zoo.list_models() if n.endswith("_seq") or "_seq_" in n]
-BIG = {"wrn28_10", "nfm_wrn28_10", "preactresnet50", "nfm_preactresnet50"}          # slow tier only
+BIG = {"wrn28_10", "nfm_wrn28_10", "preactresnet50", "nfm_preactresnet50",   # slow tier only (their
+       "preactresnet34", "nfm_preactresnet34"}                          # families run fast at 18 / 28-2)
 
 _VIDEO = ("input is a video (B, T, C, H, W) and the output the next frames' logits (input_kind = 'video'): "
           "no image classifier contract")

@@ -26,11 +26,11 @@ from __future__ import annotations
 from typing import Any, Dict, Optional
 
 import torch
-from einops import rearrange
 from timm.models import generate_default_cfgs, register_model
 from torch import nn
 
 from .small_cnns import CLEVR_POOLS, _conv_bn
+from ._checks import check_size, zeros_if_none
 from .staged import StagedNet, build_zoo_model, check_head_args, check_pool, split_nfm_kwargs
 
 __all__ = ["RelationNetwork"]
@@ -90,10 +90,9 @@ class RelationNetwork(StagedNet):
 
     def objects(self, feats: torch.Tensor) -> torch.Tensor:
         """``(B, C, s, s)`` conv features -> ``(B, s*s, C + 2)`` objects (features ++ (row, col))."""
-        o = rearrange(feats, "b c h w -> b (h w) c")
-        if o.shape[1] != self.coords.shape[0]:
-            raise ValueError(f"features have {o.shape[1]} cells, the model was built for {self.coords.shape[0]}; "
-                             "build it with the matching img_size")
+        o = feats.flatten(2).transpose(1, 2)                                     # b c h w -> b (h w) c
+        check_size(o, 1, self.side * self.side, "features have {got} cells, the model was built for "
+                   f"{self.side * self.side}; build it with the matching img_size")
         return torch.cat([o, self.coords.to(o.dtype).expand(o.shape[0], -1, -1)], dim=-1)
 
     def relations(self, feats: torch.Tensor, question: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -105,9 +104,7 @@ class RelationNetwork(StagedNet):
         second = o @ w[:, d:2 * d].T                                             # W_j o_j  (B, n, H)
         bias = self.g_in.bias.expand(o.shape[0], -1)
         if self.question_dim:
-            if question is None:
-                question = o.new_zeros(o.shape[0], self.question_dim)
-            bias = bias + question @ w[:, 2 * d:].T                              # W_q q + b  (B, H)
+            bias = bias + zeros_if_none(question, o, self.question_dim) @ w[:, 2 * d:].T                              # W_q q + b  (B, H)
         h = torch.relu(first[:, :, None] + second[:, None, :] + bias[:, None, None])   # (B, n_i, n_j, H)
         return self.g(h).sum(dim=(1, 2))
 

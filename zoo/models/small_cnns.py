@@ -20,6 +20,7 @@ import torch
 from timm.models import generate_default_cfgs, register_model
 from torch import nn
 
+from ._checks import check_size, zeros_if_none
 from .staged import StagedNet, build_zoo_model, check_head_args, check_pool, split_nfm_kwargs
 
 #: the head "pooling" of the Sort-of-CLEVR models: ``"flatten"`` (the MLP / relation head) or ``""`` (none:
@@ -92,13 +93,10 @@ class SortOfClevrCNN(StagedNet):
         if self.global_pool == "":
             return x
         x = x.flatten(1)
-        if x.shape[1] != self.flat_dim:
-            raise ValueError(f"features flatten to {x.shape[1]}, the MLP was built for {self.flat_dim}; "
-                             "build the model with the matching img_size")
+        check_size(x, 1, self.flat_dim, "features flatten to {got}, the MLP was built for "
+                   f"{self.flat_dim}; build the model with the matching img_size")
         if self.question_dim:
-            if question is None:
-                question = x.new_zeros(x.shape[0], self.question_dim)
-            x = torch.cat([x, question], dim=1)
+            x = torch.cat([x, zeros_if_none(question, x, self.question_dim)], dim=1)
         x = self.mlp(x)
         x = nn.functional.dropout(x, p=self.drop_rate, training=self.training) if self.drop_rate > 0 else x
         return x if pre_logits else self.fc(x)

@@ -31,10 +31,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-from timm.models import generate_default_cfgs, register_model, register_notrace_function
+from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
+from ._checks import check_shape
 from .staged import build_zoo_model, check_head_args, check_pool
 
 __all__ = ["SNMNet", "TiedLinearT", "TiedConvT"]
@@ -46,6 +47,8 @@ class TiedLinearT(nn.Module):
     ``weight`` *is* the encoder's Parameter (held by reference, not registered twice); ``bias`` ``(in,)``
     (optional) is this layer's own. Shapes: ``(B, out) -> (B, in)``.
     """
+
+    __jit_unused_properties__ = ["weight"]
 
     def __init__(self, encoder: nn.Linear, bias: bool = False) -> None:
         super().__init__()
@@ -69,6 +72,8 @@ class TiedConvT(nn.Module):
     (B, C_in, H, W)`` with ``(H, W)`` the encoder's input size (``output_padding`` chosen to reach it).
     """
 
+    __jit_unused_properties__ = ["weight"]
+
     def __init__(self, encoder: nn.Conv2d, bias: bool = False) -> None:
         super().__init__()
         if encoder.groups != 1 or isinstance(encoder.padding, str):
@@ -90,14 +95,6 @@ class TiedConvT(nn.Module):
             if not 0 <= pad[i] < max(enc.stride[i], enc.dilation[i]):
                 raise ValueError(f"cannot reach output size {tuple(out_hw)} from {tuple(h.shape[2:])}")
         return F.conv_transpose2d(h, self.weight, self.bias, enc.stride, enc.padding, tuple(pad), 1, enc.dilation)
-
-
-@register_notrace_function
-@torch.jit.ignore
-def _check_input(x: Tensor, size: Tuple[int, int, int]) -> None:
-    """One-line error for an input of the wrong shape (an FX leaf, ignored by TorchScript)."""
-    if tuple(x.shape[1:]) != tuple(size):
-        raise ValueError(f"expected inputs (B, {', '.join(map(str, size))}), got {tuple(x.shape)}")
 
 
 class SNMNet(nn.Module):
@@ -138,7 +135,7 @@ class SNMNet(nn.Module):
         self.enc_convs = nn.ModuleList()
         self.sizes: List[Tuple[int, int, int]] = [(in_chans, img_size, img_size)]   # input of every conv
         self.feature_info: List[Dict[str, Any]] = []
-        self.sizes_t: Tuple[int, int, int] = (in_chans, img_size, img_size)
+        self.input_shape: List[int] = [in_chans, img_size, img_size]
         cin, side, red = in_chans, img_size, 1
         for i, w in enumerate(conv_widths):
             self.enc_convs.append(nn.Sequential(nn.Conv2d(cin, w, 3, 2, 1), nn.ReLU()))
@@ -179,7 +176,7 @@ class SNMNet(nn.Module):
 
     def _encode(self, x: Tensor, last: int = -1) -> Tuple[Tensor, List[Tensor]]:
         """``z`` and the ``feature_info`` levels up to ``last`` (all for ``-1``)."""
-        _check_input(x, self.sizes_t)
+        check_shape(x, self.input_shape)
         levels: List[Tensor] = []
         for m in self.enc_convs:
             x = m(x)

@@ -24,7 +24,8 @@ from torch import nn
 
 from ..layers.nfm import NFM, NFMTrace
 
-__all__ = ["StagedNet", "build_zoo_model", "check_head_args", "split_nfm_kwargs", "NFM_KEYS", "NFM_RENAMED"]
+__all__ = ["StagedNet", "build_zoo_model", "check_head_args", "check_pool", "split_nfm_kwargs", "NFM_KEYS",
+           "NFM_RENAMED"]
 
 # The NFM runner keeps a per-forward key/value cache and data-dependent top-k reads: FX treats it as one leaf.
 register_notrace_module(NFM)
@@ -98,8 +99,6 @@ class StagedNet(nn.Module):
     Plain modules keep their names (``conv1``, ``layer1``, ...); ``feature_info`` names the last pass's
     modules for NFM models, so ``model.get_submodule(info["module"])`` resolves in both cases.
     """
-
-    body_names: List[str]
 
     def __init__(self, body: Sequence[Tuple[str, nn.Module, int, int]], in_chans: int, num_classes: int,
                  final_norm: nn.Module, num_features: int, drop_rate: float = 0.0,
