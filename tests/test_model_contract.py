@@ -54,6 +54,21 @@ def _input(model: torch.nn.Module, batch: int = 1) -> torch.Tensor:
     return torch.randn(batch, *model.pretrained_cfg["input_size"])
 
 
+def _calls_in_train_step(model: torch.nn.Module, module_name: str, x: torch.Tensor) -> int:
+    """Calls of ``module_name`` (its first module if a Sequential) in one forward + backward: 2 when gradient
+    checkpointing recomputes it (a pre-hook: the recomputation may stop early, before any forward hook)."""
+    calls = []
+    stage = model.get_submodule(module_name)
+    while isinstance(stage, torch.nn.Sequential):              # timm's checkpoint_seq calls the children
+        stage = stage[0]
+    handle = stage.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        model(x).float().sum().backward()
+    finally:
+        handle.remove()
+    return len(calls)
+
+
 def _skip_if_na(name: str, check: str) -> None:
     why = _why_not(name, check)
     if why:
@@ -71,6 +86,11 @@ def test_forward_and_grad_checkpointing(name):
     model.set_grad_checkpointing(True)
     with torch.no_grad():
         assert torch.allclose(model(x), out, atol=1e-5)
+    stage = model.feature_info[-1]["module"]                  # checkpointing recomputes it in the backward
+    model.set_grad_checkpointing(False)
+    assert _calls_in_train_step(model.train(), stage, _input(model, 2)) == 1
+    model.set_grad_checkpointing(True)
+    assert _calls_in_train_step(model, stage, _input(model, 2)) == 2
 
 
 @pytest.mark.parametrize("name", _params(IMAGE_MODELS))
@@ -191,8 +211,10 @@ def test_sequence_model_contract(name):
         assert model(x).shape == (2, 5, model.num_features)
         final, inter = model.forward_intermediates(x)
         assert torch.allclose(final, feats) and len(inter) == len(model.feature_info)
-    model.set_grad_checkpointing(True)
     model.reset_classifier(3)
     model.train()
-    model(x).sum().backward()
+    assert _calls_in_train_step(model, "core", x) == 1
+    model.zero_grad()
+    model.set_grad_checkpointing(True)
+    assert _calls_in_train_step(model, "core", x) == 2                     # the core is recomputed
     assert all(p.grad is not None for p in model.parameters())

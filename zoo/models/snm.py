@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from timm.models import generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ._checks import check_shape
 from .staged import build_zoo_model, check_head_args, check_pool
@@ -172,6 +173,7 @@ class SNMNet(nn.Module):
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute the encoder layers' activations in the backward pass."""
         self.grad_checkpointing = enable
 
     def _encode(self, x: Tensor, last: int = -1) -> Tuple[Tensor, List[Tensor]]:
@@ -179,11 +181,17 @@ class SNMNet(nn.Module):
         check_shape(x, self.input_shape)
         levels: List[Tensor] = []
         for m in self.enc_convs:
-            x = m(x)
+            if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
+                x = checkpoint(m, x, use_reentrant=False)
+            else:
+                x = m(x)
             levels.append(x)
         x = x.flatten(1)
         for m in self.enc_fcs:
-            x = m(x)
+            if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
+                x = checkpoint(m, x, use_reentrant=False)
+            else:
+                x = m(x)
             if len(self.enc_convs) == 0:
                 levels.append(x)
         return x, levels
