@@ -134,6 +134,9 @@ def test_default_cfg_heads_and_classifier_resets(name):
             assert torch.allclose(out, feats, atol=1e-5) and fresh(x).shape == feats.shape
         with pytest.raises(ValueError, match="global_pool"):
             timm.create_model(name, num_classes=3, global_pool="no-such-pool")
+        if spatial:                                    # a classifier on unpooled maps: refused in one line
+            with pytest.raises(ValueError, match="global_pool"):
+                model.reset_classifier(3)
     state = model.state_dict()
     classifier = cfg["classifier"] if isinstance(cfg["classifier"], (list, tuple)) else [cfg["classifier"]]
     full = timm.create_model(name).state_dict()
@@ -197,7 +200,7 @@ def test_fx_trace(name):
 # --- sequence models: the same contract on token input ----------------------------------------------------
 @pytest.mark.parametrize("name", SEQ_MODELS)
 def test_sequence_model_contract(name):
-    small = dict(hidden_size=24, embed_dim=8) if name != "rim_lstm_seq_official" else dict(hidden_size=24, embed_dim=8)
+    small = dict(hidden_size=24, embed_dim=8)                               # 6 RIM units of 4
     model = timm.create_model(name, num_tokens=10, num_classes=7, **small).eval()
     x = torch.randint(0, 10, (2, 5))
     with torch.no_grad():

@@ -83,7 +83,7 @@ class SortOfClevrCNN(StagedNet):
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         check_head_args(num_classes, self.in_chans)
-        check_pool(num_classes, global_pool, CLEVR_POOLS)
+        check_pool(num_classes, self.global_pool if global_pool is None else global_pool, CLEVR_POOLS)
         self.num_classes = num_classes
         self.global_pool = self.global_pool if global_pool is None else global_pool
         self.fc = nn.Linear(self.hidden, num_classes) if num_classes > 0 else nn.Identity()

@@ -181,7 +181,7 @@ class StagedNet(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         """A new classifier (``num_classes=0``: none) and, if given, a new pooling (``""``: none)."""
         check_head_args(num_classes, self.in_chans)
-        check_pool(num_classes, global_pool, _POOLS)
+        check_pool(num_classes, self.head.global_pool.pool_type if global_pool is None else global_pool, _POOLS)
         self.num_classes = num_classes
         self.head.reset(num_classes, global_pool)
 
