@@ -221,3 +221,16 @@ def test_sequence_model_contract(name):
     model.set_grad_checkpointing(True)
     assert _calls_in_train_step(model, "core", x) == 2                     # the core is recomputed
     assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", SEQ_MODELS)
+def test_sequence_model_fx_trace(name):
+    from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+    model = timm.create_model(name, num_tokens=10, num_classes=7, hidden_size=24, embed_dim=8).eval()
+    kwargs = dict(leaf_modules=timm.models.get_notrace_modules(), autowrap_functions=timm.models.get_notrace_functions())
+    _, nodes = get_graph_node_names(model, tracer_kwargs=kwargs)
+    fx = create_feature_extractor(model, return_nodes=[nodes[-1]], tracer_kwargs=kwargs)
+    x = torch.randint(0, 10, (2, 5))
+    with torch.no_grad():
+        assert torch.allclose(next(iter(fx(x).values())), model(x), atol=1e-6)

@@ -15,15 +15,19 @@ import inspect
 from typing import Any, Dict, List, Optional, Union
 
 import torch
-from timm.models import generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model, register_notrace_module
 from timm.models._features import feature_take_indices
 from torch import nn
+from torch.fx._symbolic_trace import is_fx_tracing
 from torch.utils.checkpoint import checkpoint
 
 from ..layers.rim import RIM, RIMCell, RIMOptions
 from .staged import build_zoo_model, check_pool
 
 __all__ = ["SequenceModel"]
+
+# The RIM's loop over time steps and its data-dependent top-k competition: one FX leaf (timm's convention).
+register_notrace_module(RIM)
 
 _CORES = ("rim", "lstm", "gru")
 # every keyword zoo.RIM takes beyond nn.LSTM's: RIM's own, RIMCell's and RIMOptions' fields
@@ -120,7 +124,8 @@ class SequenceModel(nn.Module):
         return self._core(self.encoder(x), state, return_info)
 
     def _core(self, emb: torch.Tensor, state=None, return_info: bool = False):
-        if self.core_type != "rim" and emb.shape[1 if self.batch_first else 0] == 0:
+        # (a traced graph drops the empty-sequence branch: the traced model refuses T = 0 as nn.LSTM does)
+        if self.core_type != "rim" and not is_fx_tracing() and emb.shape[1 if self.batch_first else 0] == 0:
             return self._empty_sequence(emb, state)
         kwargs = dict(return_info=True) if return_info else {}
         if self.grad_checkpointing and self.training and torch.is_grad_enabled():
