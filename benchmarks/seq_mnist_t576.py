@@ -44,7 +44,7 @@ def main() -> None:
         def step(_: int) -> None:
             torch.set_num_threads(threads)
             model.zero_grad(set_to_none=True)
-            features, _ = model.forward_features(x)
+            features, _ = model.forward_core(x)
             F.cross_entropy(model.forward_head(features[:, -1]), y).backward()
         return step
 

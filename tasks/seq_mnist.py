@@ -119,7 +119,7 @@ def build_model(name: str, input: str = "tokens", kwargs: Optional[dict] = None)
 def classify(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Class logits ``(B, 10)`` from the last step of the sequence (the reference's ``output[-1]``);
     the head runs on that step only."""
-    features, _ = model.forward_features(x)
+    features, _ = model.forward_core(x)
     return model.forward_head(features[:, -1])
 
 
@@ -232,7 +232,7 @@ def unit_activity(model: torch.nn.Module, images: torch.Tensor, sizes: Sequence[
     out: dict = {"digit": {}, "ink_rate": {}, "background_rate": {}, "ink": {}}
     for size in sizes:
         x = pixel_sequences(images, size, input).to(device)
-        _, _, info = model.forward_features(x, return_info=True)
+        _, _, info = model.forward_core(x, return_info=True)
         mask = info.mask[:, 0].permute(1, 2, 0).float().cpu()                # (N, U, T)
         ink = pixel_sequences(images, size, "tokens").float().unsqueeze(1)    # (N, 1, T)
         key = str(size)

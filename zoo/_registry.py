@@ -5,7 +5,7 @@ import fnmatch
 from typing import List
 
 import timm
-from timm.models import _registry as _timm_registry
+from timm.models import model_entrypoint
 
 from . import models as _models  # noqa: F401  (registers the zoo's models)
 
@@ -15,8 +15,8 @@ _PREFIX = __name__.rsplit(".", 1)[0] + ".models."
 
 
 def _zoo_names() -> List[str]:
-    return sorted(name for name, fn in _timm_registry._model_entrypoints.items()
-                  if getattr(fn, "__module__", "").startswith(_PREFIX))
+    return sorted(name for name in timm.list_models()
+                  if getattr(model_entrypoint(name), "__module__", "").startswith(_PREFIX))
 
 
 def is_zoo_model(name: str) -> bool:

@@ -27,10 +27,11 @@ from typing import Any, Dict, List, Sequence, Tuple, Union
 
 import torch
 from einops import rearrange
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from torch import nn
 
 from ..layers.rim import RIM, RIMStepInfo
+from .staged import build_zoo_model
 
 __all__ = ["BallsVideoModel", "FrameEncoder", "FrameDecoder"]
 
@@ -231,10 +232,8 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create(variant: str, pretrained: bool, defaults: Dict[str, Any], kwargs: Dict[str, Any]) -> BallsVideoModel:
-    if pretrained:
-        raise ValueError(f"{variant} has no pretrained weights; use pretrained=False")
-    return build_model_with_cfg(BallsVideoModel, variant, pretrained, kwargs_filter=("num_classes",),
-                                **{**defaults, **kwargs})
+    return build_zoo_model(BallsVideoModel, variant, pretrained, kwargs_filter=("num_classes",),
+                           **{**defaults, **kwargs})
 
 
 # the thesis's sizes: RIMs 6 units of 100 with k_A = 4 (ch. 8), LSTM 256 (Fig. 3 text)

@@ -26,12 +26,12 @@ from __future__ import annotations
 from typing import Any, Dict, Optional
 
 import torch
-from einops import rearrange
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from torch import nn
 
-from .preact_resnet import StagedNet, split_nfm_kwargs
-from .small_cnns import _conv_bn
+from .small_cnns import CLEVR_POOLS, _conv_bn
+from ._checks import check_size, zeros_if_none
+from .staged import StagedNet, build_zoo_model, check_head_args, check_pool, split_nfm_kwargs
 
 __all__ = ["RelationNetwork"]
 
@@ -46,6 +46,7 @@ class RelationNetwork(StagedNet):
         g_hidden, g_layers: ``g_theta``'s width (256) and depth (4).
         f_hidden: ``f_phi``'s width (256). drop_rate: dropout before the last linear (train only).
         nfm: ``None`` or :class:`zoo.NFM` options for the stem (as in every :class:`StagedNet`).
+        global_pool: ``"flatten"`` (the relation head) or ``""`` (with ``num_classes=0``: the conv features).
 
     Shapes: ``x (B, in_chans, img_size, img_size)``, ``question (B, question_dim)`` -> ``(B, num_classes)``;
     ``forward_features(x)`` ``(B, width, s, s)``; ``forward_head(..., pre_logits=True)`` ``(B, f_hidden)``.
@@ -53,7 +54,9 @@ class RelationNetwork(StagedNet):
 
     def __init__(self, num_classes: int = 10, in_chans: int = 3, question_dim: int = 11, width: int = 24,
                  depth: int = 4, img_size: int = 75, g_hidden: int = 256, g_layers: int = 4, f_hidden: int = 256,
-                 drop_rate: float = 0.0, nfm: Optional[Dict[str, Any]] = None) -> None:
+                 drop_rate: float = 0.0, nfm: Optional[Dict[str, Any]] = None, global_pool: str = "flatten") -> None:
+        check_head_args(num_classes, in_chans)
+        check_pool(num_classes, global_pool, CLEVR_POOLS)
         if g_layers < 1:
             raise ValueError(f"g_layers must be >= 1, got {g_layers}")
         body, cin, side = [], in_chans, img_size
@@ -61,9 +64,10 @@ class RelationNetwork(StagedNet):
             side = (side - 1) // 2 + 1
             body.append((f"conv{i + 1}", _conv_bn(cin, width, 2, "relu_bn"), width, 2 ** (i + 1)))
             cin = width
-        super().__init__(body, in_chans, num_classes, nn.Identity(), width, drop_rate=drop_rate, nfm=nfm)
+        super().__init__(body, in_chans, num_classes, nn.Identity(), width, drop_rate=drop_rate, nfm=nfm,
+                         global_pool=None)
         self.question_dim, self.side, self.f_hidden = question_dim, side, f_hidden
-        self.head_hidden_size = f_hidden
+        self.head_hidden_size, self.global_pool = f_hidden, global_pool
         self.obj_dim = width + 2
         axis = torch.linspace(-1.0, 1.0, side) if side > 1 else torch.zeros(1)
         coords = torch.stack(torch.meshgrid(axis, axis, indexing="ij"), dim=-1).reshape(side * side, 2)
@@ -73,16 +77,22 @@ class RelationNetwork(StagedNet):
         self.f = nn.Sequential(nn.Linear(g_hidden, f_hidden), nn.ReLU(), nn.Linear(f_hidden, f_hidden), nn.ReLU())
         self.fc = nn.Linear(f_hidden, num_classes) if num_classes > 0 else nn.Identity()
 
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        check_head_args(num_classes, self.in_chans)
+        check_pool(num_classes, self.global_pool if global_pool is None else global_pool, CLEVR_POOLS)
         self.num_classes = num_classes
+        self.global_pool = self.global_pool if global_pool is None else global_pool
         self.fc = nn.Linear(self.f_hidden, num_classes) if num_classes > 0 else nn.Identity()
 
     def objects(self, feats: torch.Tensor) -> torch.Tensor:
         """``(B, C, s, s)`` conv features -> ``(B, s*s, C + 2)`` objects (features ++ (row, col))."""
-        o = rearrange(feats, "b c h w -> b (h w) c")
-        if o.shape[1] != self.coords.shape[0]:
-            raise ValueError(f"features have {o.shape[1]} cells, the model was built for {self.coords.shape[0]}; "
-                             "build it with the matching img_size")
+        o = feats.flatten(2).transpose(1, 2)                                     # b c h w -> b (h w) c
+        check_size(o, 1, self.side * self.side, "features have {got} cells, the model was built for "
+                   f"{self.side * self.side}; build it with the matching img_size")
         return torch.cat([o, self.coords.to(o.dtype).expand(o.shape[0], -1, -1)], dim=-1)
 
     def relations(self, feats: torch.Tensor, question: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -94,14 +104,14 @@ class RelationNetwork(StagedNet):
         second = o @ w[:, d:2 * d].T                                             # W_j o_j  (B, n, H)
         bias = self.g_in.bias.expand(o.shape[0], -1)
         if self.question_dim:
-            if question is None:
-                question = o.new_zeros(o.shape[0], self.question_dim)
-            bias = bias + question @ w[:, 2 * d:].T                              # W_q q + b  (B, H)
+            bias = bias + zeros_if_none(question, o, self.question_dim) @ w[:, 2 * d:].T                              # W_q q + b  (B, H)
         h = torch.relu(first[:, :, None] + second[:, None, :] + bias[:, None, None])   # (B, n_i, n_j, H)
         return self.g(h).sum(dim=(1, 2))
 
     def forward_head(self, x: torch.Tensor, question: Optional[torch.Tensor] = None,
                      pre_logits: bool = False) -> torch.Tensor:
+        if self.global_pool == "":
+            return x
         x = self.f(self.relations(x, question))
         x = nn.functional.dropout(x, p=self.drop_rate, training=self.training) if self.drop_rate > 0 else x
         return x if pre_logits else self.fc(x)
@@ -112,7 +122,7 @@ class RelationNetwork(StagedNet):
 
 default_cfgs = generate_default_cfgs({
     "sortclevr_rn.untrained": {
-        "url": "", "num_classes": 10, "input_size": (3, 75, 75), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5),
+        "url": "", "num_classes": 10, "input_size": (3, 75, 75), "pool_size": (5, 5), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5),
         "crop_pct": 1.0, "interpolation": "bilinear", "first_conv": "conv1.0", "classifier": "fc", "license": "mit",
         "description": "Relation Network: 4 x (conv 24, stride 2) -> 25 objects, g 4 x 256, f 256-256",
         "paper_ids": "arXiv:1706.01427", "paper_name": "A simple neural network module for relational reasoning"},
@@ -122,7 +132,4 @@ default_cfgs = generate_default_cfgs({
 @register_model
 def sortclevr_rn(pretrained: bool = False, **kwargs) -> RelationNetwork:
     """Relation Network for Sort-of-CLEVR (Santoro et al. 2017; thesis Table 7 "Relation networks")."""
-    if pretrained:
-        raise ValueError("sortclevr_rn has no pretrained weights; use pretrained=False")
-    return build_model_with_cfg(RelationNetwork, "sortclevr_rn", pretrained,
-                                feature_cfg=dict(feature_cls="getter"), **split_nfm_kwargs(dict(kwargs), False))
+    return build_zoo_model(RelationNetwork, "sortclevr_rn", pretrained, **split_nfm_kwargs(dict(kwargs), False))

@@ -5,20 +5,29 @@ follow thesis ch. 8 (copying: 6 units, ``k_A = 4``, total hidden 600, embedding 
 models are the baselines of thesis Table 1.
 
 Registered the timm way, so ``timm.create_model("rim_lstm_seq", num_tokens=10, num_classes=10)`` and
-``zoo.create_model(...)`` both build them.
+``zoo.create_model(...)`` both build them. timm's model API holds on token input: ``forward_features``
+``(B, T, D)``, ``forward_head`` (per step; ``pre_logits``), ``forward_intermediates`` over ``feature_info``
+(the embedding and the core's output, ``NLC``), ``reset_classifier``, ``set_grad_checkpointing``.
 """
 from __future__ import annotations
 
 import inspect
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Union
 
 import torch
+from timm.models import generate_default_cfgs, register_model, register_notrace_module
+from timm.models._features import feature_take_indices
 from torch import nn
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from torch.fx._symbolic_trace import is_fx_tracing
+from torch.utils.checkpoint import checkpoint
 
 from ..layers.rim import RIM, RIMCell, RIMOptions
+from .staged import build_zoo_model, check_pool
 
 __all__ = ["SequenceModel"]
+
+# The RIM's loop over time steps and its data-dependent top-k competition: one FX leaf (timm's convention).
+register_notrace_module(RIM)
 
 _CORES = ("rim", "lstm", "gru")
 # every keyword zoo.RIM takes beyond nn.LSTM's: RIM's own, RIMCell's and RIMOptions' fields
@@ -51,7 +60,8 @@ class SequenceModel(nn.Module):
 
     Shapes:
         x: ``(B, T)`` token ids, or ``(B, T, input_size)`` (``(T, B, ...)`` if not ``batch_first``).
-        returns: logits ``(B, T, num_classes)``; ``forward_features`` returns ``(B, T, hidden_size)``.
+        returns: logits ``(B, T, num_classes)``; ``forward_features`` returns ``(B, T, hidden_size)``;
+        :meth:`forward_core` also returns the core's state (and the RIM step info).
     """
 
     def __init__(self, num_classes: int = 10, num_tokens: Optional[int] = None, input_size: Optional[int] = None,
@@ -80,7 +90,10 @@ class SequenceModel(nn.Module):
             core_kwargs["compile"] = compile
         self.num_classes, self.num_tokens, self.input_size = num_classes, num_tokens, input_size
         self.hidden_size, self.batch_first, self.core_type = hidden_size, batch_first, core
-        self.num_features = hidden_size
+        self.num_features = self.head_hidden_size = hidden_size
+        self.grad_checkpointing = False
+        self.feature_info = [dict(num_chs=embed_dim, reduction=1, module="encoder"),
+                             dict(num_chs=hidden_size, reduction=1, module="core")]
         self.encoder = nn.Embedding(num_tokens, embed_dim) if num_tokens else nn.Linear(input_size, embed_dim)
         rnn_cls = {"rim": RIM, "lstm": nn.LSTM, "gru": nn.GRU}[core]
         self.core = rnn_cls(embed_dim, hidden_size, num_layers, batch_first=batch_first, dropout=dropout,
@@ -91,20 +104,57 @@ class SequenceModel(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.head
 
-    def reset_classifier(self, num_classes: int) -> None:
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """A new per-step head (``num_classes=0``: none, the model returns the features). ``global_pool``:
+        ``None`` or ``""`` (a sequence model's head is per step, it never pools over time)."""
         if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 0:
             raise ValueError(f"num_classes must be an integer >= 0 (0: no head), got {num_classes!r}")
+        check_pool(0, global_pool, ("",))
         self.num_classes = num_classes
         self.head = nn.Linear(self.hidden_size, num_classes) if num_classes > 0 else nn.Identity()
 
-    def forward_features(self, x: torch.Tensor, state=None, return_info: bool = False):
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute the core's activations in the backward pass (training memory for time)."""
+        self.grad_checkpointing = enable
+
+    def forward_core(self, x: torch.Tensor, state=None, return_info: bool = False):
         """Encoder and core. Returns ``(features, state)`` (and the RIM step info when asked). An empty
         sequence (``T = 0``) gives empty features and the initial state for every core (``nn.LSTM`` and
         ``nn.GRU`` themselves refuse it)."""
-        emb = self.encoder(x)
-        if self.core_type != "rim" and emb.shape[1 if self.batch_first else 0] == 0:
+        return self._core(self.encoder(x), state, return_info)
+
+    def _core(self, emb: torch.Tensor, state=None, return_info: bool = False):
+        # (a traced graph drops the empty-sequence branch: the traced model refuses T = 0 as nn.LSTM does)
+        if self.core_type != "rim" and not is_fx_tracing() and emb.shape[1 if self.batch_first else 0] == 0:
             return self._empty_sequence(emb, state)
-        return self.core(emb, state, return_info=True) if return_info else self.core(emb, state)
+        kwargs = dict(return_info=True) if return_info else {}
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(self.core, emb, state, use_reentrant=False, **kwargs)
+        return self.core(emb, state, **kwargs)
+
+    def forward_features(self, x: torch.Tensor, return_info: bool = False):
+        """``(B, T)`` tokens (or ``(B, T, input_size)``) -> features ``(B, T, hidden_size)``.
+
+        ``return_info=True`` is the old spelling of ``forward_core(x, return_info=True)`` (a tuple)."""
+        if return_info:
+            return self.forward_core(x, return_info=True)
+        return self.forward_core(x)[0]
+
+    def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
+                              norm: bool = False, stop_early: bool = False, output_fmt: str = "NLC",
+                              intermediates_only: bool = False):
+        """timm's intermediate-feature API over ``feature_info``: the embedding ``(B, T, embed_dim)`` and the
+        core's output ``(B, T, hidden_size)``. Returns ``(features, levels)`` (``levels`` alone if
+        ``intermediates_only``)."""
+        if output_fmt != "NLC":
+            raise ValueError(f"output_fmt must be 'NLC' (sequence models), got {output_fmt!r}")
+        take, max_index = feature_take_indices(len(self.feature_info), indices)
+        emb = self.encoder(x)
+        if intermediates_only and max_index == 0:
+            return [emb]
+        features = self._core(emb)[0]
+        levels = [[emb, features][i] for i in take]
+        return levels if intermediates_only else (features, levels)
 
     def _empty_sequence(self, emb: torch.Tensor, state):
         batch = emb.shape[0 if self.batch_first else 1]
@@ -114,11 +164,13 @@ class SequenceModel(nn.Module):
             state = (z, z) if self.core_type == "lstm" else z
         return features, state
 
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.head(self.head_drop(features))
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Per step: ``(B, T, hidden_size)`` -> ``(B, T, num_classes)`` (``pre_logits``: after dropout)."""
+        features = self.head_drop(features)
+        return features if pre_logits else self.head(features)
 
     def forward(self, x: torch.Tensor, state=None) -> torch.Tensor:
-        features, _ = self.forward_features(x, state)
+        features, _ = self.forward_core(x, state)
         return self.forward_head(features)
 
 
@@ -140,11 +192,9 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> SequenceModel:
-    if pretrained:
-        raise ValueError(f"{variant} has no pretrained weights; use pretrained=False")
     if kwargs.get("num_tokens") is None and kwargs.get("input_size") is None:
         kwargs["num_tokens"] = 10  # the copying task's alphabet: blank, 8 symbols, marker
-    return build_model_with_cfg(SequenceModel, variant, pretrained, kwargs_filter=("in_chans", "img_size"), **kwargs)
+    return build_zoo_model(SequenceModel, variant, pretrained, kwargs_filter=("in_chans", "img_size"), **kwargs)
 
 
 def _rim_defaults(kwargs: Dict[str, Any], **overrides: Any) -> Dict[str, Any]:

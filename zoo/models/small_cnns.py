@@ -9,18 +9,23 @@
   ReLU) -> global average pool -> linear. Any input size works (the multi-digit 64x64 canvases too).
   ``nfm_mnist_convnet``: its 2-pass NFM version (thesis 10.4.2: k = 5, ``d_k = d_v = 16``, 4 heads).
 
-Every model is a :class:`zoo.models.preact_resnet.StagedNet` (timm API: ``feature_info``,
-``forward_intermediates``, ``reset_classifier``, ...), registered with timm.
+Every model is a :class:`zoo.models.staged.StagedNet` (timm API: ``feature_info``,
+``forward_intermediates``, ``reset_classifier``, ...), built by :func:`zoo.models.staged.build_zoo_model`.
 """
 from __future__ import annotations
 
 from typing import Any, Dict, Optional, Sequence
 
 import torch
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
 from torch import nn
 
-from .preact_resnet import StagedNet, check_head_args, split_nfm_kwargs
+from ._checks import check_size, zeros_if_none
+from .staged import StagedNet, build_zoo_model, check_head_args, check_pool, split_nfm_kwargs
+
+#: the head "pooling" of the Sort-of-CLEVR models: ``"flatten"`` (the MLP / relation head) or ``""`` (none:
+#: with ``num_classes=0`` the model returns its unpooled conv features, timm's ``global_pool=''``)
+CLEVR_POOLS = ("flatten", "")
 
 __all__ = ["SortOfClevrCNN", "MnistConvNet"]
 
@@ -42,6 +47,7 @@ class SortOfClevrCNN(StagedNet):
         img_size: input side (75); fixes the flattened feature size ``width * s * s``.
         hidden: MLP width (256). num_classes: answers (10). drop_rate: dropout before the last linear.
         nfm: ``None`` or :class:`zoo.NFM` options.
+        global_pool: ``"flatten"`` (the MLP head) or ``""`` (with ``num_classes=0``: no head, the conv features).
 
     Shapes: ``x (B, in_chans, img_size, img_size)``, ``question (B, question_dim)`` -> ``(B, num_classes)``.
     ``forward(x)`` without a question uses the zero question (shape checks and image-only probes); give the
@@ -50,8 +56,9 @@ class SortOfClevrCNN(StagedNet):
 
     def __init__(self, num_classes: int = 10, in_chans: int = 3, question_dim: int = 11, width: int = 24,
                  depth: int = 4, img_size: int = 75, hidden: int = 256, drop_rate: float = 0.0,
-                 nfm: Optional[Dict[str, Any]] = None) -> None:
+                 nfm: Optional[Dict[str, Any]] = None, global_pool: str = "flatten") -> None:
         check_head_args(num_classes, in_chans)
+        check_pool(num_classes, global_pool, CLEVR_POOLS)
         for name, v in (("width", width), ("depth", depth), ("img_size", img_size), ("hidden", hidden)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {v!r}")
@@ -62,28 +69,34 @@ class SortOfClevrCNN(StagedNet):
             side = (side - 1) // 2 + 1
             body.append((f"conv{i + 1}", _conv_bn(cin, width, 2, "relu_bn"), width, 2 ** (i + 1)))
             cin = width
-        super().__init__(body, in_chans, num_classes, nn.Identity(), width, drop_rate=drop_rate, nfm=nfm)
+        super().__init__(body, in_chans, num_classes, nn.Identity(), width, drop_rate=drop_rate, nfm=nfm,
+                         global_pool=None)
         self.question_dim, self.hidden, self.flat_dim = question_dim, hidden, width * side * side
-        self.head_hidden_size = hidden
+        self.head_hidden_size, self.global_pool = hidden, global_pool
         self.mlp = nn.Sequential(nn.Linear(self.flat_dim + question_dim, hidden), nn.ReLU(),
                                  nn.Linear(hidden, hidden), nn.ReLU())
         self.fc = nn.Linear(hidden, num_classes) if num_classes > 0 else nn.Identity()
 
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         check_head_args(num_classes, self.in_chans)
+        check_pool(num_classes, self.global_pool if global_pool is None else global_pool, CLEVR_POOLS)
         self.num_classes = num_classes
+        self.global_pool = self.global_pool if global_pool is None else global_pool
         self.fc = nn.Linear(self.hidden, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward_head(self, x: torch.Tensor, question: Optional[torch.Tensor] = None,
                      pre_logits: bool = False) -> torch.Tensor:
+        if self.global_pool == "":
+            return x
         x = x.flatten(1)
-        if x.shape[1] != self.flat_dim:
-            raise ValueError(f"features flatten to {x.shape[1]}, the MLP was built for {self.flat_dim}; "
-                             "build the model with the matching img_size")
+        check_size(x, 1, self.flat_dim, "features flatten to {got}, the MLP was built for "
+                   f"{self.flat_dim}; build the model with the matching img_size")
         if self.question_dim:
-            if question is None:
-                question = x.new_zeros(x.shape[0], self.question_dim)
-            x = torch.cat([x, question], dim=1)
+            x = torch.cat([x, zeros_if_none(question, x, self.question_dim)], dim=1)
         x = self.mlp(x)
         x = nn.functional.dropout(x, p=self.drop_rate, training=self.training) if self.drop_rate > 0 else x
         return x if pre_logits else self.fc(x)
@@ -103,7 +116,7 @@ class MnistConvNet(StagedNet):
 
     def __init__(self, num_classes: int = 10, in_chans: int = 1, widths: Sequence[int] = (32, 64, 128),
                  drop_rate: float = 0.0, nfm: Optional[Dict[str, Any]] = None,
-                 strides: Optional[Sequence[int]] = None) -> None:
+                 strides: Optional[Sequence[int]] = None, global_pool: str = "avg") -> None:
         check_head_args(num_classes, in_chans)
         if not widths or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
             raise ValueError(f"widths must be a non-empty list of ints >= 1, got {widths!r}")
@@ -115,17 +128,17 @@ class MnistConvNet(StagedNet):
             red *= stride
             body.append((f"conv{i + 1}", _conv_bn(cin, w, stride, "bn_relu"), w, red))
             cin = w
-        super().__init__(body, in_chans, num_classes, nn.Identity(), cin, drop_rate=drop_rate, nfm=nfm)
-        self.fc = nn.Linear(cin, num_classes) if num_classes > 0 else nn.Identity()
+        super().__init__(body, in_chans, num_classes, nn.Identity(), cin, drop_rate=drop_rate, nfm=nfm,
+                         global_pool=global_pool)
 
 
 def _cfg(**kwargs) -> Dict[str, Any]:
     return {"url": "", "num_classes": 10, "crop_pct": 1.0, "interpolation": "bilinear", "first_conv": "conv1.0",
-            "classifier": "fc", "license": "mit", **kwargs}
+            "license": "mit", **kwargs}
 
 
-_CLEVR = dict(input_size=(3, 75, 75), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-_MNIST = dict(input_size=(1, 28, 28), mean=(0.1307,), std=(0.3081,))
+_CLEVR = dict(input_size=(3, 75, 75), pool_size=(5, 5), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), classifier="fc")
+_MNIST = dict(input_size=(1, 28, 28), pool_size=(7, 7), mean=(0.1307,), std=(0.3081,), classifier="head.fc")
 _NFM = dict(paper_ids="arXiv:2010.08012", paper_name="Neural Function Modules with Sparse Arguments",
             first_conv="nfm.passes.0.0.0")
 default_cfgs = generate_default_cfgs({
@@ -137,10 +150,7 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create(cls, variant: str, pretrained: bool, nfm: bool, kwargs: Dict[str, Any]):
-    if pretrained:
-        raise ValueError(f"{variant} has no pretrained weights; use pretrained=False")
-    kwargs = split_nfm_kwargs(dict(kwargs), nfm)
-    return build_model_with_cfg(cls, variant, pretrained, feature_cfg=dict(feature_cls="getter"), **kwargs)
+    return build_zoo_model(cls, variant, pretrained, **split_nfm_kwargs(dict(kwargs), nfm))
 
 
 @register_model

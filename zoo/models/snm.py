@@ -20,18 +20,24 @@ Registered models (timm ``@register_model``, default cfgs):
   fully-connected 128 (z) and 10 (y); ReLU after every hidden layer.
 * ``snm_mnist_mlp``: the permutation-invariant MNIST network 784-512-256-256-128-10.
 
-Both are ordinary classifiers (``forward(x) -> logits``; ``forward_features -> z``; ``forward_head``;
-``reset_classifier``) and add :meth:`SNMNet.encode`, :meth:`SNMNet.classify`, :meth:`SNMNet.decode_x`,
+Both are ordinary timm classifiers (``forward(x) -> logits``; ``forward_features -> z``; ``forward_head``;
+``reset_classifier``; ``forward_intermediates`` over ``feature_info``: the conv maps of the convnet, the
+fully-connected layers of the MLP) and add :meth:`SNMNet.encode`, :meth:`SNMNet.classify`, :meth:`SNMNet.decode_x`,
 :meth:`SNMNet.decode_z`, used by the ``semantic_noise`` methods (:mod:`zoo.methods.semantic_noise`).
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from ._checks import check_shape
+from .staged import build_zoo_model, check_head_args, check_pool
 
 __all__ = ["SNMNet", "TiedLinearT", "TiedConvT"]
 
@@ -43,6 +49,8 @@ class TiedLinearT(nn.Module):
     (optional) is this layer's own. Shapes: ``(B, out) -> (B, in)``.
     """
 
+    __jit_unused_properties__ = ["weight"]
+
     def __init__(self, encoder: nn.Linear, bias: bool = False) -> None:
         super().__init__()
         self._encoder = (encoder,)                       # a tuple: not a submodule, the weight stays single
@@ -52,6 +60,7 @@ class TiedLinearT(nn.Module):
     def weight(self) -> nn.Parameter:
         return self._encoder[0].weight
 
+    @torch.jit.unused
     def forward(self, h: Tensor) -> Tensor:
         return F.linear(h, self.weight.t(), self.bias)
 
@@ -64,6 +73,8 @@ class TiedConvT(nn.Module):
     (B, C_in, H, W)`` with ``(H, W)`` the encoder's input size (``output_padding`` chosen to reach it).
     """
 
+    __jit_unused_properties__ = ["weight"]
+
     def __init__(self, encoder: nn.Conv2d, bias: bool = False) -> None:
         super().__init__()
         if encoder.groups != 1 or isinstance(encoder.padding, str):
@@ -75,6 +86,7 @@ class TiedConvT(nn.Module):
     def weight(self) -> nn.Parameter:
         return self._encoder[0].weight
 
+    @torch.jit.unused
     def forward(self, h: Tensor, out_hw: Tuple[int, int]) -> Tensor:
         enc = self._encoder[0]
         pad = []
@@ -98,6 +110,10 @@ class SNMNet(nn.Module):
         recon_act: output of ``x_R``: ``"identity"`` (the paper's L2 on whitened inputs) or ``"sigmoid"``.
         decoder_bias: give every decoder layer its own bias (Figure 4 leaves biases out; default off, so
             the tied decoders add no parameters and every parameter is trained by the classifier path too).
+        global_pool: ``""`` (the only value: ``z`` is a vector, nothing to pool; accepted for timm's API).
+
+    ``feature_info``: the conv maps (the convnet) or, for a fully-connected network, the hidden layers.
+    ``num_classes=0`` gives the encoder alone (``forward`` returns ``z``); the ``z_R`` decoder needs a classifier.
 
     Shapes: ``x (B, in_chans, img_size, img_size)``; ``z, z_R (B, fc_dims[-1])``; ``y (B, num_classes)``;
     ``x_R`` like ``x``.
@@ -105,20 +121,22 @@ class SNMNet(nn.Module):
 
     def __init__(self, num_classes: int = 10, in_chans: int = 1, img_size: int = 28,
                  conv_widths: Sequence[int] = (32, 64, 96), fc_dims: Sequence[int] = (128,),
-                 drop_rate: float = 0.0, recon_act: str = "identity", decoder_bias: bool = False) -> None:
+                 drop_rate: float = 0.0, recon_act: str = "identity", decoder_bias: bool = False,
+                 global_pool: str = "") -> None:
         super().__init__()
         if not fc_dims:
             raise ValueError("fc_dims must name at least the latent size")
         if recon_act not in ("identity", "sigmoid"):
             raise ValueError(f"recon_act must be 'identity' or 'sigmoid', got {recon_act!r}")
-        if num_classes <= 0:
-            raise ValueError("SNMNet decodes z from the logits: num_classes must be > 0")
+        check_head_args(num_classes, in_chans)
+        check_pool(0, global_pool, ("",))
         self.num_classes, self.in_chans, self.img_size = num_classes, in_chans, img_size
         self.drop_rate, self.recon_act, self.grad_checkpointing = drop_rate, recon_act, False
         self.decoder_bias = bool(decoder_bias)
         self.enc_convs = nn.ModuleList()
         self.sizes: List[Tuple[int, int, int]] = [(in_chans, img_size, img_size)]   # input of every conv
         self.feature_info: List[Dict[str, Any]] = []
+        self.input_shape: List[int] = [in_chans, img_size, img_size]
         cin, side, red = in_chans, img_size, 1
         for i, w in enumerate(conv_widths):
             self.enc_convs.append(nn.Sequential(nn.Conv2d(cin, w, 3, 2, 1), nn.ReLU()))
@@ -131,38 +149,78 @@ class SNMNet(nn.Module):
         for i, h in enumerate(fc_dims):
             self.enc_fcs.append(nn.Sequential(nn.Linear(d, h), nn.ReLU()))
             d = h
-            self.feature_info.append(dict(num_chs=h, reduction=red, module=f"enc_fcs.{i}"))
+            if not conv_widths:                          # no feature maps: the hidden layers are the levels
+                self.feature_info.append(dict(num_chs=h, reduction=1, module=f"enc_fcs.{i}"))
         self.num_features = self.head_hidden_size = d
-        self.fc = nn.Linear(d, num_classes)
+        self.fc = nn.Linear(d, num_classes) if num_classes > 0 else nn.Identity()
         # decoders: the encoder layers' own weights, used transposed (x_R path in reverse layer order)
         self.dec_fcs = nn.ModuleList([TiedLinearT(m[0], decoder_bias) for m in self.enc_fcs])
         self.dec_convs = nn.ModuleList([TiedConvT(m[0], decoder_bias) for m in self.enc_convs])
-        self.dec_fc = TiedLinearT(self.fc, decoder_bias)
+        self.dec_fc = TiedLinearT(self.fc, decoder_bias) if num_classes > 0 else None
 
     # -- timm API -----------------------------------------------------------------------------------
+    @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
         return self.fc
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        if num_classes <= 0:
-            raise ValueError("SNMNet decodes z from the logits: num_classes must be > 0")
+        """A new classifier (``num_classes=0``: none, the model returns ``z``) and its tied ``z_R`` decoder."""
+        check_head_args(num_classes, self.in_chans)
+        check_pool(0, global_pool, ("",))
         self.num_classes = num_classes
-        self.fc = nn.Linear(self.num_features, num_classes)
-        self.dec_fc = TiedLinearT(self.fc, self.decoder_bias)
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.dec_fc = TiedLinearT(self.fc, self.decoder_bias) if num_classes > 0 else None
 
+    @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute the encoder layers' activations in the backward pass."""
         self.grad_checkpointing = enable
+
+    def _encode(self, x: Tensor, last: int = -1) -> Tuple[Tensor, List[Tensor]]:
+        """``z`` and the ``feature_info`` levels up to ``last`` (all for ``-1``)."""
+        check_shape(x, self.input_shape)
+        levels: List[Tensor] = []
+        for m in self.enc_convs:
+            if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
+                x = checkpoint(m, x, use_reentrant=False)
+            else:
+                x = m(x)
+            levels.append(x)
+        x = x.flatten(1)
+        for m in self.enc_fcs:
+            if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
+                x = checkpoint(m, x, use_reentrant=False)
+            else:
+                x = m(x)
+            if len(self.enc_convs) == 0:
+                levels.append(x)
+        return x, levels
 
     def forward_features(self, x: Tensor) -> Tensor:
         """``f1``: ``(B, C, H, W) -> z (B, dim_z)``."""
-        if tuple(x.shape[1:]) != self.sizes[0]:
-            raise ValueError(f"expected inputs (B, {', '.join(map(str, self.sizes[0]))}), got {tuple(x.shape)}")
-        for m in self.enc_convs:
-            x = m(x)
-        x = x.flatten(1)
-        for m in self.enc_fcs:
-            x = m(x)
-        return x
+        return self._encode(x)[0]
+
+    @torch.jit.ignore
+    def forward_intermediates(self, x: Tensor, indices: Optional[Union[int, List[int]]] = None,
+                              norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
+                              intermediates_only: bool = False):
+        """timm's intermediate-feature API over ``feature_info`` (conv maps ``(B, C, h, w)``; the hidden
+        vectors ``(B, D)`` of the MLP). Returns ``(z, levels)`` (``levels`` alone if ``intermediates_only``)."""
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
+        take, _ = feature_take_indices(len(self.feature_info), indices)
+        z, levels = self._encode(x)
+        inter = [levels[i] for i in take]
+        return inter if intermediates_only else (z, inter)
+
+    @torch.jit.ignore
+    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> List[int]:
+        """The wanted ``feature_info`` indices; the encoder is kept whole (the tied decoders read its weights)."""
+        take, _ = feature_take_indices(len(self.feature_info), indices)
+        if prune_head:
+            self.reset_classifier(0)
+        return take
 
     def forward_head(self, z: Tensor, pre_logits: bool = False) -> Tensor:
         """``f2``: ``z -> y`` (``pre_logits``: ``z`` after dropout)."""
@@ -183,6 +241,8 @@ class SNMNet(nn.Module):
 
     def decode_z(self, y: Tensor) -> Tensor:
         """``z_R = g2'(y) = ReLU(y W2 + b)`` with the classifier weight ``W2`` (z is a ReLU output too)."""
+        if self.dec_fc is None:
+            raise ValueError("decode_z needs the classifier (W2): build the model with num_classes > 0")
         return F.relu(self.dec_fc(y))
 
     def decode_x(self, z: Tensor) -> Tensor:
@@ -226,9 +286,7 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create(variant: str, pretrained: bool, kwargs: Dict[str, Any]) -> SNMNet:
-    if pretrained:
-        raise ValueError(f"{variant} has no pretrained weights; use pretrained=False")
-    return build_model_with_cfg(SNMNet, variant, pretrained, **kwargs)
+    return build_zoo_model(SNMNet, variant, pretrained, **kwargs)
 
 
 @register_model
