@@ -165,7 +165,7 @@ def activation_pattern(model, T: int, seed: int, device: torch.device, n_sequenc
     """The active-unit mask of the first layer over one test sequence: ``U`` lists of ``T+20`` bits."""
     model.eval()
     x, _ = copying_batch(T, 1, torch.Generator().manual_seed(seed), n_sequence)
-    _, _, info = model.forward_features(x.to(device), return_info=True)
+    _, _, info = model.forward_core(x.to(device), return_info=True)
     return info.mask[:, 0, 0].T.cpu().tolist()                          # (U, T+20)
 
 

@@ -132,12 +132,9 @@ class SequenceModel(nn.Module):
             return checkpoint(self.core, emb, state, use_reentrant=False, **kwargs)
         return self.core(emb, state, **kwargs)
 
-    def forward_features(self, x: torch.Tensor, return_info: bool = False):
-        """``(B, T)`` tokens (or ``(B, T, input_size)``) -> features ``(B, T, hidden_size)``.
-
-        ``return_info=True`` is the old spelling of ``forward_core(x, return_info=True)`` (a tuple)."""
-        if return_info:
-            return self.forward_core(x, return_info=True)
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, T)`` tokens (or ``(B, T, input_size)``) -> features ``(B, T, hidden_size)`` (timm's contract;
+        the state and the RIM step info: :meth:`forward_core`)."""
         return self.forward_core(x)[0]
 
     def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
