@@ -18,7 +18,7 @@ import torch
 from timm.models import generate_default_cfgs, register_model, register_notrace_module
 from timm.models._features import feature_take_indices
 from torch import nn
-from torch.fx._symbolic_trace import is_fx_tracing
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 from torch.utils.checkpoint import checkpoint
 
 from ..layers.rim import RIM, RIMCell, RIMOptions
@@ -125,7 +125,7 @@ class SequenceModel(nn.Module):
 
     def _core(self, emb: torch.Tensor, state=None, return_info: bool = False):
         # (a traced graph drops the empty-sequence branch: the traced model refuses T = 0 as nn.LSTM does)
-        if self.core_type != "rim" and not is_fx_tracing() and emb.shape[1 if self.batch_first else 0] == 0:
+        if self.core_type != "rim" and not is_fx_symbolic_tracing() and emb.shape[1 if self.batch_first else 0] == 0:
             return self._empty_sequence(emb, state)
         kwargs = dict(return_info=True) if return_info else {}
         if self.grad_checkpointing and self.training and torch.is_grad_enabled():
