@@ -40,6 +40,7 @@ def test_smoke_run_writes_a_complete_report_and_reruns_reuse_finished_runs(tmp_p
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)                      # ten harnesses, a few steps each: about 3 min on 2 idle cores
 def test_smoke_of_every_other_part_states_its_claims(tmp_path):
     """The smoke mode of the parts not covered above: every harness runs, and every claim is stated."""
     others = [p for p in reproduce.PARTS if p not in ("copying", "nfm_random_attention")]
