@@ -15,6 +15,7 @@ torch.set_num_threads(1)
 CHANCE = 0.1
 
 
+@pytest.mark.slow
 def test_harness_trains_mixup_family_beats_chance_and_eval_only_matches(tmp_path):
     out = tmp_path / "run"
     args = ["--method", "erm", "input_mixup", "manifold_mixup", "--steps", "80", "--eval-every", "0",
@@ -37,6 +38,7 @@ def test_harness_trains_mixup_family_beats_chance_and_eval_only_matches(tmp_path
     assert row["acc"] == pytest.approx(res["erm"]["acc"]) and row["occl16"] == pytest.approx(res["erm"]["occl16"])
 
 
+@pytest.mark.slow
 def test_harness_ict_semi_supervised_beats_chance(tmp_path):
     res = classify.main(["--method", "ict", "--labels-per-class", "20", "--steps", "80", "--eval-every", "0",
                          "--evaluations", "clean", "--batch-size", "32", "--unlabeled-batch-size", "32",
@@ -81,6 +83,7 @@ class OwnNet(nn.Module):
         return self.head(self.block2(self.block1(self.stem(x))))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["erm", "input_mixup", "manifold_mixup", "ict"])
 def test_every_method_trains_own_network_above_chance(name):
     data = classify.load_dataset("digits", labels_per_class=50 if name == "ict" else 0)

@@ -2,6 +2,7 @@
 import json
 import math
 
+import pytest
 import torch
 
 from tasks import copying
@@ -31,6 +32,7 @@ def test_metrics_separate_recall_from_blanks():
     assert math.isclose(m["ce_all"], math.log(10) * 10 / 25, rel_tol=1e-4)   # diluted by the blanks
 
 
+@pytest.mark.slow
 def test_short_run_learns_and_writes_results(tmp_path):
     out = tmp_path / "copy"
     results = copying.main([

@@ -63,6 +63,7 @@ def test_atari_preprocessing_frames_and_scores():
     env.close()
 
 
+@pytest.mark.slow
 def test_subprocess_envs_match_in_process_envs():
     """One process per env (the ALE games registered in each) gives the same frames as in-process envs."""
     spec = AtariSpec("ALE/Pong-v5", frame_stack=2)
@@ -184,6 +185,7 @@ def test_train_command_writes_logs_checkpoint_and_plot(trained_run):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
 
 
+@pytest.mark.slow
 def test_train_recurrent_rim_nfm_runs(tmp_path):
     """The recurrent path: RecurrentPPO with a RIM core and the NFM encoder, no frame stacking."""
     from rl import RecurrentCorePolicy
