@@ -32,7 +32,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
-from zoo.engine import (CheckpointError, ConfigError, RunConfig, arg, atomic_write, command_line,
+from zoo.engine import (per_run, CheckpointError, ConfigError, RunConfig, arg, atomic_write, command_line,
                         markdown_table, parse_config, resolve_device, run_cli, run_grid, seed_everything,
                         summarize_seeds, write_json, write_report)
 from zoo.engine.results import fmt_mean_std
@@ -338,7 +338,7 @@ def run(cfg: Config, command: Optional[str] = None) -> Dict[str, Any]:
         f"novel: the same types in {', '.join(NOVEL_COLORS)}. {cfg.num_distractors} distractors, "
         f"{cfg.eval_episodes} evaluation episodes per split, {'greedy' if cfg.deterministic_eval else 'sampled'} "
         f"actions.\n")
-    timing = {"train_seconds": {f"{r['core']}/seed{r['seed']}": r["seconds"] for r in runs if "seconds" in r}}
+    timing = {"train_seconds": per_run(runs, key="core")}
     write_report(out, cfg, results, wall, "Distractors: RIM vs LSTM RecurrentPPO, seen and novel distractors",
                  command, table, extra=extra, figures=[curves, *gifs], timing=timing)
     if extra.strip():

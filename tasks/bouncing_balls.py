@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 import zoo
 from zoo.data.bouncing_balls import BOX, BouncingBalls, describe, generate
-from zoo.engine import (
+from zoo.engine import (per_run, 
     ConfigError,
     MapStream,
     RunConfig,
@@ -550,8 +550,8 @@ def run(cfg: Config, command: Optional[str] = None) -> dict:
              + comparison(cfg, runs))
     figures = [plot_curves(cfg, results, out / "curves.png"), plot_filmstrip(cfg, runs, out / "filmstrip.png"),
                write_gif(cfg, runs, out / "rollout.gif"), plot_activity(cfg, runs, out / "activity.png")]
-    timing = {"train_seconds": {f"{r['model']}/seed{r['seed']}": r["seconds"] for r in runs},
-              "cpu_seconds": {f"{r['model']}/seed{r['seed']}": r["cpu_seconds"] for r in runs}}
+    timing = {"train_seconds": per_run(runs),
+              "cpu_seconds": per_run(runs, "cpu_seconds")}
     write_report(out, cfg, results, wall, f"Bouncing balls: train {describe(tuple(cfg.balls))} balls, "
                  f"roll out on {', '.join(cfg.test_sets)}", command, table, extra=extra,
                  figures=figures, timing=timing)

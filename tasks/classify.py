@@ -29,7 +29,7 @@ import zoo
 from zoo import methods as zoo_methods
 from zoo import robustness
 from zoo.data import DATASETS, dataset_missing, load_dataset
-from zoo.engine import (
+from zoo.engine import (per_run, 
     ConfigError,
     MapStream,
     RunConfig,
@@ -286,7 +286,7 @@ def run(cfg: Config, command: Optional[str] = None) -> dict:
     hp = markdown_table(["method", "hyperparameters", "train s"],
                         [[n, json.dumps(r["_hparams"]), f"{seconds[n]:.0f}"] for n, r in results.items()
                          if not n.startswith("_")])
-    timing = {"train_seconds": {f"{r['method']}/seed{r['seed']}": r["seconds"] for r in runs}}
+    timing = {"train_seconds": per_run(runs, key="method")}
     write_report(out, cfg, results, wall,
                  f"Classification and robustness: {cfg.model} on {cfg.dataset}, {cfg.seeds} seed(s), mean shown",
                  command, table, extra=f"\n{hp}", figures=(curves,), timing=timing)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 import zoo
-from zoo.engine import (ConfigError, RunConfig, SeededStream, arg, command_line, config_to_dict, fit, fmt_mean_std,
+from zoo.engine import (per_run, ConfigError, RunConfig, SeededStream, arg, command_line, config_to_dict, fit, fmt_mean_std,
                         markdown_table, parse_config, per_model_kwargs, resolve_device, run_cli, run_grid,
                         seed_everything, summarize_seeds, write_report)
 
@@ -263,7 +263,7 @@ def run(cfg: Config, command: Optional[str] = None) -> dict:
     results = summarize(cfg, runs)
     act = plot_activations(runs, cfg, out / "activations.png")
     curves = plot_curves(runs, cfg, out / "curves.png")
-    timing = {"train_seconds": {f"{r['model']}/seed{r['seed']}": r["seconds"] for r in runs}}
+    timing = {"train_seconds": per_run(runs)}
     write_report(out, cfg, results, wall, f"Copying: train T={cfg.train_len}, test T={cfg.test_lens}",
                  command, table, figures=(curves, act), timing=timing)
     return results

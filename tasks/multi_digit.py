@@ -35,7 +35,7 @@ from zoo.data.multi_digit import (
     digit_sources,
     multi_digit_batch,
 )
-from zoo.engine import (
+from zoo.engine import (per_run, 
     SCHEDULES,
     ConfigError,
     RunConfig,
@@ -317,7 +317,7 @@ def run(cfg: Config, command: Optional[str] = None) -> dict:
         + ", ".join(f"{k} digits {r['tests'][str(k)]['exact_acc']:.3f}" for k in cfg.counts)))
     title = f"Multi-digit MNIST: train on {cfg.train_counts} digits, exact-set accuracy per digit count"
     write_report(out, cfg, results, wall, title, command, table,
-                 timing={"train_seconds": {f"{r['model']}/seed{r['seed']}": r["seconds"] for r in runs}}, extra=extra, figures=(fig, samples, *att))
+                 timing={"train_seconds": per_run(runs)}, extra=extra, figures=(fig, samples, *att))
     return results
 
 

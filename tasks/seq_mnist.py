@@ -32,7 +32,7 @@ import torch.nn.functional as F
 import zoo
 from zoo.data import dataset_missing
 from zoo.data.seq_mnist import INPUTS, SEQ_DATASETS, pixel_sequences, seq_mnist_batches, seq_mnist_splits
-from zoo.engine import (ConfigError, RunConfig, RunError, arg, command_line, config_to_dict, fit, fmt_mean_std,
+from zoo.engine import (per_run, ConfigError, RunConfig, RunError, arg, command_line, config_to_dict, fit, fmt_mean_std,
                         markdown_table, parse_config, per_model_kwargs, resolve_device, run_cli, run_grid,
                         seed_everything, summarize_seeds, write_report)
 
@@ -408,7 +408,7 @@ def run(cfg: Config, command: Optional[str] = None) -> dict:
     table = results_table(cfg, runs)
     figures = (plot_accuracy(cfg, runs, out / "accuracy.png"), plot_activity(cfg, runs, out / "activity.png"),
                plot_curves(cfg, runs, out / "curves.png"))
-    timing = {"train_seconds": {f"{r['model']}/seed{r['seed']}": r["seconds"] for r in runs}}
+    timing = {"train_seconds": per_run(runs)}
     extra = ("\nTest accuracy (mean ± std over seeds) with the weights of the best validation accuracy at "
              f"{cfg.train_resolution}x{cfg.train_resolution}; 'selected steps' lists that step per seed. Paper rows: "
              "thesis Table 1, full MNIST, 6 units of 100 / LSTM 600.\n" + activity_table(cfg, runs))

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 import zoo
 from zoo.data import sort_of_clevr as soc
-from zoo.engine import (
+from zoo.engine import (per_run, 
     SCHEDULES,
     ConfigError,
     MapStream,
@@ -370,7 +370,7 @@ def run(cfg: Config, command: Optional[str] = None) -> dict:
              + ", ".join(f"{n} {s:.0f}" for n, s in seconds.items()) + "\n")
     title = f"Sort-of-CLEVR: {cfg.steps} steps" + (f", {cfg.holdout} held-out pairs" if cfg.holdout else "")
     write_report(out, cfg, results, wall, title, command, table,
-                 timing={"train_seconds": {f"{r['model']}/seed{r['seed']}": r["seconds"] for r in runs}}, extra=extra, figures=(samples, *att))
+                 timing={"train_seconds": per_run(runs)}, extra=extra, figures=(samples, *att))
     return results
 
 

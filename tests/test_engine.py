@@ -176,3 +176,11 @@ def test_cosine_schedule_decays_to_zero_and_constant_is_none():
     assert lr_schedule(opt, "constant", 100) is None
     with pytest.raises(ValueError, match="cosine"):
         lr_schedule(opt, "linear", 100)
+
+
+def test_per_run_keys_each_run_by_name_and_seed_and_skips_runs_without_the_value():
+    from zoo.engine import per_run
+    runs = [{"model": "a", "seed": 0, "seconds": 1.5}, {"model": "a", "seed": 1, "seconds": 2.0},
+            {"model": "b", "seed": 0}]
+    assert per_run(runs) == {"a/seed0": 1.5, "a/seed1": 2.0}
+    assert per_run([{"core": "rim", "seed": 3, "cpu": 4}], "cpu", key="core") == {"rim/seed3": 4}

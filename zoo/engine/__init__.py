@@ -8,7 +8,7 @@ from .checkpoint import atomic_write, clean_stale_tmp, load_checkpoint, save_che
 from .cli import (ConfigError, RunConfig, arg, check_device, check_writable_dir, check_writable_file,
                   config_to_argv, config_to_dict, parse_config, parse_json_object, per_model_kwargs, validate_config)
 from .errors import CheckpointError, Interrupted, RunError, run_cli
-from .jobs import RunLock, check_finite, command_line, default_workers, run_grid, run_jobs, write_report
+from .jobs import RunLock, check_finite, command_line, default_workers, per_run, run_grid, run_jobs, write_report
 from .logger import MetricLogger
 from .loop import SCHEDULES, FitResult, NonFiniteError, cycle, fit, lr_schedule, request_stop, stop_requested, to_device
 from .results import fmt_mean_std, markdown_table, summarize_seeds
@@ -27,6 +27,6 @@ __all__ = [
     "Stream", "SeededStream", "ShuffledBatches", "ZipStream", "MapStream", "restore_stream", "stream_state",
     "resolve_device", "seed_everything",
     # grids and reports
-    "RunLock", "check_finite", "command_line", "default_workers", "run_grid", "run_jobs", "write_report",
+    "RunLock", "check_finite", "command_line", "default_workers", "per_run", "run_grid", "run_jobs", "write_report",
     "fmt_mean_std", "markdown_table", "summarize_seeds",
 ]

@@ -302,6 +302,12 @@ def check_finite(obj: Any, where: str = "results") -> None:
             check_finite(v, f"{where}[{i}]")
 
 
+def per_run(runs: Sequence[Any], value: str = "seconds", key: str = "model") -> Dict[str, Any]:
+    """``{"<key>/seed<k>": run[value]}`` over a grid's runs (the per-run entries of ``timing.json``); runs
+    without ``value`` are left out."""
+    return {f"{r[key]}/seed{r['seed']}": r[value] for r in runs if value in r}
+
+
 def write_report(out: Path, cfg: Any, results: dict, wall: float, title: str, command: str, table: str,
                  extra: str = "", figures: Sequence[Optional[Path]] = (), timing: Optional[dict] = None) -> None:
     """Finish a harness run: check every number is finite, then write ``results.json`` (``results`` plus
