@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union, cast
 
 import torch
 import torch.nn.functional as F
@@ -429,9 +429,9 @@ class NFMAttention(nn.Module):
                    if project_sources else None)
         if out_layers == "linear":
             hidden_dim = hidden_dim or num_heads * d_v
-            self.out1: nn.Module = nn.Linear(num_heads * d_v, hidden_dim, bias=not batch_norm)
+            self.out1: Union[nn.Linear, nn.Conv2d] = nn.Linear(num_heads * d_v, hidden_dim, bias=not batch_norm)
             self.norm: nn.Module = nn.BatchNorm1d(hidden_dim) if batch_norm else nn.Identity()
-            self.out2: nn.Module = nn.Linear(hidden_dim, query_dim)
+            self.out2: Union[nn.Linear, nn.Conv2d] = nn.Linear(hidden_dim, query_dim)
         else:
             hidden_dim = hidden_dim or query_dim
             self.out1 = nn.Conv2d(num_heads * d_v, hidden_dim, 3, padding=1, bias=not batch_norm)
@@ -471,7 +471,7 @@ class NFMAttention(nn.Module):
         for j, src in enumerate(sources):
             if self.kv is not None:
                 _check_source(j, src, batch, self.source_dims[j], f"source_dims[{j}] = {self.source_dims[j]}")
-                k, v = _project_source(self.kv[j], src, nh * dk)
+                k, v = _project_source(cast(nn.Linear, self.kv[j]), src, nh * dk)
             elif isinstance(src, (tuple, list)):
                 if len(src) != 2:
                     raise ValueError(f"projected source {j} must be a (keys, values) pair, got {len(src)} tensors")
@@ -540,6 +540,7 @@ class NFMAttention(nn.Module):
         """``h + gamma * sigma(BN(A W_o1)) W_o2`` on ``hf (B, C_q, N)``; ``gamma`` scales ``W_o2`` and its bias
         (small) instead of the output, and the residual is the GEMM's accumulator."""
         b, c, n = hf.shape
+        assert self.out2.bias is not None                     # out2 is built with a bias
         w2, b2 = self.gamma * self.out2.weight, self.gamma * self.out2.bias
         if self.out_layers == "conv3x3":
             if len(q_size) != 2:
@@ -567,6 +568,7 @@ class NFMAttention(nn.Module):
         a = None
         for pl, wj in zip(plans, torch.split(w[:, :, 1:], slots, dim=2)):          # the null value is 0
             a = self._read(a, wj, pl)
+        assert a is not None                                  # a block has at least one source (__init__)
         h2 = self._output(hf, a.reshape(b, nh * self.d_v, n), q_size).reshape(h.shape)
         return (h2, w.transpose(2, 3), slots) if return_weights else h2              # weights (B, h, N, L)
 
@@ -640,7 +642,7 @@ def reset_parameters(module: nn.Module) -> None:
     """Re-initialise every submodule that has ``reset_parameters`` (PyTorch's default initialisation)."""
     for m in module.modules():
         if hasattr(m, "reset_parameters"):
-            m.reset_parameters()
+            getattr(m, "reset_parameters")()
 
 
 class NFM(nn.Module):
@@ -745,25 +747,29 @@ class NFM(nn.Module):
         return [(q, j) for q in range(p) for j in range(self.num_modules)] + [(p, j) for j in range(i)]
 
     def module(self, p: int, i: int) -> nn.Module:
-        return self.passes[0 if self.share_modules else p][i]
+        return cast(nn.ModuleList, self.passes[0 if self.share_modules else p])[i]
+
+    def _blocks(self) -> Iterable[NFMAttention]:
+        """The NFM blocks (``self.attn``'s values, typed)."""
+        return cast(Iterable[NFMAttention], self.attn.values())
 
     def set_random_attention(self, enabled: bool = True, null: bool = True) -> None:
         """Switch the random-attention ablation on every block (use at test time); ``null=False`` keeps the
         null slot's score at 0 instead of drawing it too."""
-        for blk in self.attn.values():
+        for blk in self._blocks():
             blk.random_attention, blk.random_null = enabled, null
 
     def set_compile_blocks(self, enabled: bool = True) -> None:
         """``torch.compile`` every block's attention (compiled lazily, on the first forward)."""
         self.compile_blocks = enabled
-        for blk in self.attn.values():
+        for blk in self._blocks():
             blk.compile_blocks, blk._compiled = enabled, None
 
     def load_backbone(self, modules: Sequence[nn.Module]) -> None:
         """Copy a backbone's module weights into every pass (with ``gamma = 0`` the NFM network then
         computes exactly what the backbone computes)."""
         for mods in self.passes:
-            for dst, src in zip(mods, modules):
+            for dst, src in zip(cast(nn.ModuleList, mods), modules):
                 dst.load_state_dict(src.state_dict())
 
     def run(self, x: torch.Tensor, passes: Optional[int] = None, return_attention: bool = False,
@@ -784,7 +790,7 @@ class NFM(nn.Module):
             last = self.num_modules - 1 if (p < passes - 1 or stop_after is None) else stop_after
             for i in range(last + 1):
                 key = f"{p}_{i}"
-                blk = self.attn[key] if key in self.attn else None
+                blk = cast(NFMAttention, self.attn[key]) if key in self.attn else None
                 if blk is not None:
                     q_size = tuple(h.shape[2:])
                     if self.kv is None:
@@ -805,7 +811,7 @@ class NFM(nn.Module):
                 trace.memory_index.append((p, i))
                 if self.kv is not None:                                   # shared projection, once per layer
                     lin = self.kv[key] if key in self.kv else None
-                    kv_mem.append(None if lin is None else _project_source(lin, h, self.key_channels))
+                    kv_mem.append(None if lin is None else _project_source(cast(nn.Linear, lin), h, self.key_channels))
         trace.output = h
         return trace
 

@@ -35,7 +35,7 @@ import math
 import types
 import warnings
 from dataclasses import asdict, dataclass, fields
-from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union, cast
 
 import torch
 import torch.nn.functional as F
@@ -195,6 +195,7 @@ def _step_weights(st: _Static, P: _Params, fast: bool) -> _Weights:
         gate_bias, b_hh = P.ih_b, P.hh_b.unsqueeze(1)
     w_qkv = b_out = b_gate = None
     if st.comm:
+        assert P.qkv_w is not None and P.comm_scale is not None        # set whenever st.comm
         w_qkv = P.qkv_w * P.comm_scale                  # 1/sqrt(d_k) folded into the query columns
         if P.out_b is not None:
             b_out = P.out_b if st.comm_out_shared else P.out_b.unsqueeze(1)
@@ -262,6 +263,7 @@ def _gru_update(st: _Static, x_gates: torch.Tensor, h: torch.Tensor, c: torch.Te
     before communication, or ``h``) -> h~, c~ (equal)."""
     d = st.unit_size
     xrz, xn = x_gates.split([2 * d, d], dim=-1)
+    assert w.b_hh is not None                                            # GRU weights always carry b_hh
     hrz, hn = torch.baddbmm(w.b_hh, h, w.w_hh).split([2 * d, d], dim=-1)
     r, z = torch.sigmoid(xrz + hrz).chunk(2, dim=-1)
     memory = c if st.gru_memory == "pre_comm" else h
@@ -279,6 +281,7 @@ def _communicate(st: _Static, h_src: torch.Tensor, w: _Weights, training: bool):
     """
     units, batch = h_src.shape[:2]
     H, dk, dv = st.comm_heads, st.comm_key_size, st.comm_value_size
+    assert w.w_qkv is not None                                           # set whenever st.comm
     qkv = torch.bmm(h_src, w.w_qkv)
     if dk == dv:
         q, k, v = qkv.view(units, batch, 3, H, dk).unbind(2)
@@ -427,6 +430,8 @@ class RIMCell(nn.Module):
         returns: ``out (B, hidden_size)``, ``(h, c)``, and a :class:`RIMStepInfo` if ``return_info``.
     """
 
+    comm_scale: torch.Tensor                                             # buffer, registered when comm
+
     def __init__(
         self,
         input_size: int,
@@ -468,9 +473,9 @@ class RIMCell(nn.Module):
         _check_choice("cell", cell, _CELLS)
         if comm_topk is not None and not (isinstance(comm_topk, int) and 1 <= comm_topk <= num_units):
             raise ValueError(f"comm_topk={comm_topk!r} must be None or an integer in [1, num_units={num_units}]")
-        for name, value in (("input_dropout", input_dropout), ("comm_dropout", comm_dropout)):
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"{name}={value!r} must be in [0, 1)")
+        for name, rate in (("input_dropout", input_dropout), ("comm_dropout", comm_dropout)):
+            if not 0.0 <= rate < 1.0:
+                raise ValueError(f"{name}={rate!r} must be in [0, 1)")
         if options is None:
             options = RIMOptions(**option_kwargs)
         elif option_kwargs:
@@ -498,7 +503,8 @@ class RIMCell(nn.Module):
             raise ValueError(f"comm_value_size must be a positive integer, got {comm_value_size!r}")
         self.comm, self.comm_heads, self.comm_key_size, self.comm_topk = comm, comm_heads, comm_key_size, comm_topk
         self.comm_value_size = comm_value_size
-        self.compile = bool(compile)
+        # not `self.compile`: that would shadow nn.Module.compile()
+        self.compile_step = bool(compile)
 
         # Input attention: per-unit queries, shared keys/values over [null ; rows] (eq. 8.2).
         self.input_query = GroupedLinear(num_units, d, input_heads * input_key_size, bias=False)
@@ -512,13 +518,15 @@ class RIMCell(nn.Module):
         self.w_hh = GroupedLinear(num_units, d, gates * d, bias=True)
 
         # Communication: per-unit query/key/value maps over all units (section 8.2.4).
-        self.comm_out = self.comm_gate = None
+        self.comm_out: Optional[Union[nn.Linear, GroupedLinear]] = None
+        self.comm_gate: Optional[Union[nn.Linear, GroupedLinear]] = None
         if comm:
             # queries, keys and values of all units in one grouped matmul: (U, d, H * (2 d_k + d_v))
             self.comm_qkv = GroupedLinear(num_units, d, comm_heads * (2 * comm_key_size + comm_value_size), bias=False)
             width = comm_heads * comm_value_size
             if options.comm_residual != "paper":
-                make = (lambda: nn.Linear(width, d)) if options.comm_out_shared else (lambda: GroupedLinear(num_units, width, d))
+                make: Callable[[], Union[nn.Linear, GroupedLinear]] = (
+                    (lambda: nn.Linear(width, d)) if options.comm_out_shared else (lambda: GroupedLinear(num_units, width, d)))
                 self.comm_out = make()
                 self.comm_gate = make() if options.comm_residual == "gated" else None
             self.comm_dropout = nn.Dropout(comm_dropout)
@@ -539,7 +547,7 @@ class RIMCell(nn.Module):
         the communication ``tanh``, GRU units carrying the communicated state, and the reference
         initialization (:meth:`reset_parameters_official`). ``kwargs`` override any of these."""
         d = hidden_size // num_units if hidden_size % num_units == 0 else 1
-        cfg = dict(input_heads=1, input_key_size=64, input_value_size=4 * d, comm_heads=4, comm_key_size=16,
+        cfg: Dict[str, Any] = dict(input_heads=1, input_key_size=64, input_value_size=4 * d, comm_heads=4, comm_key_size=16,
                    comm_value_size=16, input_dropout=0.1, comm_dropout=0.1,
                    options=RIMOptions(kv_bias=False, competition="null_softmax", comm_source="candidate",
                                       readout="all", comm_residual="gated", comm_out_shared=True,
@@ -561,6 +569,7 @@ class RIMCell(nn.Module):
             self.comm_qkv.weight.normal_(0.0, 0.01)
         bound = 1.0 / math.sqrt(self.hidden_size)
         for lin in (self.w_ih, self.w_hh):
+            assert lin.bias is not None                                  # built with bias=True
             lin.weight.uniform_(-bound, bound)
             lin.bias.uniform_(-bound, bound)
 
@@ -577,6 +586,7 @@ class RIMCell(nn.Module):
         (``for name, p in lstm.named_parameters(): if "weight" in name: nn.init.orthogonal_(p)``) do what
         their author meant on these views, one unit at a time; on :meth:`named_parameters` they see the
         stacked ``(U, in, out)`` tensors instead (see ``docs/rims.md``)."""
+        assert self.w_ih.bias is not None and self.w_hh.bias is not None  # built with bias=True
         for u in range(self.num_units):
             yield f"weight_ih_u{u}", self.w_ih.weight[u].t()
             yield f"weight_hh_u{u}", self.w_hh.weight[u].t()
@@ -595,6 +605,7 @@ class RIMCell(nn.Module):
     def _params(self) -> _Params:
         comm = self.comm
         out, gate = self.comm_out, self.comm_gate
+        assert self.w_ih.bias is not None and self.w_hh.bias is not None  # built with bias=True
         return _Params(self.input_key.weight, self.input_key.bias, self.input_value.weight, self.input_value.bias,
                        self.input_query.weight, self.w_ih.weight, self.w_ih.bias, self.w_hh.weight, self.w_hh.bias,
                        self.comm_qkv.weight if comm else None, self.comm_scale if comm else None,
@@ -656,6 +667,7 @@ class RIMCell(nn.Module):
         read, in_probs, mask = self._input_attention(k, v, h)
         x_gates = self.w_ih.unit_major(read)
         if self.cell == "lstm":
+            assert w.b_hh is not None                                    # the general path keeps b_hh apart
             h_cand, c_cand = _lstm_update(x_gates + torch.baddbmm(w.b_hh, h, w.w_hh), c, self.unit_size)
         else:
             h_cand, c_cand = _gru_update(st, x_gates, h, c, w)
@@ -675,7 +687,7 @@ class RIMCell(nn.Module):
         return _fast_inputs(self._static(), x, self._params())
 
     def _compiling(self) -> bool:
-        return self.compile and _COMPILE_ERROR is None
+        return self.compile_step and _COMPILE_ERROR is None
 
     @staticmethod
     def _call_compiled(fn: Callable, eager: Callable, st: _Static, *args):
@@ -797,7 +809,7 @@ class RIMCell(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"input_size={self.input_size}, hidden_size={self.hidden_size}, num_units={self.num_units}, "
-                f"k_active={self.k_active}, cell={self.cell!r}, comm={self.comm}, compile={self.compile}, "
+                f"k_active={self.k_active}, cell={self.cell!r}, comm={self.comm}, compile={self.compile_step}, "
                 f"{self.options}")
 
 
@@ -854,13 +866,18 @@ class RIM(nn.Module):
             for i in range(num_layers))
         self.layer_dropout = nn.Dropout(dropout)
 
+    @property
+    def _cells(self) -> Sequence[RIMCell]:
+        """``self.cells`` typed: every layer is a :class:`RIMCell`."""
+        return cast(Sequence[RIMCell], self.cells)
+
     def flatten_parameters(self) -> None:
         """No-op, so code that calls ``nn.LSTM.flatten_parameters()`` runs unchanged."""
 
     def named_unit_parameters(self) -> Iterator[Tuple[str, torch.Tensor]]:
         """Every layer's per-unit recurrent weights as ``nn.LSTM``-style 2-D views
         (``cells.{i}.weight_hh_u{k}``, ...), see :meth:`RIMCell.named_unit_parameters`."""
-        for i, cell in enumerate(self.cells):
+        for i, cell in enumerate(self._cells):
             for name, p in cell.named_unit_parameters():
                 yield f"cells.{i}.{name}", p
 
@@ -895,8 +912,10 @@ class RIM(nn.Module):
             raise ValueError(f"episode_starts must have shape {(steps, batch)} (time, batch), "
                              f"got {tuple(episode_starts.shape)}")
         rows = input if input.dim() == 4 else input.unsqueeze(2)            # (T, B, N, F)
-        h_n, c_n, infos = [], [], []
-        for i, cell in enumerate(self.cells):
+        hs: List[torch.Tensor] = []
+        cs: List[torch.Tensor] = []
+        infos = []
+        for i, cell in enumerate(self._cells):
             if i > 0 and self.dropout > 0 and self.training:
                 rows = self.layer_dropout(rows)
             units, d = cell.num_units, cell.unit_size
@@ -906,11 +925,11 @@ class RIM(nn.Module):
             outs, h, c, layer_info = cell.run(rows, h, c, episode_starts, return_info,
                                               readout="active" if inner and not self.use_inactive else None)
             rows = outs.permute(0, 2, 1, 3).reshape(steps, batch, 1, self.hidden_size)
-            h_n.append(h.transpose(0, 1).reshape(batch, self.hidden_size))
-            c_n.append(c.transpose(0, 1).reshape(batch, self.hidden_size))
+            hs.append(h.transpose(0, 1).reshape(batch, self.hidden_size))
+            cs.append(c.transpose(0, 1).reshape(batch, self.hidden_size))
             infos.append(layer_info)
         output = rows.squeeze(2)                                             # (T, B, H)
-        h_n, c_n = torch.stack(h_n), torch.stack(c_n)
+        h_n, c_n = torch.stack(hs), torch.stack(cs)
         if unbatched:
             output, h_n, c_n = output.squeeze(1), h_n.squeeze(1), c_n.squeeze(1)
         elif self.batch_first:
@@ -922,7 +941,7 @@ class RIM(nn.Module):
     def _stack_info(self, infos: List[List[RIMStepInfo]], steps: int, input: torch.Tensor) -> RIMStepInfo:
         """Per-layer lists of T step infos -> one :class:`RIMStepInfo` with leading (T, L) dimensions; input
         attention zero-padded to the widest layer's ``1 + N`` columns."""
-        cells = self.cells
+        cells = self._cells
         batch, width = input.shape[1], 1 + (input.shape[2] if input.dim() == 4 else 1)
         if steps == 0:
             U, Hc = cells[0].num_units, cells[0].comm_heads
@@ -939,7 +958,9 @@ class RIM(nn.Module):
                             for t in range(steps)])
         comm = None
         if infos[0][0].comm_attention is not None:
-            comm = torch.stack([torch.stack([infos[i][t].comm_attention for i in range(self.num_layers)])
+            # every layer has the same `comm` setting, so none of these is None
+            comm = torch.stack([torch.stack([cast(torch.Tensor, infos[i][t].comm_attention)
+                                             for i in range(self.num_layers)])
                                 for t in range(steps)])
         return RIMStepInfo(mask, attn, comm)
 
