@@ -20,7 +20,7 @@ Every model is a :class:`zoo.models.staged.StagedNet` (the NFM wiring and the ti
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, Union
 
 import torch
 import torch.nn.functional as F
@@ -81,7 +81,8 @@ class PreActBottleneck(nn.Module):
         return self.conv3(F.relu(self.bn3(out))) + sc
 
 
-_BLOCKS = {"basic": PreActBlock, "bottleneck": PreActBottleneck}
+_BLOCKS: Dict[str, Union[Type[PreActBlock], Type[PreActBottleneck]]] = {
+    "basic": PreActBlock, "bottleneck": PreActBottleneck}
 
 
 class PreActResNet(StagedNet):
@@ -109,7 +110,8 @@ class PreActResNet(StagedNet):
         if len(layers) != len(widths) or not layers:
             raise ValueError(f"layers and widths need one entry per stage, got {list(layers)} and {list(widths)}")
         blk = _BLOCKS[block]
-        body = [("conv1", nn.Conv2d(in_chans, stem_width, 3, 1, 1, bias=False), stem_width, 1)]
+        body: List[Tuple[str, nn.Module, int, int]] = [
+            ("conv1", nn.Conv2d(in_chans, stem_width, 3, 1, 1, bias=False), stem_width, 1)]
         in_planes, reduction = stem_width, 1
         for s, (n, planes) in enumerate(zip(layers, widths)):
             stride = 1 if s == 0 else 2

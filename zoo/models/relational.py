@@ -52,6 +52,8 @@ class RelationNetwork(StagedNet):
     ``forward_features(x)`` ``(B, width, s, s)``; ``forward_head(..., pre_logits=True)`` ``(B, f_hidden)``.
     """
 
+    coords: torch.Tensor                                                         # buffer (s*s, 2)
+
     def __init__(self, num_classes: int = 10, in_chans: int = 3, question_dim: int = 11, width: int = 24,
                  depth: int = 4, img_size: int = 75, g_hidden: int = 256, g_layers: int = 4, f_hidden: int = 256,
                  drop_rate: float = 0.0, nfm: Optional[Dict[str, Any]] = None, global_pool: str = "flatten") -> None:
@@ -108,7 +110,8 @@ class RelationNetwork(StagedNet):
         h = torch.relu(first[:, :, None] + second[:, None, :] + bias[:, None, None])   # (B, n_i, n_j, H)
         return self.g(h).sum(dim=(1, 2))
 
-    def forward_head(self, x: torch.Tensor, question: Optional[torch.Tensor] = None,
+    # the question is an input StagedNet's head has not; every caller passes pre_logits by keyword
+    def forward_head(self, x: torch.Tensor, question: Optional[torch.Tensor] = None,  # type: ignore[override]
                      pre_logits: bool = False) -> torch.Tensor:
         if self.global_pool == "":
             return x

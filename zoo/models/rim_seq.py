@@ -94,7 +94,12 @@ class SequenceModel(nn.Module):
         self.grad_checkpointing = False
         self.feature_info = [dict(num_chs=embed_dim, reduction=1, module="encoder"),
                              dict(num_chs=hidden_size, reduction=1, module="core")]
-        self.encoder = nn.Embedding(num_tokens, embed_dim) if num_tokens else nn.Linear(input_size, embed_dim)
+        self.encoder: Union[nn.Embedding, nn.Linear]
+        if num_tokens:
+            self.encoder = nn.Embedding(num_tokens, embed_dim)
+        else:
+            assert input_size is not None                # exactly one of the two is given (checked above)
+            self.encoder = nn.Linear(input_size, embed_dim)
         rnn_cls = {"rim": RIM, "lstm": nn.LSTM, "gru": nn.GRU}[core]
         self.core = rnn_cls(embed_dim, hidden_size, num_layers, batch_first=batch_first, dropout=dropout,
                             **core_kwargs)
@@ -127,7 +132,7 @@ class SequenceModel(nn.Module):
         # (a traced graph drops the empty-sequence branch: the traced model refuses T = 0 as nn.LSTM does)
         if self.core_type != "rim" and not is_fx_symbolic_tracing() and emb.shape[1 if self.batch_first else 0] == 0:
             return self._empty_sequence(emb, state)
-        kwargs = dict(return_info=True) if return_info else {}
+        kwargs: Dict[str, Any] = dict(return_info=True) if return_info else {}
         if self.grad_checkpointing and self.training and torch.is_grad_enabled():
             return checkpoint(self.core, emb, state, use_reentrant=False, **kwargs)
         return self.core(emb, state, **kwargs)

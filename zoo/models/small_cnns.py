@@ -88,7 +88,8 @@ class SortOfClevrCNN(StagedNet):
         self.global_pool = self.global_pool if global_pool is None else global_pool
         self.fc = nn.Linear(self.hidden, num_classes) if num_classes > 0 else nn.Identity()
 
-    def forward_head(self, x: torch.Tensor, question: Optional[torch.Tensor] = None,
+    # the question is an input StagedNet's head has not; every caller passes pre_logits by keyword
+    def forward_head(self, x: torch.Tensor, question: Optional[torch.Tensor] = None,  # type: ignore[override]
                      pre_logits: bool = False) -> torch.Tensor:
         if self.global_pool == "":
             return x

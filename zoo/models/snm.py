@@ -27,7 +27,7 @@ fully-connected layers of the MLP) and add :meth:`SNMNet.encode`, :meth:`SNMNet.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union, cast
 
 import torch
 import torch.nn.functional as F
@@ -57,7 +57,7 @@ class TiedLinearT(nn.Module):
         self.bias = nn.Parameter(torch.zeros(encoder.in_features)) if bias else None
 
     @property
-    def weight(self) -> nn.Parameter:
+    def weight(self) -> Tensor:
         return self._encoder[0].weight
 
     @torch.jit.unused
@@ -83,19 +83,21 @@ class TiedConvT(nn.Module):
         self.bias = nn.Parameter(torch.zeros(encoder.in_channels)) if bias else None
 
     @property
-    def weight(self) -> nn.Parameter:
+    def weight(self) -> Tensor:
         return self._encoder[0].weight
 
     @torch.jit.unused
     def forward(self, h: Tensor, out_hw: Tuple[int, int]) -> Tensor:
         enc = self._encoder[0]
+        padding = enc.padding
+        assert not isinstance(padding, str)                  # string padding is refused in __init__
         pad = []
         for i in range(2):
-            base = (h.shape[2 + i] - 1) * enc.stride[i] - 2 * enc.padding[i] + enc.dilation[i] * (enc.kernel_size[i] - 1) + 1
+            base = (h.shape[2 + i] - 1) * enc.stride[i] - 2 * padding[i] + enc.dilation[i] * (enc.kernel_size[i] - 1) + 1
             pad.append(out_hw[i] - base)
             if not 0 <= pad[i] < max(enc.stride[i], enc.dilation[i]):
                 raise ValueError(f"cannot reach output size {tuple(out_hw)} from {tuple(h.shape[2:])}")
-        return F.conv_transpose2d(h, self.weight, self.bias, enc.stride, enc.padding, tuple(pad), 1, enc.dilation)
+        return F.conv_transpose2d(h, self.weight, self.bias, enc.stride, padding, tuple(pad), 1, enc.dilation)
 
 
 class SNMNet(nn.Module):
@@ -138,8 +140,11 @@ class SNMNet(nn.Module):
         self.feature_info: List[Dict[str, Any]] = []
         self.input_shape: List[int] = [in_chans, img_size, img_size]
         cin, side, red = in_chans, img_size, 1
+        convs: List[nn.Conv2d] = []                      # the encoder layers, tied to the decoders below
+        fcs: List[nn.Linear] = []
         for i, w in enumerate(conv_widths):
-            self.enc_convs.append(nn.Sequential(nn.Conv2d(cin, w, 3, 2, 1), nn.ReLU()))
+            convs.append(nn.Conv2d(cin, w, 3, 2, 1))
+            self.enc_convs.append(nn.Sequential(convs[-1], nn.ReLU()))
             cin, side, red = w, (side - 1) // 2 + 1, red * 2
             self.sizes.append((cin, side, side))
             self.feature_info.append(dict(num_chs=w, reduction=red, module=f"enc_convs.{i}"))
@@ -147,16 +152,17 @@ class SNMNet(nn.Module):
         self.enc_fcs = nn.ModuleList()
         d = self.flat_dim
         for i, h in enumerate(fc_dims):
-            self.enc_fcs.append(nn.Sequential(nn.Linear(d, h), nn.ReLU()))
+            fcs.append(nn.Linear(d, h))
+            self.enc_fcs.append(nn.Sequential(fcs[-1], nn.ReLU()))
             d = h
             if not conv_widths:                          # no feature maps: the hidden layers are the levels
                 self.feature_info.append(dict(num_chs=h, reduction=1, module=f"enc_fcs.{i}"))
         self.num_features = self.head_hidden_size = d
         self.fc = nn.Linear(d, num_classes) if num_classes > 0 else nn.Identity()
         # decoders: the encoder layers' own weights, used transposed (x_R path in reverse layer order)
-        self.dec_fcs = nn.ModuleList([TiedLinearT(m[0], decoder_bias) for m in self.enc_fcs])
-        self.dec_convs = nn.ModuleList([TiedConvT(m[0], decoder_bias) for m in self.enc_convs])
-        self.dec_fc = TiedLinearT(self.fc, decoder_bias) if num_classes > 0 else None
+        self.dec_fcs = nn.ModuleList([TiedLinearT(m, decoder_bias) for m in fcs])
+        self.dec_convs = nn.ModuleList([TiedConvT(m, decoder_bias) for m in convs])
+        self.dec_fc = TiedLinearT(cast(nn.Linear, self.fc), decoder_bias) if num_classes > 0 else None
 
     # -- timm API -----------------------------------------------------------------------------------
     @torch.jit.ignore
@@ -169,7 +175,7 @@ class SNMNet(nn.Module):
         check_pool(0, global_pool, ("",))
         self.num_classes = num_classes
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        self.dec_fc = TiedLinearT(self.fc, self.decoder_bias) if num_classes > 0 else None
+        self.dec_fc = TiedLinearT(cast(nn.Linear, self.fc), self.decoder_bias) if num_classes > 0 else None
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:

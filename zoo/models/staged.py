@@ -13,7 +13,7 @@ FX-traceable as a plain network (the NFM runner is an FX leaf; see ``docs/index.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, TypeVar, Union, cast
 
 import torch
 from timm.layers import ClassifierHead
@@ -54,12 +54,15 @@ def check_pool(num_classes: int, global_pool: Optional[str], allowed: Sequence[s
         raise ValueError("global_pool='' (no pooling) needs num_classes=0 (no classifier)")
 
 
-def build_zoo_model(cls: type, variant: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
+ModelT = TypeVar("ModelT", bound=nn.Module)
+
+
+def build_zoo_model(cls: Type[ModelT], variant: str, pretrained: bool = False, **kwargs: Any) -> ModelT:
     """The zoo's one building path: timm's ``build_model_with_cfg`` for ``variant``'s default cfg.
 
     ``pretrained=True`` raises (the zoo publishes no weights). ``features_only=True`` wraps the model in timm's
     ``FeatureGetterNet`` (over ``forward_intermediates``), every ``feature_info`` level unless ``out_indices``
-    is given.
+    is given. Typed as returning ``cls`` (timm's ``build_model_with_cfg`` convention), the wrapper included.
     """
     if pretrained:
         raise ValueError(f"{variant} has no pretrained weights (the zoo publishes none); use pretrained=False")
@@ -131,7 +134,7 @@ class StagedNet(nn.Module):
         """The body modules of the plain network (of pass 1 for NFM models)."""
         if self.nfm is None:
             return [self.get_submodule(n) for n in self.body_names]
-        return list(self.nfm.passes[0])
+        return list(cast(nn.ModuleList, self.nfm.passes[0]))
 
     def load_backbone(self, backbone: "StagedNet") -> None:
         """Copy a plain backbone's weights (body, final norm, head) into this NFM model (every pass)."""
