@@ -46,7 +46,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union, cast
 
 import numpy as np
 import torch
@@ -176,7 +176,7 @@ def physics_substep(x: np.ndarray, v: np.ndarray, r: np.ndarray, m: np.ndarray, 
     below, above = x < lo, x > hi
     x = np.where(below, 2 * lo - x, np.where(above, 2 * hi - x, x))
     v = np.where(below, np.abs(v), np.where(above, -np.abs(v), v))
-    wall = (below | above).any(-1)
+    wall = cast(np.ndarray, (below | above).any(-1))                  # (N, n): an array, never a scalar
     n = x.shape[1]
     collisions = np.zeros(x.shape[0], dtype=np.int64)
     if n < 2:
@@ -285,7 +285,7 @@ def render(positions: np.ndarray, radii: np.ndarray, resolution: int = 64, box: 
     pos = pos.reshape(-1, n, 2)
     absent = np.isnan(pos).any(-1) | ~(r > 0)                              # NaN radius compares false
     num_frames = pos.shape[0]
-    frames = np.zeros((num_frames, resolution, resolution), dtype=np.uint8)
+    frames: np.ndarray = np.zeros((num_frames, resolution, resolution), dtype=np.uint8)
     if num_frames and n and not absent.all():
         px = resolution / box                                              # pixels per box unit
         q_cut = (-math.log(tail)) ** 0.25                                  # term < tail beyond q_cut
@@ -388,7 +388,8 @@ class BouncingBalls:
                        radii=z["radii"], masses=z["masses"], num_balls=z["num_balls"], box=float(z["box"]),
                        resolution=int(z["resolution"]), threshold=float(z["threshold"]),
                        substeps=int(z["substeps"]), speed=float(z["speed"]), seed=int(z["seed"]),
-                       curtain=None if np.isnan(curtain).any() else tuple(map(float, curtain)))
+                       curtain=None if np.isnan(curtain).any()
+                       else cast(Tuple[float, float, float, float], tuple(map(float, curtain))))
 
     def tensor(self) -> torch.Tensor:
         """All frames as a ``(N, T, 1, H, W)`` uint8 tensor (shares memory with :attr:`frames`)."""

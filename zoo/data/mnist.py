@@ -9,7 +9,7 @@ import gzip
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -70,7 +70,7 @@ def embedded_mnist_split(test_per_class: int = 100, labels_per_class: Optional[i
         else:
             train_idx.append(rest)
     take = lambda parts: torch.cat(parts)[torch.randperm(sum(len(p) for p in parts), generator=g)]  # noqa: E731
-    out = {"train": None, "test": None}
+    out: Dict[str, Optional[Tuple[torch.Tensor, torch.Tensor]]] = {"train": None, "test": None}
     for name, parts in (("train", train_idx), ("test", test_idx)) + ((("unlabeled", unl_idx),) if unl_idx else ()):
         i = take(parts)
         out[name] = (x[i], y[i])

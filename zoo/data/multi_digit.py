@@ -116,7 +116,9 @@ class MultiDigitDataset(Dataset):
         xs, ys, ids = [], [], []
         for start in range(0, num, chunk):
             x, y, _, i, _ = multi_digit_batch(pool, [count], min(chunk, num - start), canvas, g, return_layout=True)
-            xs.append(x), ys.append(y), ids.append(i)
+            xs.append(x)
+            ys.append(y)
+            ids.append(i)
         self.x, self.y, self.index = torch.cat(xs), torch.cat(ys), torch.cat(ids)
         self.count = count
 

@@ -40,7 +40,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -199,11 +199,11 @@ def generate(num_images: int, seed: int, questions: int = 10, img_size: int = 75
     todo = np.arange(num_images)
     eye = np.eye(NUM_OBJECTS, dtype=bool)
     while len(todo):                                    # redraw images with a closest/furthest tie
-        c = _place_centers(rng, len(todo), img_size, size, min_dist)
-        d2 = _distances(c)
+        drawn = _place_centers(rng, len(todo), img_size, size, min_dist)
+        d2 = _distances(drawn)
         near, far = np.where(eye, np.iinfo(np.int64).max, d2), np.where(eye, -1, d2)
         tied = _tied(near, near.min(-1)) | _tied(far, far.max(-1))
-        centers[todo[~tied]] = c[~tied]
+        centers[todo[~tied]] = drawn[~tied]
         todo = todo[tied]
     shapes = rng.integers(0, 2, (num_images, NUM_OBJECTS))
     for col, shape in forced.items():
@@ -304,7 +304,7 @@ def load_or_generate(root: Optional[str | Path] = None, num_train: int = 9800, n
                             for s in ("train", "test")}
         except (OSError, KeyError, ValueError):
             pass                                       # unreadable or stale: regenerate and overwrite
-    common = dict(questions=questions, img_size=img_size, size=size, min_dist=min_dist)
+    common: Dict[str, Any] = dict(questions=questions, img_size=img_size, size=size, min_dist=min_dist)
     out = {"train": generate(num_train, seed, holdout=p.holdout, **common),
            "test": generate(num_test, seed + 1_000_003, **common)}
     if path is not None:

@@ -171,6 +171,8 @@ class DAI(TapsNoiseMethod):
         if self.keep_batch_size:
             n = max(x.shape[0] // self.M, 1)
             x, y = x[:n], y[:n]
+        if self.rng is None:
+            raise ValueError("DAI.setup(model) must be called before augment_batch()")
         B = x.shape[0]
         with torch.no_grad():
             xa = self.augment_fn(x.repeat(self.M, *([1] * (x.dim() - 1))), self.rng.generator)
@@ -178,16 +180,17 @@ class DAI(TapsNoiseMethod):
         return xa, y.repeat(self.M), groups
 
     def loss(self, model: nn.Module, batch: dict, step: int) -> Tuple[Tensor, Dict[str, float]]:
-        if self.rng is None:
+        taps = self.taps
+        if self.rng is None or taps is None:                         # never set up, or removed since
             raise ValueError("DAI.setup(model) must be called before loss()")
-        if self.alpha > 0 and self.taps.model is not model:
+        if self.alpha > 0 and taps.model is not model:
             raise ValueError("DAI.setup(model) was called with a different model")
         if "group" in batch:
             x, y, groups = batch["x"], batch["y"], batch["group"]
         else:
             x, y, _ = self.augment_batch(batch["x"], batch["y"])
             groups = self.M                                          # copy-major blocks: reshape, no one-hot
-        self.taps.clear()
+        taps.clear()
         logits = model(x).float()
         l_obj = F.cross_entropy(logits, y)
         metrics = {"ce": float(l_obj.detach()), "acc": float((logits.argmax(-1) == y).float().mean())}
@@ -195,10 +198,10 @@ class DAI(TapsNoiseMethod):
             return l_obj, metrics
         loss = (1 - self.alpha) * l_obj
         for name, w in zip(self.layers, self.weights):
-            li = dai_invariance_loss(first_tensor(self.taps.activations[name]), groups, self.seed_reduction)
+            li = dai_invariance_loss(first_tensor(taps.activations[name]), groups, self.seed_reduction)
             loss = loss + w * li
             metrics[f"inv_{name}"] = float(li.detach())
-        self.taps.clear()
+        taps.clear()
         return loss, metrics
 
 

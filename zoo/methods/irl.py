@@ -180,7 +180,7 @@ class IRL(TapsNoiseMethod):
         self.rng = NoiseRNG(self.seed)
         refs = self.layer_refs
         if refs is None:
-            refs = stage_layers(model)[-4:] + [LOGITS]
+            refs = [*stage_layers(model)[-4:], LOGITS]
         hidden = [r for r in refs if r != LOGITS]
         self.taps = LayerTaps(model, hidden, capture=True) if hidden else None
         self.layers = (list(self.taps.layers) if self.taps else []) + ([LOGITS] if LOGITS in refs else [])
@@ -206,6 +206,9 @@ class IRL(TapsNoiseMethod):
                     model.train(was)
             adv = fgsm_attack(model, x, y, self.eps)                 # deterministic: K identical copies
             return adv.repeat(self.K, *([1] * (x.dim() - 1)))
+        if self.rng is None:
+            raise ValueError(f"{type(self).__name__}.setup(model) must be called before noisy_copies()")
+        assert self.noise_fn is not None                             # set whenever the noise is not adversarial
         with torch.no_grad():
             return self.noise_fn(x.repeat(self.K, *([1] * (x.dim() - 1))), self.rng.generator)
 
@@ -213,7 +216,8 @@ class IRL(TapsNoiseMethod):
     def layer_distances(self, acts: Dict[str, Tensor], n_clean: int) -> Tuple[Tensor, Dict[str, float]]:
         """``(N,)`` per-sample ``(1/K) sum_k sum_l gamma_l d(a_l, a~_l^(k))`` from activations of the batch
         ``[clean (N); copy 1 (N); ...; copy K (N)]``, and each layer's mean distance."""
-        total, per_layer = 0.0, {}
+        total: Union[Tensor, float] = 0.0
+        per_layer: Dict[str, float] = {}
         for name in self.layers:
             a = acts[name]
             clean = a[:n_clean]
@@ -222,6 +226,7 @@ class IRL(TapsNoiseMethod):
                              self.lam, self.dist_reduction).view(self.K, n_clean).mean(0)
             per_layer[name] = float(d.detach().mean())
             total = total + self.weights[name] * d
+        assert isinstance(total, Tensor)                             # self.layers is never empty
         return total, per_layer
 
     def loss(self, model: nn.Module, batch: dict, step: int) -> Tuple[Tensor, Dict[str, float]]:
@@ -268,7 +273,8 @@ class IRL(TapsNoiseMethod):
             metrics["ce_noise"] = float(lnoise.detach())
             loss = loss + self.beta * lnoise
         if self.gamma > 0:
-            acts = {n: first_tensor(self.taps.activations[n]) for n in (self.taps.layers if self.taps else [])}
+            taps = self.taps
+            acts = {n: first_tensor(taps.activations[n]) for n in taps.layers} if taps else {}
             acts[LOGITS] = logits
             d, per_layer = self.layer_distances(acts, N)
             ld = d[:B].mean()

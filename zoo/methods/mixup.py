@@ -128,6 +128,8 @@ class ManifoldMixup(Method):
 
     def set_mix(self, k: int, lam: float, perm: Tensor) -> None:
         """Mix the output of ``layers[k]`` with ``(lam, perm)`` in every forward until :meth:`end_step`."""
+        if self.taps is None:
+            raise ValueError(f"{type(self).__name__}.setup(model) must be called before set_mix()")
         self.taps.clear_modifier()
         self.taps.set_modifier(self.layers[k], lambda h: map_tensors(lambda t: mix(t, lam, perm), h))
 

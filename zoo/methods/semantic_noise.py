@@ -22,7 +22,7 @@ perturbation, "proposed-2"), ``snm_base`` (eq. 6, "proposed-1").
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Protocol, Tuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +35,18 @@ __all__ = ["SemanticNoise", "SNMRandom", "SNMBase", "minmax_noise", "l2_loss", "
 
 PERTURBATIONS = ("none", "random", "semantic")
 SNM_API = ("encode", "classify", "decode_x", "decode_z")
+
+
+class _SNMModel(Protocol):
+    """The encoder / classifier / tied-decoder API (:data:`SNM_API`) that :meth:`SemanticNoise.setup` checks."""
+
+    def encode(self, x: Tensor) -> Tensor: ...
+
+    def classify(self, z: Tensor) -> Tensor: ...
+
+    def decode_x(self, z: Tensor) -> Tensor: ...
+
+    def decode_z(self, y: Tensor) -> Tensor: ...
 
 
 def minmax_noise(v: Tensor, sigma: float, generator: Optional[torch.Generator] = None) -> Tensor:
@@ -103,19 +115,21 @@ class SemanticNoise(Method):
         if self.rng is None:
             self.rng = NoiseRNG(self.seed)
         g = self.rng.generator
+        net = cast(_SNMModel, model)                                                  # API checked in setup
         if self.perturb == "random":
             return minmax_noise(z, self.sigma, g).view_as(z)
         y_e = minmax_noise(y, self.sigma, g).view_as(y)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.detach_noise):
             y_in = y.detach() if self.detach_noise else y
-            z_e = model.decode_z(y_in + y_e) - model.decode_z(y_in)                  # eq. 9
+            z_e = net.decode_z(y_in + y_e) - net.decode_z(y_in)                      # eq. 9
         return z_e
 
     def loss(self, model: nn.Module, batch: dict, step: int) -> Tuple[Tensor, Dict[str, float]]:
         x, t = batch["x"], batch["y"]
-        z = model.encode(x)
-        y = model.classify(z)
-        x_r, z_r = model.decode_x(z), model.decode_z(y)                               # eq. 5
+        net = cast(_SNMModel, model)                                                  # API checked in setup
+        z = net.encode(x)
+        y = net.classify(z)
+        x_r, z_r = net.decode_x(z), net.decode_z(y)                                   # eq. 5
         nll = F.cross_entropy(y, t)
         rec_x, rec_z = l2_loss(x_r, x, self.rec_reduction), l2_loss(z_r, z, self.rec_reduction)
         loss = self.lambda1 * (rec_x + rec_z) + nll                                   # eq. 6
@@ -123,7 +137,7 @@ class SemanticNoise(Method):
                    "rec_x": float(rec_x.detach()), "rec_z": float(rec_z.detach())}
         if self.perturb != "none" and self.lambda2 > 0:
             z_e = self.latent_noise(model, z, y)
-            y_p = model.classify(z + z_e)                                             # eq. 7
+            y_p = net.classify(z + z_e)                                               # eq. 7
             nll_p = F.cross_entropy(y_p, t)
             loss = loss + self.lambda2 * nll_p                                        # eq. 8
             metrics.update(nll_perturbed=float(nll_p.detach()),
