@@ -19,12 +19,15 @@ import math
 import os
 import typing
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Type, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Type, TypeVar
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 __all__ = ["parse_config", "arg", "config_to_dict", "config_to_argv", "ConfigError", "RunConfig", "validate_config",
            "check_writable_dir", "check_writable_file", "check_device", "parse_json_object"]
 
-C = TypeVar("C")
+C = TypeVar("C", bound="DataclassInstance")
 
 #: path checks ``arg(path=...)`` understands
 _PATH_KINDS = ("out_dir", "out_file", "in_file", "in_dir", "in_any")
@@ -57,7 +60,9 @@ def arg(default: Any = dataclasses.MISSING, help: str = "", choices: Optional[Se
     if path is not None and path not in _PATH_KINDS:
         raise ValueError(f"path={path!r}; allowed: {_PATH_KINDS}")
     if isinstance(default, (list, dict)):
-        return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata=meta, **kw)
+        def copy_default(d: Any = default) -> Any:                  # a fresh copy for every instance
+            return type(d)(d)
+        return dataclasses.field(default_factory=copy_default, metadata=meta, **kw)
     return dataclasses.field(default=default, metadata=meta, **kw)
 
 
@@ -171,7 +176,7 @@ def per_model_kwargs(text: str, models: Sequence[str], option: str = "--model-kw
     return {m: {**spec.get("*", {}), **spec.get(m, {})} for m in models}
 
 
-def _describe_bounds(meta: dict) -> str:
+def _describe_bounds(meta: Mapping[str, Any]) -> str:
     parts = []
     for key, sym in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
         if meta.get(key) is not None:
@@ -179,7 +184,7 @@ def _describe_bounds(meta: dict) -> str:
     return " and ".join(parts)
 
 
-def _check_value(flag: str, value: Any, meta: dict) -> None:
+def _check_value(flag: str, value: Any, meta: Mapping[str, Any]) -> None:
     if isinstance(value, bool) or value is None:
         return
     if isinstance(value, (int, float)):
@@ -244,7 +249,7 @@ def validate_config(cfg: Any) -> None:
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors: ``prog: error: <what> (see --help)``, exit status 2, no usage dump."""
 
-    def error(self, message: str) -> typing.NoReturn:  # type: ignore[override]
+    def error(self, message: str) -> typing.NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 

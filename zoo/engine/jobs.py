@@ -201,7 +201,7 @@ def run_jobs(fn: Callable[..., Any], jobs: Sequence[tuple], workers: int = 1, th
                     except (ProcessLookupError, OSError):
                         pass
                 pending = {f for f in pending if not f.cancelled()}
-        errors = [f.exception() for f in futures if not f.cancelled() and f.exception() is not None]
+        errors = [e for e in (f.exception() for f in futures if not f.cancelled()) if e is not None]
         if errors:
             real = [e for e in errors if not isinstance(e, Interrupted)]
             if isinstance(real[0] if real else errors[0], BrokenProcessPool):
@@ -255,8 +255,8 @@ def run_grid(cfg: Any, fn: Callable[..., Any], names: Sequence[str], label: str,
         if main_process:
             clean_stale_tmp(out)
             write_json(out / "config.json", config_to_dict(cfg, include_run_control=False))
-        jobs = [(cfg, name, cfg.seed + s) for name in names for s in range(cfg.seeds)]
-        jobs = [job + (i,) for i, job in enumerate(jobs)]
+        runs = [(cfg, name, cfg.seed + s) for name in names for s in range(cfg.seeds)]
+        jobs = [job + (i,) for i, job in enumerate(runs)]
         workers = 1 if distributed else (cfg.workers or default_workers(len(jobs), device))
         where = f"{dist_utils.world_size()} processes (torchrun)" if distributed else f"{workers} worker(s)"
         if main_process:

@@ -8,6 +8,7 @@ after it. Interrupting the driver cancels the tasks (Ray delivers the interrupt 
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Callable, List, Sequence
 
@@ -34,7 +35,7 @@ def run_jobs_ray(fn: Callable[..., Any], jobs: Sequence[tuple], threads: int = 1
     started = False
     if not ray.is_initialized():
         try:
-            ray.init(address=address or None, include_dashboard=False, logging_level="ERROR",
+            ray.init(address=address or None, include_dashboard=False, logging_level=logging.ERROR,
                      configure_logging=True, log_to_driver=True)
         except (ConnectionError, RuntimeError) as e:
             raise RunError(f"cannot reach a Ray cluster at {address or 'a new local instance'!r}: "

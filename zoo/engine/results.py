@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Mapping, Sequence
+from typing import Any, Dict, Mapping, Sequence
 
 __all__ = ["summarize_seeds", "markdown_table", "fmt_mean_std"]
 
@@ -29,7 +29,7 @@ def fmt_mean_std(stats: Mapping[str, float], digits: int = 3) -> str:
     return f"{stats['mean']:.{digits}f}"
 
 
-def markdown_table(header: Sequence[str], rows: List[Sequence]) -> str:
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A GitHub-flavoured markdown table; also readable when printed to a terminal."""
     cells = [list(map(str, header))] + [[str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
