@@ -22,7 +22,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, cast
 
 import numpy as np
 import torch
@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 import zoo
 from zoo.data.bouncing_balls import BOX, BouncingBalls, describe, generate
+from zoo.models.balls import BallsVideoModel
 from zoo.engine import (per_run, 
     ConfigError,
     MapStream,
@@ -76,7 +77,7 @@ def frame_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate_rollout(model: torch.nn.Module, frames: torch.Tensor, context: int = 15,
+def evaluate_rollout(model: BallsVideoModel, frames: torch.Tensor, context: int = 15,
                      batch_size: int = 100, device: torch.device = torch.device("cpu")) -> Dict[str, object]:
     """Feed ``context`` true frames, roll out to the end of the sequences, score every predicted frame.
 
@@ -110,7 +111,7 @@ def evaluate_rollout(model: torch.nn.Module, frames: torch.Tensor, context: int 
 
 
 @torch.no_grad()
-def rollout_example(model: torch.nn.Module, frames: torch.Tensor, context: int, device: torch.device
+def rollout_example(model: BallsVideoModel, frames: torch.Tensor, context: int, device: torch.device
                     ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """One sequence's predicted frames (probabilities, uint8 0..255, ``(T - 1, H, W)``) and, for RIM cores,
     its active-unit mask ``(T - 1, num_units)``."""
@@ -247,7 +248,7 @@ def _gen_kwargs(cfg: Config) -> dict:
     return dict(frames=cfg.frames, resolution=cfg.resolution, radii=tuple(cfg.radii))
 
 
-def set_spec(cfg: Config, name: str) -> dict:
+def set_spec(cfg: Config, name: str) -> Dict[str, Any]:
     """The generator arguments of test set ``name`` (seeded apart from the training set and each other)."""
     rng, curtain = parse_test_set(name)
     offset = 1 + cfg.test_sets.index(name)
@@ -260,7 +261,8 @@ def make_data(cfg: Config, folder: Path) -> Dict[str, Path]:
     """Generate the training set and every test set into ``folder`` (reused when already there and equal)."""
     folder.mkdir(parents=True, exist_ok=True)
     paths: Dict[str, Path] = {}
-    specs = {"train": dict(balls=tuple(cfg.balls), curtain=None, seed=cfg.data_seed * 1000, n=cfg.train_sequences)}
+    specs: Dict[str, Dict[str, Any]] = {
+        "train": dict(balls=tuple(cfg.balls), curtain=None, seed=cfg.data_seed * 1000, n=cfg.train_sequences)}
     for name in cfg.test_sets:
         specs[name] = {**set_spec(cfg, name), "n": cfg.test_sequences}
     for name, spec in specs.items():
@@ -292,8 +294,10 @@ def train_one(cfg: Config, model_name: str, seed: int, position: int = 0) -> dic
     train = torch.from_numpy(BouncingBalls.load(paths["train"]).frames)               # (N, T, H, W) uint8
     tests = {name: torch.from_numpy(BouncingBalls.load(paths[name]).frames) for name in cfg.test_sets}
     seed_everything(seed)
-    model = zoo.create_model(model_name, img_size=cfg.resolution,
-                             **per_model_kwargs(cfg.model_kwargs, cfg.models)[model_name]).to(device)
+    # every registered "*balls*" model (the names Config accepts) is a BallsVideoModel
+    model = cast(BallsVideoModel, zoo.create_model(model_name, img_size=cfg.resolution,
+                                                   **per_model_kwargs(cfg.model_kwargs, cfg.models)[model_name])
+                 ).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     batches = MapStream(ShuffledBatches(train, batch_size=cfg.batch_size, seed=seed), to_frames)
 
@@ -477,7 +481,7 @@ def write_gif(cfg: Config, runs: List[dict], path: Path, scale: int = 2) -> Path
             x0 = left + c * (W * scale + gap)
             draw.text((x0 + 2, 12), f"test set {t}", fill=200)
             for r, seq in enumerate([truth[t]] + [preds[m][t][0] for m in models]):
-                tile = Image.fromarray((seq[k] // 16) * 17).resize((W * scale, H * scale), Image.NEAREST)
+                tile = Image.fromarray((seq[k] // 16) * 17).resize((W * scale, H * scale), Image.Resampling.NEAREST)
                 canvas.paste(tile, (x0, top + r * (H * scale + gap)))
         images.append(canvas)
     images[0].save(path, save_all=True, append_images=images[1:], duration=120, loop=0, optimize=True)

@@ -20,7 +20,7 @@ import difflib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import timm
 import torch
@@ -205,6 +205,7 @@ def train_one(cfg: Config, method_name: str, seed: int, position: int = 0) -> di
     method = zoo_methods.create_method(method_name, **method_hparams(cfg, method_name))
     run_meta = {**config_to_dict(cfg, include_run_control=False), "method": method_name, "seed": seed}
     method.setup(model, total_steps=cfg.steps)
+    opt: torch.optim.Optimizer
     if cfg.optimizer == "sgd":
         opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True,
                               weight_decay=cfg.weight_decay)
@@ -244,7 +245,8 @@ def eval_only(cfg: Config) -> dict:
     model.to(device).eval()
     xe, ye = _test_subset(cfg, data)
     rob = robustness.evaluate_robustness(model, xe, ye, evaluation_names(cfg), eval_context(cfg, device, cfg.seed))
-    rob["acc"] = test_accuracy(model, *data["test"], device)["acc"]
+    x_test, y_test = data["test"]
+    rob["acc"] = test_accuracy(model, x_test, y_test, device)["acc"]
     label = f"{cfg.model} ({path})"
     table = robustness.robustness_table({label: rob}, label="checkpoint")
     out = Path(cfg.out)
@@ -257,9 +259,9 @@ def eval_only(cfg: Config) -> dict:
     return results
 
 
-def summarize(cfg: Config, runs: List[dict]) -> Dict[str, Dict[str, float]]:
+def summarize(cfg: Config, runs: List[dict]) -> Dict[str, Dict[str, Any]]:
     """Per method: mean of every robustness column over seeds (``std`` and per-seed values alongside)."""
-    out = {}
+    out: Dict[str, Dict[str, Any]] = {}
     for name in cfg.method:
         mine = [r["robustness"] for r in runs if r["method"] == name]
         stats = summarize_seeds(mine)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional, TypedDict, cast
 
 import numpy as np
 import torch
@@ -117,7 +117,16 @@ class Config(RunConfig):
         return sorted(set(self.train_counts) | set(self.test_counts))
 
 
-def exact_set_metrics(logits: torch.Tensor, y: torch.Tensor, threshold: float = 0.5) -> Dict[str, object]:
+class SetMetrics(TypedDict):
+    """What :func:`exact_set_metrics` returns (a plain dict)."""
+
+    exact_acc: float
+    topk_acc: float
+    f1: float
+    f1_per_label: List[float]
+
+
+def exact_set_metrics(logits: torch.Tensor, y: torch.Tensor, threshold: float = 0.5) -> SetMetrics:
     """``exact_acc`` (thresholded set == true set), ``topk_acc`` (the ``|y|`` top scores == true set), macro
     ``f1`` and ``f1_per_label`` (labels absent from both truth and prediction count as F1 = 1)."""
     pred = torch.sigmoid(logits) > threshold
@@ -134,10 +143,10 @@ def exact_set_metrics(logits: torch.Tensor, y: torch.Tensor, threshold: float = 
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, tests: Dict[int, MultiDigitDataset], device: torch.device,
-             threshold: float, chunk: int = 250) -> Dict[str, Dict[str, object]]:
+             threshold: float, chunk: int = 250) -> Dict[str, SetMetrics]:
     """:func:`exact_set_metrics` for every test count: ``{"1": {...}, "2": {...}}``."""
     model.eval()
-    out = {}
+    out: Dict[str, SetMetrics] = {}
     for k, ds in tests.items():
         logits = torch.cat([model(ds.x[i:i + chunk].to(device)).float().cpu() for i in range(0, len(ds), chunk)])
         out[str(k)] = exact_set_metrics(logits, ds.y, threshold)
@@ -198,9 +207,10 @@ def train_one(cfg: Config, name: str, seed: int, position: int = 0) -> dict:
             out["samples"] = (torch.sigmoid(model(x.to(device))) > cfg.threshold).cpu().tolist()
     if getattr(model, "nfm", None) is not None and seed == cfg.seed:
         from tasks.nfm_attention import attention_matrix
+        from zoo.models.staged import StagedNet               # the registry's NFM models are StagedNets
         per = max(1, cfg.attention_images // len(cfg.counts))
         x = torch.cat([tests[k].x[:per] for k in cfg.counts])
-        out["attention"] = attention_matrix(model, x.to(device))
+        out["attention"] = attention_matrix(cast(StagedNet, model), x.to(device))
     return out
 
 
@@ -266,7 +276,7 @@ def sample_picks(cfg: Config) -> List[tuple]:
 
 def plot_samples(cfg: Config, runs: List[dict], tests: Dict[int, MultiDigitDataset], path: Path) -> Optional[Path]:
     """Test canvases (one per count) with their digits and each model's predicted set (first seed)."""
-    first = {r["model"]: r.get("samples") for r in runs if r["seed"] == cfg.seed}
+    first: Dict[str, Any] = {r["model"]: r.get("samples") for r in runs if r["seed"] == cfg.seed}
     if not cfg.samples or not all(first.values()):
         return None
     import matplotlib

@@ -23,13 +23,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, cast
 
 import timm
 import torch
 
 import zoo
 from tasks import classify
+from zoo.models.staged import StagedNet
 from zoo.engine import (RunConfig, RunLock, arg, command_line, fmt_mean_std, load_checkpoint, markdown_table, parse_config,
                         run_cli, summarize_seeds, write_json, write_report)
 
@@ -64,7 +65,7 @@ class Config(RunConfig):
 
 
 @torch.no_grad()
-def attention_matrix(model: torch.nn.Module, x: torch.Tensor) -> dict:
+def attention_matrix(model: StagedNet, x: torch.Tensor) -> dict:
     """Mean attention of every block over the memory: ``{"rows": [(p, i)], "cols": ["null", (p, j), ...],
     "weights": [[...]]}``, ``weights[r][c]`` the share of block ``r``'s reads going to column ``c``
     (``None`` where that layer does not exist yet when the block runs)."""
@@ -83,7 +84,7 @@ def attention_matrix(model: torch.nn.Module, x: torch.Tensor) -> dict:
 
 
 @torch.no_grad()
-def accuracies(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int) -> dict:
+def accuracies(model: StagedNet, x: torch.Tensor, y: torch.Tensor, seed: int) -> dict:
     """Test accuracy as trained and with random attention (noise drawn from ``seed``; the global RNG is restored)."""
     model.eval()
     acc = float((model(x).argmax(-1) == y).float().mean())
@@ -141,13 +142,16 @@ def run(cfg: Config, command: Optional[str] = None) -> dict:
         timing = json.loads((Path(hcfg.out) / "timing.json").read_text())
         wall = float(timing["wall_seconds"])
         ckpts = [Path(hcfg.out) / "erm" / f"seed{s}" / "checkpoint.pt" for s in seeds]
-    per_seed, att = [], None
+    per_seed = []
+    att: Optional[dict] = None
     for seed, ckpt in zip(seeds, ckpts):
-        model = classify.build_model(hcfg, x.shape[1], data["num_classes"])
+        # --model is an nfm_* name (Config checks it): every one is a StagedNet
+        model = cast(StagedNet, classify.build_model(hcfg, x.shape[1], data["num_classes"]))
         load_checkpoint(ckpt, model=model)
         per_seed.append(accuracies(model, x, y, seed))
         if att is None:
             att = attention_matrix(model, x[:cfg.eval_size])
+    assert att is not None                              # seeds >= 1: at least one checkpoint was read
     stats = summarize_seeds(per_seed)
     results: dict = {}
     for k, v in stats.items():

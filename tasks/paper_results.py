@@ -61,7 +61,7 @@ def _cls(method: str, metric: str, results: dict) -> str:
     return ms(*_classify_stat(results, method, metric))
 
 
-SMOKE_CLASSIFY = dict(steps=3, eval_every=0, eval_size=50, seeds=1, fgsm_eps=[0.1], noise_std=[0.3])
+SMOKE_CLASSIFY: Dict[str, Any] = dict(steps=3, eval_every=0, eval_size=50, seeds=1, fgsm_eps=[0.1], noise_std=[0.3])
 
 
 # --- copying (thesis Table 1 left, Fig. 2) ----------------------------------------------------------------
@@ -183,7 +183,8 @@ def _invariance_runs(scale: str, smoke: bool) -> Dict[str, Any]:
     if smoke:
         return {"main": classify.Config(method=["erm", "irl", "dai"], evaluations=evals, **SMOKE_CLASSIFY)}
     steps, seeds = (200 * 390, 3) if scale == "paper" else (500, 3)
-    kw = dict(dataset="cifar10", download=True, model="wrn28_10", batch_size=128, lr=0.1) if scale == "paper" else {}
+    kw: Dict[str, Any] = (dict(dataset="cifar10", download=True, model="wrn28_10", batch_size=128, lr=0.1)
+                          if scale == "paper" else {})
     return {"main": classify.Config(method=["erm", "irl", "dai"], steps=steps, seeds=seeds, evaluations=evals,
                                     eval_every=0, **kw)}
 
@@ -244,8 +245,8 @@ register(Part("lipschitz", "Lipschitz continuity training", "Lipschitz paper Tab
 def _snm_runs(scale: str, smoke: bool) -> Dict[str, Any]:
     from tasks import classify
 
-    base = dict(model="snm_mnist_convnet", method=["erm", "semantic_noise"], labels_per_class=20, optimizer="adam",
-                lr=2e-3, evaluations=["clean", "noise"])
+    base: Dict[str, Any] = dict(model="snm_mnist_convnet", method=["erm", "semantic_noise"], labels_per_class=20,
+                                optimizer="adam", lr=2e-3, evaluations=["clean", "noise"])
     if smoke:
         return {"main": classify.Config(**{**base, **SMOKE_CLASSIFY})}
     return {"main": classify.Config(**base, steps=1000, seeds=3, eval_every=0)}

@@ -23,7 +23,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, cast
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 import zoo
 from zoo.data import dataset_missing
+from zoo.models.rim_seq import SequenceModel
 from zoo.data.seq_mnist import INPUTS, SEQ_DATASETS, pixel_sequences, seq_mnist_batches, seq_mnist_splits
 from zoo.engine import (per_run, ConfigError, RunConfig, RunError, arg, command_line, config_to_dict, fit, fmt_mean_std,
                         markdown_table, parse_config, per_model_kwargs, resolve_device, run_cli, run_grid,
@@ -109,14 +110,15 @@ def model_kwargs(cfg: Config, name: str) -> dict:
     return per_model_kwargs(cfg.model_kwargs, cfg.models)[name]
 
 
-def build_model(name: str, input: str = "tokens", kwargs: Optional[dict] = None) -> torch.nn.Module:
+def build_model(name: str, input: str = "tokens", kwargs: Optional[dict] = None) -> SequenceModel:
     """A registered sequence model for the task: 2 tokens (``input="tokens"``) or 1 grey level per step,
     10 classes."""
     source = {"num_tokens": 2} if input == "tokens" else {"input_size": 1}
-    return zoo.create_model(name, num_classes=NUM_CLASSES, **source, **(kwargs or {}))
+    # every registered "*seq*" model (the names --models accepts) is a SequenceModel
+    return cast(SequenceModel, zoo.create_model(name, num_classes=NUM_CLASSES, **source, **(kwargs or {})))
 
 
-def classify(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+def classify(model: SequenceModel, x: torch.Tensor) -> torch.Tensor:
     """Class logits ``(B, 10)`` from the last step of the sequence (the reference's ``output[-1]``);
     the head runs on that step only."""
     features, _ = model.forward_core(x)
@@ -124,7 +126,7 @@ def classify(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, size: int, input: str,
+def accuracy(model: SequenceModel, images: torch.Tensor, labels: torch.Tensor, size: int, input: str,
              device: torch.device, chunk: int = 500) -> float:
     """Accuracy on digits ``(N, 1, 28, 28)`` fed as ``size x size`` pixel sequences (eval mode)."""
     was_training = model.training
@@ -166,7 +168,7 @@ class BestWeights:
         self.now, self.step, self.acc, self.weights = state["now"], state["step"], state["acc"], state["weights"]
 
 
-def _subset(split: Optional[Tuple[torch.Tensor, torch.Tensor]], n: int):
+def _subset(split: Optional[Tuple[torch.Tensor, torch.Tensor]], n: int) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
     if split is None or not n:
         return split
     return split[0][:n], split[1][:n]
@@ -212,6 +214,7 @@ def train_one(cfg: Config, model_name: str, seed: int, position: int = 0) -> dic
                  position=position)
     best.restore()
     test = _subset(data["test"], cfg.test_size)
+    assert test is not None                                  # seq_mnist_splits always has a test split
     tests = {str(r): accuracy(model, *test, r, cfg.input, device) for r in cfg.test_resolutions}
     out = {"model": model_name, "seed": seed, "seconds": result.seconds, "tests": tests,
            "best_step": best.step if val is not None else cfg.steps,
@@ -223,7 +226,7 @@ def train_one(cfg: Config, model_name: str, seed: int, position: int = 0) -> dic
 
 
 @torch.no_grad()
-def unit_activity(model: torch.nn.Module, images: torch.Tensor, sizes: Sequence[int], input: str,
+def unit_activity(model: SequenceModel, images: torch.Tensor, sizes: Sequence[int], input: str,
                   device: torch.device) -> dict:
     """Which RIM units (first layer) are active at each pixel, per size: the mask of the first digit
     ``(U, size * size)`` for the picture, and each unit's active rate on ink and on background pixels over
@@ -262,7 +265,7 @@ def _header(cfg: Config) -> List[str]:
 
 
 def results_table(cfg: Config, runs: List[dict]) -> str:
-    rows = []
+    rows: List[List[Any]] = []
     for name in cfg.models:
         mine = [r for r in runs if r["model"] == name]
         cells = [fmt_mean_std(summarize_seeds([{"a": r["tests"][str(s)]} for r in mine])["a"])
@@ -311,10 +314,10 @@ def plot_accuracy(cfg: Config, runs: List[dict], path: Path) -> Path:
         for a in accs:
             ax.plot(sizes, a, ".", color=f"C{i}", alpha=0.5, ms=5)
     if cfg.train_resolution == 14:
-        for j, (label, accs) in enumerate(PAPER.items()):
-            xs = [s for s in sorted(accs) if s in sizes]
+        for j, (label, paper_accs) in enumerate(PAPER.items()):
+            xs = [s for s in sorted(paper_accs) if s in sizes]
             if xs:
-                ax.plot(xs, [accs[s] for s in xs], "s--", mfc="none", color="grey" if j else "black", lw=1,
+                ax.plot(xs, [paper_accs[s] for s in xs], "s--", mfc="none", color="grey" if j else "black", lw=1,
                         label=f"{label}, full MNIST")
     ax.axvline(cfg.train_resolution, color="grey", ls=":", lw=1)
     ax.axhline(0.1, color="grey", ls="--", lw=0.8)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, cast
 
 import numpy as np
 import timm
@@ -249,8 +249,9 @@ def train_one(cfg: Config, name: str, seed: int, position: int = 0) -> dict:
            "curve": fitted.eval_history}
     if getattr(model, "nfm", None) is not None and seed == cfg.seed:
         from tasks.nfm_attention import attention_matrix
+        from zoo.models.staged import StagedNet               # the registry's NFM models are StagedNets
         x = torch.from_numpy(data["test"].images[:cfg.attention_images]).permute(0, 3, 1, 2).float() / 255
-        out["attention"] = attention_matrix(model, x.to(device))
+        out["attention"] = attention_matrix(cast(StagedNet, model), x.to(device))
     return out
 
 
@@ -261,7 +262,7 @@ def summarize(cfg: Config, runs: List[dict]) -> dict:
 
 def results_table(cfg: Config, runs: List[dict], chance: Dict[str, float]) -> str:
     cols = ["rel", "nonrel"] + (["rel_heldout", "rel_seen", "nonrel_heldout", "nonrel_seen"] if cfg.holdout else [])
-    rows = []
+    rows: List[List[Any]] = []
     for name in cfg.models:
         stats = summarize_seeds([r["test"] for r in runs if r["model"] == name])
         rows.append([name] + [fmt_mean_std(stats[c]) if c in stats else "-" for c in cols] + [stats["rel"]["n"]])
