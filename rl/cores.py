@@ -48,6 +48,9 @@ def _segments(episode_starts: torch.Tensor):
 class _MaskedRNNMixin:
     """``forward(x, hx, episode_starts)`` for ``nn.LSTM`` / ``nn.GRU``: one ATen call per segment."""
 
+    num_layers: int                                   # nn.RNNBase's, declared for the type checker
+    hidden_size: int
+
     def _call(self, x: torch.Tensor, hx: State):  # pragma: no cover - defined by subclasses
         raise NotImplementedError
 
@@ -71,7 +74,8 @@ class _MaskedRNNMixin:
         return torch.cat(outs) if len(outs) > 1 else outs[0], hx
 
 
-class MaskedLSTM(_MaskedRNNMixin, nn.LSTM):
+# forward deliberately differs from nn.LSTM's: it adds episode_starts and takes no PackedSequence
+class MaskedLSTM(_MaskedRNNMixin, nn.LSTM):  # type: ignore[misc]
     """``nn.LSTM`` (same arguments, parameters and state dict) taking an ``episode_starts`` mask.
 
     ``forward(x (T, B, F), (h_0, c_0) each (L, B, H), episode_starts (T, B) or None)`` ->
@@ -82,7 +86,8 @@ class MaskedLSTM(_MaskedRNNMixin, nn.LSTM):
         return nn.LSTM.forward(self, x, hx)
 
 
-class MaskedGRU(_MaskedRNNMixin, nn.GRU):
+# forward deliberately differs from nn.GRU's: episode_starts, (h, c) state pairs, no PackedSequence
+class MaskedGRU(_MaskedRNNMixin, nn.GRU):  # type: ignore[misc]
     """``nn.GRU`` taking an ``episode_starts`` mask and ``(h, c)`` state pairs (``c`` is ignored on input
     and returned equal to ``h``), so code and buffers written for LSTM states need no branch.
 

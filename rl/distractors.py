@@ -145,10 +145,10 @@ def evaluate_split(model, cfg: Config, split: str, episodes: int) -> Dict[str, f
 
     n = min(10, episodes)
     env = make_vec(cfg, split, n, EVAL_SEED[split])
-    returns, _ = evaluate_policy(model, env, n_eval_episodes=episodes, deterministic=cfg.deterministic_eval,
-                                 return_episode_rewards=True, warn=False)
+    episode_returns, _ = evaluate_policy(model, env, n_eval_episodes=episodes, deterministic=cfg.deterministic_eval,
+                                         return_episode_rewards=True, warn=False)
     env.close()
-    returns = np.asarray(returns, dtype=np.float64)
+    returns = np.asarray(episode_returns, dtype=np.float64)
     return {"success": float((returns > 0).mean()), "return": float(returns.mean())}
 
 
@@ -158,13 +158,14 @@ def record_gif(model, cfg: Config, split: str, path: Path, seed: int = EVAL_SEED
 
     env = make_distractor_env(split, render_mode="rgb_array", tile_size=16, **env_kwargs(cfg))
     obs, _ = env.reset(seed=seed)
-    frames, state, start, done, ret = [env.render()], None, np.ones(1, bool), False, 0.0
+    frames: List[Any] = [env.render()]                            # rgb_array: (H, W, 3) uint8 arrays
+    state, start, done, ret = None, np.ones(1, bool), False, 0.0
     while not done:
         action, state = model.predict(obs[None], state=state, episode_start=start,
                                       deterministic=cfg.deterministic_eval)
         obs, r, terminated, truncated, _ = env.step(int(action[0]))
         frames.append(env.render())
-        ret, done, start = ret + r, terminated or truncated, np.zeros(1, bool)
+        ret, done, start = ret + float(r), terminated or truncated, np.zeros(1, bool)
     env.close()
     images = [Image.fromarray(f) for f in frames]
     images += [images[-1]] * 4                                    # hold the last frame
@@ -215,7 +216,7 @@ def train_one(cfg: Config, core: str, seed: int, position: int = 0) -> Dict[str,
 
         def _on_rollout_end(self) -> None:
             if self.num_timesteps >= self.next_eval:
-                point = {"step": self.num_timesteps}
+                point: Dict[str, float] = {"step": self.num_timesteps}
                 for split in SPLITS:
                     point.update({f"{split}_{k}": v for k, v in
                                   evaluate_split(self.model, cfg, split, cfg.curve_episodes).items()})
@@ -228,7 +229,7 @@ def train_one(cfg: Config, core: str, seed: int, position: int = 0) -> Dict[str,
 
     t0, cpu0 = time.time(), time.process_time()
     if not curve:
-        point = {"step": 0}
+        point: Dict[str, float] = {"step": 0}
         for split in SPLITS:
             point.update({f"{split}_{k}": v for k, v in evaluate_split(model, cfg, split, cfg.curve_episodes).items()})
         curve.append(point)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Type, Union
 
 import gymnasium as gym
 from stable_baselines3.common.atari_wrappers import AtariWrapper
@@ -31,7 +31,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv,
 
 __all__ = ["AtariSpec", "make_atari", "register_ale", "check_atari_id", "game_name"]
 
-_VEC_ENVS = {"dummy": DummyVecEnv, "subproc": SubprocVecEnv}
+_VEC_ENVS: Dict[str, Union[Type[DummyVecEnv], Type[SubprocVecEnv]]] = {"dummy": DummyVecEnv, "subproc": SubprocVecEnv}
 
 
 def register_ale() -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, cast
 
 import gymnasium as gym
 import numpy as np
@@ -26,14 +26,19 @@ from zoo.engine import (ConfigError, RunError, arg, check_device, parse_config, 
 
 from .envs import AtariSpec, check_atari_id, game_name, make_atari
 
+if TYPE_CHECKING:
+    import cv2
+
 __all__ = ["EvalConfig", "evaluate_agent", "video_wrapper", "main"]
 
 
 def evaluate_agent(model, env, episodes: int, deterministic: bool = False) -> Dict[str, Any]:
     """Play ``episodes`` games with sb3's ``evaluate_policy`` (which carries recurrent states and resets
     them at episode starts); returns mean/std of the score and the per-game scores and lengths."""
-    returns, lengths = evaluate_policy(model, env, n_eval_episodes=episodes, deterministic=deterministic,
-                                       return_episode_rewards=True, warn=False)
+    # return_episode_rewards=True: per-episode lists
+    returns, lengths = cast(Tuple[List[float], List[int]],
+                            evaluate_policy(model, env, n_eval_episodes=episodes, deterministic=deterministic,
+                                            return_episode_rewards=True, warn=False))
     return {"mean_return": float(np.mean(returns)), "std_return": float(np.std(returns)),
             "mean_length": float(np.mean(lengths)), "returns": [float(r) for r in returns],
             "lengths": [int(n) for n in lengths]}
@@ -48,15 +53,16 @@ class _OpenCVVideo(gym.Wrapper):
 
         self.cv2, self.folder, self.prefix = cv2, Path(folder), prefix
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.writer, self.episode = None, 0
+        self.writer: Optional[cv2.VideoWriter] = None
+        self.episode = 0
         self.fps = int(env.metadata.get("render_fps", 30) or 30)
 
     def _frame(self) -> None:
-        frame = self.env.render()
+        frame = cast(np.ndarray, self.env.render())                   # render_mode="rgb_array"
         if self.writer is None:
             path = self.folder / f"{self.prefix}-episode-{self.episode}.mp4"
             h, w = frame.shape[:2]
-            self.writer = self.cv2.VideoWriter(str(path), self.cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (w, h))
+            self.writer = self.cv2.VideoWriter(str(path), self.cv2.VideoWriter.fourcc(*"mp4v"), self.fps, (w, h))
         self.writer.write(self.cv2.cvtColor(frame, self.cv2.COLOR_RGB2BGR))
 
     def _close_video(self) -> None:
@@ -163,13 +169,13 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         raise RunError(f"{spec.env_id} has {env.action_space} actions; the agent plays {model.action_space}")
     res = evaluate_agent(model, env, cfg.episodes, cfg.deterministic)
     env.close()
-    videos = []
+    videos: List[str] = []
     if wrapper:                 # the vec env resets after the last game: drop the stub of a game never played
-        videos = sorted(Path(cfg.video).glob(f"{Path(cfg.agent).stem}*episode-*.mp4"),
-                        key=lambda p: int(p.stem.rsplit("-", 1)[1]))
-        for p in videos[cfg.episodes:]:
+        found = sorted(Path(cfg.video).glob(f"{Path(cfg.agent).stem}*episode-*.mp4"),
+                       key=lambda p: int(p.stem.rsplit("-", 1)[1]))
+        for p in found[cfg.episodes:]:
             p.unlink()
-        videos = [str(p) for p in videos[:cfg.episodes]]
+        videos = [str(p) for p in found[:cfg.episodes]]
     res.update(agent=cfg.agent, env=spec.env_id, episodes=cfg.episodes, deterministic=cfg.deterministic,
                videos=videos)
     print(f"{spec.env_id}: mean return {res['mean_return']:.2f} ± {res['std_return']:.2f} over {cfg.episodes} "

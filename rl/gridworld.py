@@ -154,6 +154,7 @@ class OneHotView(gym.ObservationWrapper):
         super().__init__(env)
         space = env.observation_space
         image = space["image"] if isinstance(space, gym.spaces.Dict) else space
+        assert image.shape is not None                       # minigrid's image space is a Box
         self.view, self.keep_dict = image.shape[0], keep_dict
         self.offsets = np.cumsum((0,) + self.SIZES[:-1])
         flat = gym.spaces.Box(0.0, 1.0, (self.view * self.view * sum(self.SIZES),), np.float32)

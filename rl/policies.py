@@ -32,7 +32,7 @@ step): at hidden 252 it trains at about 1.3x the stock ``MlpLstmPolicy``'s steps
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple, Type
+from typing import Any, Dict, Optional, Tuple, Type, cast
 
 import torch
 from gymnasium import spaces
@@ -92,15 +92,21 @@ class RecurrentCorePolicy(RecurrentActorCriticPolicy):
         if core != "rim":
             self.core_options = {k: v for k, v in self.core_options.items() if k not in ("num_units", "k_active")}
         # The parent builds nn.LSTM cores and the optimizer; ours replace the cores, then the optimizer is rebuilt.
-        super().__init__(observation_space, action_space, lr_schedule, *args, lstm_hidden_size=lstm_hidden_size,
-                         **kwargs)
+        # (mypy: *args could reach lstm_hidden_size's position; sb3 passes the policy arguments by keyword)
+        super().__init__(observation_space, action_space, lr_schedule, *args,  # type: ignore[misc]
+                         lstm_hidden_size=lstm_hidden_size, **kwargs)
         layers = self.lstm_actor.num_layers
-        self.lstm_actor = self._make_core(layers, lstm_hidden_size)
+        # the cores stand in for the parent's nn.LSTM attributes (same call interface, see rl.cores)
+        self.lstm_actor = self._make_core(layers, lstm_hidden_size)  # type: ignore[assignment]
         if self.lstm_critic is not None:
-            self.lstm_critic = self._make_core(layers, lstm_hidden_size)
-        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
+            self.lstm_critic = self._make_core(layers, lstm_hidden_size)  # type: ignore[assignment]
+        # a concrete optimizer class (Adam by default) takes lr; sb3 makes the same call with the same ignore
+        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1),  # type: ignore[call-arg]
+                                              **self.optimizer_kwargs)
 
-    def evaluate_actions(self, obs, actions: torch.Tensor, lstm_states, episode_starts: torch.Tensor):
+    # RecurrentActorCriticPolicy's signature, which adds lstm_states to ActorCriticPolicy's
+    def evaluate_actions(self, obs, actions: torch.Tensor, lstm_states,  # type: ignore[override]
+                         episode_starts: torch.Tensor):
         """sb3-contrib's, with ``MultiBinary`` actions cast to float (the rollout buffer stores them as int8,
         which the Bernoulli log-probability refuses)."""
         if isinstance(self.action_space, spaces.MultiBinary):
@@ -110,15 +116,18 @@ class RecurrentCorePolicy(RecurrentActorCriticPolicy):
     def _make_core(self, num_layers: int, hidden_size: int) -> nn.Module:
         return make_core(self.core_name, self.features_dim, hidden_size, num_layers, **self.core_options)
 
-    def _process_sequence(self, features: torch.Tensor, lstm_states: Tuple[torch.Tensor, torch.Tensor],
-                          episode_starts: torch.Tensor, lstm: nn.Module) -> Tuple[torch.Tensor, Tuple[torch.Tensor, ...]]:
+    # sb3-contrib annotates the new states as one tensor; they are the (h, c) pair, as here
+    def _process_sequence(self, features: torch.Tensor,  # type: ignore[override]
+                          lstm_states: Tuple[torch.Tensor, torch.Tensor], episode_starts: torch.Tensor,
+                          lstm: nn.Module) -> Tuple[torch.Tensor, Tuple[torch.Tensor, ...]]:
         """The whole ``(n_seq * T, F)`` padded batch through the core in one call (sb3-contrib loops over T).
 
         features ``(n_seq * T, F)`` (sequence-major, as sb3 lays it out), lstm_states each ``(L, n_seq, H)``,
         episode_starts ``(n_seq * T,)`` -> output ``(n_seq * T, H)``, new states each ``(L, n_seq, H)``.
         """
         n_seq = lstm_states[0].shape[1]
-        x = features.reshape(n_seq, -1, lstm.input_size).transpose(0, 1)          # (T, n_seq, F)
+        input_size = cast(int, lstm.input_size)                                    # every core has one
+        x = features.reshape(n_seq, -1, input_size).transpose(0, 1)               # (T, n_seq, F)
         starts = episode_starts.reshape(n_seq, -1).transpose(0, 1)                # (T, n_seq)
         out, states = run_core(lstm, x, lstm_states, starts)
         return out.transpose(0, 1).flatten(0, 1), states

@@ -35,11 +35,11 @@ class MaskObservation(gym.ObservationWrapper):
         space = env.observation_space
         if not isinstance(space, gym.spaces.Box) or len(space.shape) != 1:
             raise ValueError(f"MaskObservation needs a 1-D Box observation space, got {space}")
-        keep = np.asarray(keep, dtype=np.int64)
-        if keep.size == 0 or keep.min() < 0 or keep.max() >= space.shape[0]:
-            raise ValueError(f"keep={keep.tolist()} must be non-empty indices in [0, {space.shape[0]})")
-        self.keep = keep
-        self.observation_space = gym.spaces.Box(space.low[keep], space.high[keep], dtype=space.dtype)
+        idx = np.asarray(keep, dtype=np.int64)
+        if idx.size == 0 or idx.min() < 0 or idx.max() >= space.shape[0]:
+            raise ValueError(f"keep={idx.tolist()} must be non-empty indices in [0, {space.shape[0]})")
+        self.keep = idx
+        self.observation_space = gym.spaces.Box(space.low[idx], space.high[idx], dtype=space.dtype)
 
     def observation(self, observation: np.ndarray) -> np.ndarray:
         return observation[self.keep]

@@ -161,12 +161,13 @@ def recurrent_policy(core: str, hidden_size: int, num_units: int, k_active: int)
 def build_model(cfg: Config, env) -> BaseAlgorithm:
     """PPO (``core="none"``) or RecurrentPPO with the chosen core and encoder, Atari hyperparameters."""
     batch = cfg.n_envs * cfg.n_steps
-    common = dict(learning_rate=linear_schedule(cfg.lr), n_steps=cfg.n_steps,
+    common: Dict[str, Any] = dict(learning_rate=linear_schedule(cfg.lr), n_steps=cfg.n_steps,
                   batch_size=batch // cfg.n_minibatches, n_epochs=cfg.n_epochs, gamma=cfg.gamma,
                   gae_lambda=cfg.gae_lambda, clip_range=linear_schedule(cfg.clip_range), ent_coef=cfg.ent_coef,
                   vf_coef=cfg.vf_coef, max_grad_norm=cfg.max_grad_norm, seed=cfg.seed,
                   device=resolve_device(cfg.device), verbose=0)
     policy_kwargs = encoder_policy_kwargs(cfg.encoder)
+    model: BaseAlgorithm
     if cfg.core == "none":
         model = PPO("CnnPolicy", env, policy_kwargs=policy_kwargs, **common)
     elif cfg.core in CORES:
@@ -176,8 +177,9 @@ def build_model(cfg: Config, env) -> BaseAlgorithm:
         model = RecurrentPPO(policy, env, policy_kwargs={**policy_kwargs, **extra}, **common)
     else:
         raise ValueError(f"core={cfg.core!r} is not supported; allowed values: {', '.join(CORES)}")
-    model.atari_spec = cfg.atari_spec().to_dict()          # saved inside the zip; rl.evaluate rebuilds the env
-    model.agent_options = cfg.agent_options()              # saved too; --resume checks them
+    # attributes of ours (not sb3's, hence setattr) on the model object, which saves them into the zip
+    setattr(model, "atari_spec", cfg.atari_spec().to_dict())    # rl.evaluate rebuilds the env
+    setattr(model, "agent_options", cfg.agent_options())        # saved too; --resume checks them
     return model
 
 
@@ -276,9 +278,9 @@ class ResumableCSV(CSVOutputFormat):
 
 def make_logger(out: Path, keep_until: Optional[int]):
     """sb3 logger writing ``progress.csv`` (kept on resume) and TensorBoard events when installed."""
-    from stable_baselines3.common.logger import Logger, TensorBoardOutputFormat
+    from stable_baselines3.common.logger import KVWriter, Logger, TensorBoardOutputFormat
 
-    formats = [ResumableCSV(str(out / "progress.csv"), keep_until)]
+    formats: List[KVWriter] = [ResumableCSV(str(out / "progress.csv"), keep_until)]
     if _has_tensorboard():
         formats.append(TensorBoardOutputFormat(str(out)))
     return Logger(str(out), formats)
@@ -341,7 +343,8 @@ class _EvalAndCheckpoint(BaseCallback):
         self.history: List[Dict[str, float]] = []
         self.t0, self.steps0 = time.time(), 0
         self.cpu0 = 0.0                    # CPU seconds of earlier processes of this run (on resume)
-        self.next_eval = self.next_ckpt = 0
+        self.next_eval: float = 0                # a step count, or inf when that event is off
+        self.next_ckpt: float = 0
 
     def _on_training_start(self) -> None:
         self.t0, self.steps0 = time.time(), self.num_timesteps
@@ -489,7 +492,7 @@ def train(cfg: Config) -> Dict[str, Any]:
     episodes.close()
     env.close()
     eval_env.close()
-    results = {"config": config_to_dict(cfg), "steps": int(model.num_timesteps), "seconds": seconds,
+    results: Dict[str, Any] = {"config": config_to_dict(cfg), "steps": int(model.num_timesteps), "seconds": seconds,
                "steps_per_second": fps, "final_eval": evals.history[-1], "evaluations": evals.history,
                "random_agent": baseline, "agent": str(out / "agent.zip")}
     write_json(out / "results.json", results)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, TypeVar, Union, cast
 
 import gymnasium as gym
 import numpy as np
@@ -72,7 +72,7 @@ def make_env(env_id: str, seed: int, max_frames: int = 0):
         import ale_py
 
         gym.register_envs(ale_py)
-        kw = dict(max_num_frames_per_episode=max_frames) if max_frames else {}
+        kw: Dict[str, Any] = dict(max_num_frames_per_episode=max_frames) if max_frames else {}
         env = gym.make(env_id, frameskip=1, **kw)            # the preprocessing repeats actions itself
         env = gym.wrappers.RecordEpisodeStatistics(env)      # real scores, before clipping
         env = gym.wrappers.AtariPreprocessing(env, noop_max=30, frame_skip=4, screen_size=84,
@@ -83,8 +83,12 @@ def make_env(env_id: str, seed: int, max_frames: int = 0):
     return thunk
 
 
-def layer_init(layer: nn.Module, std: float = np.sqrt(2), bias: float = 0.0) -> nn.Module:
+Layer = TypeVar("Layer", nn.Linear, nn.Conv2d)
+
+
+def layer_init(layer: Layer, std: float = np.sqrt(2), bias: float = 0.0) -> Layer:
     nn.init.orthogonal_(layer.weight, std)
+    assert layer.bias is not None                            # every layer here is built with a bias
     nn.init.constant_(layer.bias, bias)
     return layer
 
@@ -100,6 +104,7 @@ class Agent(nn.Module):
             layer_init(nn.Conv2d(32, 64, 4, stride=2)), nn.ReLU(),
             layer_init(nn.Conv2d(64, 64, 3, stride=1)), nn.ReLU(),
             nn.Flatten(), layer_init(nn.Linear(64 * 7 * 7, 512)), nn.ReLU())
+        self.core: Union[nn.LSTM, zoo.RIM]
         if core == "lstm":
             self.core = nn.LSTM(512, hidden_size)
         elif core == "rim":                                  # the swap: same arguments, same outputs
@@ -159,7 +164,8 @@ def train(args: Args) -> Dict[str, object]:
     envs = gym.vector.SyncVectorEnv([make_env(args.env_id, args.seed + i, args.max_episode_frames)
                                      for i in range(args.num_envs)],
                                     autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
-    agent = Agent(envs.single_action_space.n, args.core, args.hidden_size, args.num_units, args.k_active)
+    n_actions = int(cast(gym.spaces.Discrete, envs.single_action_space).n)      # Atari: Discrete actions
+    agent = Agent(n_actions, args.core, args.hidden_size, args.num_units, args.k_active)
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
     one_call = args.one_call and args.core == "rim"
     T, N = args.num_steps, args.num_envs
