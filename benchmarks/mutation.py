@@ -44,8 +44,9 @@ TARGETS = {
     },
     "layers": {
         "mutate": ["zoo/layers/*.py"],
-        "tests": ["tests/test_rim.py", "tests/test_nfm.py", "tests/test_properties.py", "tests/test_models.py",
-                  "tests/test_taps.py"],
+        "tests": ["tests/test_rim.py", "tests/test_rim_faithful.py", "tests/test_rim_mechanisms.py",
+                  "tests/test_nfm.py", "tests/test_nfm_inputs.py", "tests/test_nfm_options.py",
+                  "tests/test_properties.py", "tests/test_models.py", "tests/test_taps.py"],
     },
 }
 
