@@ -244,3 +244,110 @@ def test_dai_trains_on_digits_above_chance_and_harness_shows_invariance(run_clas
     assert {"inv/0", "inv/6"} <= set(r) and all(v <= 1.0 for k, v in r.items() if k.startswith("inv/"))
     assert "inv/6" in (tmp_path / "results.md").read_text()
     assert create_method("dai").needs_unlabeled is False
+
+
+# ------------------------------------------------------------------------------------------ edge cases of eq. 3
+def test_loss_is_scale_free_and_zero_with_one_augmentation_per_seed():
+    """Eq. 3 is a ratio of two mean distances: multiplying the activations by any c > 0 leaves it unchanged
+    (tiny activations included); with ``M = 1`` every ``S_k`` is one sample and the loss is 0."""
+    a = torch.randn(12, 5, dtype=torch.float64)
+    g = torch.arange(4).repeat(3)
+    for c in (1e-4, 1e3):
+        assert dai_invariance_loss(c * a, g).item() == pytest.approx(dai_invariance_loss(a, g).item(), rel=1e-6)
+        assert dai_invariance_loss(c * a, 3).item() == pytest.approx(dai_invariance_loss(a, 3).item(), rel=1e-6)
+    assert dai_invariance_loss(a, 1).item() == 0.0
+    with pytest.raises(ValueError, match="a batch of 12 is not 5 equal blocks"):
+        dai_invariance_loss(a, 5)
+
+
+def test_papers_weights_by_default_and_any_positive_ratio(make_resnet):
+    """``sum_l alpha^(l) = 0.1`` and ``alpha^(L) = 10 alpha^(1)`` (eq. 4) unless told otherwise."""
+    assert sum(exponential_layer_weights(4)) == pytest.approx(0.1)
+    model = make_resnet()
+    for kw, ratio in [({}, 10.0), (dict(ratio=4.0), 4.0), (dict(ratio=1.0), 1.0), (dict(ratio=0.5), 0.5)]:
+        m = DAI(**kw)
+        m.setup(model)
+        assert sum(m.weights) == pytest.approx(0.1) and m.weights[-1] / m.weights[0] == pytest.approx(ratio), kw
+        m.remove()
+    DAI(M=1)                                                           # one augmentation per seed: allowed
+
+
+def _hooks(model):
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def test_method_options_reach_the_loss(make_resnet):
+    model = make_resnet()
+    x, y = torch.rand(4, 1, 28, 28), torch.randint(10, (4,))
+    # augment_kwargs go to the augmentation
+    m = DAI(augment="gaussian", augment_kwargs={"std": 0.05}, M=2, seed=1)
+    m.setup(model)
+    xa, _, _ = m.augment_batch(x, y)
+    assert torch.equal(xa, A.gaussian_noise(x.repeat(2, 1, 1, 1), 0.05, torch.Generator().manual_seed(1)))
+    m.remove()
+    # seed_reduction="sum": eq. 3 as printed, in the method's loss too
+    m = DAI(alpha=0.1, M=2, seed_reduction="sum", layers=["layer3"], layer_weights=[0.1], seed=2)
+    m.setup(model)
+    loss, metrics = m.loss(model, {"x": x, "y": y}, 0)
+    m.remove()
+    xa = A.dai_augment(x.repeat(2, 1, 1, 1), torch.Generator().manual_seed(2))
+    with LayerTaps(model, ["layer3"]) as taps:
+        logits = model(xa)
+        inv = brute_force_loss(taps["layer3"], torch.arange(4).repeat(2), "sum")
+    assert loss.item() == pytest.approx((0.9 * F.cross_entropy(logits, y.repeat(2)) + 0.1 * inv).item(), rel=1e-4)
+    assert metrics["inv_layer3"] == pytest.approx(inv.item(), rel=1e-4)
+    assert metrics["ce"] == pytest.approx(F.cross_entropy(logits, y.repeat(2)).item(), rel=1e-5)
+    # keep_batch_size: B images per step even when B = M (one seed)
+    keep = DAI(M=2, keep_batch_size=True, seed=0)
+    keep.setup(model)
+    assert keep.augment_batch(x[:2], y[:2])[0].shape[0] == 2
+    keep.remove()
+
+
+def test_accuracy_metric_is_on_the_augmented_batch(make_resnet):
+    model = make_resnet().eval()
+    x = torch.rand(4, 1, 28, 28)
+    m = DAI(alpha=0.1, M=2, seed=3)
+    m.setup(model)
+    xa = A.dai_augment(x.repeat(2, 1, 1, 1), torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        pred = model(xa).argmax(-1)
+    y = torch.where(torch.arange(8) < 6, pred, (pred + 1) % 10)         # 6 of 8 right
+    _, metrics = m.loss(model, {"x": xa, "y": y, "group": torch.arange(4).repeat(2)}, 0)
+    assert metrics["acc"] == 0.75
+
+
+def test_taps_only_when_the_invariance_term_is_on(make_resnet):
+    model, other = make_resnet(), make_resnet(seed=1)
+    b = {"x": torch.rand(4, 1, 28, 28), "y": torch.randint(10, (4,))}
+    plain = DAI(alpha=0.0)
+    plain.setup(model)
+    assert _hooks(model) == 0
+    plain.loss(other, b, 0)                                            # alpha = 0: nothing tapped, any model
+    m = DAI(alpha=0.1)
+    m.setup(model)
+    assert _hooks(model) > 0
+    with pytest.raises(ValueError, match="DAI.setup\\(model\\) was called with a different model"):
+        m.loss(other, b, 0)
+    m.remove()
+
+
+def test_invariance_scores_of_chosen_layers_over_chunks(make_resnet):
+    """Eq. 2's denominator is over all N images, also when they are scored in chunks; any named layer."""
+    model = make_resnet().eval()
+    x = torch.rand(12, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    xt = A.gaussian_noise(x, 0.2, torch.Generator().manual_seed(1))
+    table = dict(zip(map(lambda t: t.sum().item(), x), xt))
+
+    def transform(xb):                                                 # G(x_i) = xt_i, whatever the chunk
+        return torch.stack([table[t.sum().item()] for t in xb])
+
+    whole = invariance_scores(model, x, transform, layers=["layer2.0", "layer3"], batch_size=12)
+    assert list(whole) == ["layer2.0", "layer3", "logits"]
+    chunked = invariance_scores(model, x, transform, layers=["layer2.0", "layer3"], batch_size=5)
+    for n in whole:
+        assert torch.allclose(whole[n], chunked[n], atol=1e-5), n
+    assert not torch.allclose(whole["layer3"], torch.ones(12))
+    cols = evaluate_robustness(model, x, torch.randint(10, (12,)), ["invariance"],
+                               EvalContext(seed=2, options={"invariance": {"layers": ["layer3"]}}))
+    assert list(cols) == ["inv/0", "inv/1"]                            # layer3, logits

@@ -183,3 +183,31 @@ def test_ict_needs_unlabeled_and_evaluates_teacher(make_resnet):
     assert ict.eval_model(student) is ict.teacher
     assert create_method("ict", eval_teacher=False).eval_model(student) is student
     assert ict.extra_state() == {"ict_teacher": ict.teacher}
+
+
+def test_boundary_values_are_accepted_and_bad_ones_name_themselves(make_resnet):
+    """0 is a valid setting of every weight and schedule (no mixing, teacher = student, no consistency, no
+    ramp); the paper's alpha search range holds the default."""
+    assert 0.1 <= create_method("ict").alpha <= 1.0
+    for ok in (dict(alpha=0.0), dict(mixup_alpha=0.0), dict(ema_decay=0.0), dict(w_max=0.0), dict(w_max=0.5),
+               dict(rampup_fraction=0.0), dict(rampup_fraction=1.0), dict(rampup_steps=0)):
+        create_method("ict", **ok)
+    for bad, match in [(dict(alpha=-1), "alpha and mixup_alpha must be >= 0"),
+                       (dict(mixup_alpha=-1), "alpha and mixup_alpha must be >= 0"),
+                       (dict(ema_decay=1.0), r"ema_decay must be in \[0, 1\)"), (dict(w_max=-1), "w_max must be >= 0"),
+                       (dict(rampup_fraction=1.5), r"rampup_fraction must be in \[0, 1\]"),
+                       (dict(rampup_steps=-1), "rampup_steps must be >= 0 or None"),
+                       (dict(target_mix="softmax"), "target_mix must be one of")]:
+        with pytest.raises(ValueError, match=match):
+            create_method("ict", **bad)
+    with pytest.raises(ValueError, match="setup"):
+        create_method("ict").update_teacher(1, make_resnet())
+
+
+def test_teacher_follows_the_student_to_its_device(make_resnet):
+    student = make_resnet()
+    ict = create_method("ict", rampup_steps=10, ema_decay=0.5, ema_warmup=False)
+    ict.setup(student)
+    student.to("meta")                                         # moved after setup (e.g. to the GPU)
+    ict.update_teacher(1, student)
+    assert all(p.device.type == "meta" for p in ict.teacher.parameters())

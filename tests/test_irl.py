@@ -256,3 +256,128 @@ def test_noise_generator_state_is_checkpointed():
     m.rng.load_state_dict(state["irl_rng"])
     again = A.in_domain_noise(torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0)), m.rng.generator)
     assert torch.equal(first, again)
+
+
+# --------------------------------------------------------------------------------- which terms are computed
+def test_first_tensor_finds_the_activation_in_nested_outputs():
+    from zoo.methods.irl import first_tensor
+    t = torch.rand(2, 3)
+    assert first_tensor(t) is t
+    assert first_tensor((t, None)) is t and first_tensor([None, (t,)]) is t        # e.g. (output, state)
+    assert first_tensor({"state": None, "out": t}) is t
+    for bad, kind in [(None, "NoneType"), ({"a": None}, "dict"), ((1, "x"), "tuple")]:
+        with pytest.raises(ValueError, match=f"layer output holds no tensor: {kind}"):
+            first_tensor(bad)
+
+
+def test_cosine_term_is_exact_for_small_activations():
+    """``cos(u, v)`` is scale-free: activations of norm << 1 (late layers, per-feature scales) still get
+    ``-lam`` at equal directions, not a cosine shrunk by a norm floor."""
+    u = 1e-3 * torch.randn(4, 6)
+    assert torch.allclose(irl_distance(u, 2 * u, 1.0), (u ** 2).sum(1) - 1.0, atol=1e-7)
+
+
+def test_weights_must_be_non_negative_and_noise_state_exists_only_after_setup():
+    for bad in (dict(alpha=-1.0), dict(beta=-1.0), dict(gamma=-2.0)):
+        with pytest.raises(ValueError, match="must be >= 0 and not all 0"):
+            IRL(**bad)
+    assert IRL().extra_state() == {}                                   # nothing to checkpoint before setup
+
+
+def _hooks(model):
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def test_logits_only_distance_and_no_taps_without_distance(small_batch):
+    torch.manual_seed(0)
+    model, b = Net(), small_batch(5)
+    m = IRL(layers=["logits"], noise=shrink)                           # d on the model output only
+    m.setup(model)
+    assert m.layers == ["logits"] and _hooks(model) == 0
+    loss, metrics = m.loss(model, b, 0)
+    out, out_n = model(b["x"]), model(shrink(b["x"], None))
+    dist = irl_distance(out, out_n, 1.0, "mean").mean()
+    ref = 0.5 * F.cross_entropy(out, b["y"]) + 0.5 * F.cross_entropy(out_n, b["y"]) + dist
+    assert torch.allclose(loss, ref, atol=1e-5) and metrics["dist_logits"] == pytest.approx(float(dist), rel=1e-5)
+    m.remove()
+    bat = IRL(preset="irl_batching", layers=["block1", "logits"], noise=shrink)    # gamma = 0: nothing captured
+    bat.setup(model)
+    assert _hooks(model) == 0
+    other = Net()                                                     # taps unused: any model can be trained
+    bat.loss(other, b, 0)
+    assert bat.taps.activations == {}
+
+
+def test_only_the_needed_parts_go_through_batchnorm(small_batch, make_resnet):
+    """BatchNorm sees exactly the images of the terms with non-zero weight: the clean batch for (1, 0, 0),
+    the noisy copies for (0, 1, 0), both for the distance term."""
+    b = small_batch(6)
+    model = make_resnet()
+    for preset, x_in in [("standard", b["x"]), ("augment", shrink(b["x"], None))]:
+        m = IRL(preset=preset, noise=shrink)
+        m.setup(model)
+        assert torch.allclose(m.loss(model, b, 0)[0], F.cross_entropy(model(x_in), b["y"]), atol=1e-5), preset
+        m.remove()
+    m = IRL(alpha=0, beta=0, gamma=0.5, layers=["layer4", "logits"], noise=shrink)    # distance only
+    m.setup(model)
+    loss, _ = m.loss(model, b, 0)
+    m.remove()
+    with LayerTaps(model, ["layer4"]) as taps:
+        out = model(torch.cat([b["x"], shrink(b["x"], None)]))
+        h = taps["layer4"]
+    d = irl_distance(h[:6], h[6:], 1.0, "mean") + irl_distance(out[:6], out[6:], 1.0, "mean")
+    assert torch.allclose(loss, 0.5 * d.mean(), atol=1e-5)
+
+
+def test_supervised_irl_ignores_unlabeled_images_in_the_batch(small_batch):
+    torch.manual_seed(0)
+    model, b = Net(), small_batch(4, nu=5)
+    m = IRL(noise=shrink, layers=["block2", "logits"])
+    m.setup(model)
+    with_u, _ = m.loss(model, b, 0)
+    without, _ = m.loss(model, {"x": b["x"], "y": b["y"]}, 0)
+    assert torch.allclose(with_u, without)
+
+
+@pytest.mark.parametrize("semi", [False, True])
+def test_labeled_copies_are_attacked_with_their_labels(semi, small_batch):
+    """Adversarial noise: FGSM with the true label for labeled images (unlabeled: the model's prediction)."""
+    torch.manual_seed(0)
+    model, b = Net(), small_batch(6, nu=3 if semi else 0)
+    with torch.no_grad():
+        pred = model(b["x"]).argmax(-1)
+    b["y"] = (pred + 1) % 10                                           # labels != predictions
+    m = IRL(noise="adversarial", eps=0.1, semi_supervised=semi, layers=["logits"])
+    m.setup(model)
+    _, metrics = m.loss(model, b, 0)
+    adv = fgsm_attack(model, b["x"], b["y"], 0.1)
+    assert metrics["ce_noise"] == pytest.approx(float(F.cross_entropy(model(adv), b["y"])), rel=1e-5)
+
+
+def test_accuracy_metric_is_on_the_clean_labeled_images(small_batch):
+    torch.manual_seed(0)
+    model, b = Net(), small_batch(8)
+    with torch.no_grad():
+        pred = model(b["x"]).argmax(-1)
+    b["y"] = torch.where(torch.arange(8) < 6, pred, (pred + 1) % 10)     # 6 of 8 right
+    m = IRL(noise=shrink)
+    m.setup(model)
+    assert m.loss(model, b, 0)[1]["acc"] == 0.75
+
+
+def test_default_layers_are_the_last_four_of_more_stages():
+    class Deep(nn.Module):
+        def __init__(self):
+            super().__init__()
+            for i in range(1, 6):
+                setattr(self, f"block{i}", nn.Sequential(nn.Linear(4, 4), nn.ReLU()))
+            self.head = nn.Linear(4, 3)
+
+        def forward(self, x):
+            for i in range(1, 6):
+                x = getattr(self, f"block{i}")(x)
+            return self.head(x)
+
+    m = IRL()
+    m.setup(Deep())
+    assert m.layers == ["block2", "block3", "block4", "block5", "logits"]

@@ -150,3 +150,37 @@ def test_noise_is_seeded_resumable_and_optionally_clipped(make_resnet, few_digit
     with torch.no_grad():
         ref = finite_difference_lipschitz(model(x).softmax(-1), model(first).softmax(-1), x, first)
     assert m["lip"] == pytest.approx(float(ref.mean()), rel=1e-4)
+
+
+def test_estimate_is_exact_for_tiny_perturbations_and_checks_the_batch():
+    """Eq. 4 is a ratio: a perturbation of norm << 1 (small sigma, few pixels) gives the slope too."""
+    x = torch.rand(5, 4)
+    xt = x + 1e-3 * torch.randn(5, 4)
+    assert torch.allclose(finite_difference_lipschitz(3 * x, 3 * xt, x, xt), torch.full((5,), 3.0), rtol=1e-3)
+    with pytest.raises(ValueError, match="shapes must pair up"):
+        finite_difference_lipschitz(torch.rand(4, 2), torch.rand(4, 2), x, xt)     # 4 outputs for 5 inputs
+    from zoo.methods.lipschitz import gaussian_perturb
+    for dtype in (torch.float64, torch.bfloat16):                     # x~ keeps the input's precision
+        assert gaussian_perturb(x.to(dtype), 0.1, torch.Generator().manual_seed(0)).dtype == dtype
+
+
+def test_seed_without_setup_metrics_and_evaluation_defaults(make_resnet, few_digits):
+    x, y = few_digits(8)
+    a, b = create_method("lipschitz", seed=3), create_method("lipschitz", seed=3)
+    assert torch.equal(a.perturb(x), b.perturb(x))                   # seeded also when used without setup
+    model = make_resnet().eval()
+    with torch.no_grad():
+        pred = model(x).argmax(-1)
+    y = torch.where(torch.arange(8) < 6, pred, (pred + 1) % 10)       # 6 of 8 right
+    _, m = create_method("lipschitz", seed=1).loss(model, {"x": x, "y": y}, 0)
+    with torch.no_grad():
+        assert m["acc"] == 0.75 and m["task"] == pytest.approx(float(F.cross_entropy(model(x), y)), rel=1e-5)
+    # the evaluation: sigma 0.1 (the top of the paper's sweep) unless told, the output option honoured
+    ctx = EvalContext(seed=3)
+    col = evaluate_robustness(model, x, y, ["lipschitz"], ctx)["lipschitz"]
+    assert col == pytest.approx(float(lipschitz_estimate(model, x, 0.1, generator=ctx.generator(61)).mean()), rel=1e-5)
+    assert float(lipschitz_estimate(model, x, generator=ctx.generator(61)).mean()) == pytest.approx(col, rel=1e-5)
+    ctx = EvalContext(seed=3, options={"lipschitz": {"output": "probs"}})
+    col = evaluate_robustness(model, x, y, ["lipschitz"], ctx)["lipschitz"]
+    ref = lipschitz_estimate(model, x, 0.1, output="probs", generator=ctx.generator(61)).mean()
+    assert col == pytest.approx(float(ref), rel=1e-5)

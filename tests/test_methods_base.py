@@ -58,7 +58,8 @@ def test_user_methods_with_kwargs_are_not_checked_by_name():
         assert create_method("test_free_kwargs", anything=1).hparams == {"anything": 1}
         with pytest.raises(ValueError, match="already registered"):
             register_method("erm")(Free)
-        with pytest.raises(ValueError):
+        assert Free.name == "test_free_kwargs"
+        with pytest.raises(ValueError, match="name must be a non-empty string"):
             register_method("")(Free)
         with pytest.raises(ValueError, match="Method subclasses"):
             register_method("test_not_a_method")(int)
@@ -84,13 +85,21 @@ def test_method_kwargs_resolve_shared_or_per_method_with_clear_errors():
             ({"alpha": 2.0}, ["erm", "manifold_mixup"]),
         "method 'ict' has no hyperparameter 'wmax' (did you mean 'w_max'?)": ({"ict": {"wmax": 1}}, ["ict"]),
         "method 'irl' has no hyperparameter 'gama'": ({"gama": 1}, ["irl"]),
-        "unknown method 'nope'": ({}, ["nope"]),
-        "must be an object": ([1, 2], ["erm"]),
+        "unknown method 'nope'; registered methods: dai, erm, ict": ({}, ["nope"]),
+        "must be an object (a dict), got list": ([1, 2], ["erm"]),
+        "neither a registered method nor a hyperparameter of erm, ict; registered methods: dai, erm, ict,":
+            ({"zzz": {}}, ["erm", "ict"]),
+        "is not being run (methods: erm, input_mixup)": ({"ict": {}}, ["erm", "input_mixup"]),
+        "mix per-method entries ('ict', 'irl') with shared hyperparameters ('alpha', 'K')":
+            ({"ict": {}, "irl": {}, "alpha": 1, "K": 2}, ["ict", "irl"]),
+        "method 'erm' takes no hyperparameters, got 'alpha', 'beta'": ({"erm": {"alpha": 1, "beta": 2}}, ["erm"]),
     }
     for expected, (kwargs, methods) in cases.items():
         with pytest.raises(ValueError) as err:
             resolve_method_kwargs(kwargs, methods)
         assert expected in _one_line(err), (expected, str(err.value))
+        if len(methods) == 1:                         # the shared-kwargs hint only when several methods run
+            assert "shared method kwargs go to every method" not in str(err.value)
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -131,3 +140,60 @@ def test_step_counter_drives_the_loss_and_survives_a_checkpoint(image_batch, mak
     again(model, b)
     assert seen[-1] == 2 and method.step_fn(start=5).step == 5
     assert method.callbacks() == () and method.extra_state() == {} and method.eval_model(model) is model
+
+
+# Every hyperparameter at a value other than its default (and valid), per method.
+NON_DEFAULT = {
+    "irl": dict(alpha=0.2, beta=0.7, gamma=1.5, preset="irl_batching", K=2, layers=["layer2", "logits"],
+                layer_weights=[0.3, 2.0], lam=0.4, dist_reduction="sum", noise="gaussian",
+                noise_kwargs={"std": 0.2}, eps=0.05, semi_supervised=True, seed=3),
+    "dai": dict(alpha=0.2, M=3, layers=["layer1", "layer2"], layer_weights=[0.05, 0.15], ratio=5.0,
+                seed_reduction="sum", augment="gaussian", augment_kwargs={"std": 0.1}, keep_batch_size=True,
+                seed=4),
+    "ict": dict(alpha=0.5, w_max=30.0, ema_decay=0.99, ema_warmup=False, rampup_fraction=0.5, rampup_steps=7,
+                mixup_labeled=False, mixup_alpha=0.3, target_mix="logits", eval_teacher=False),
+    "manifold_mixup": dict(alpha=0.5, layers=[0, "layer1"], loss="bce"),
+    "input_mixup": dict(alpha=0.5, layers=["layer1"], loss="bce"),
+    "lipschitz": dict(sigma=0.05, beta=2.0, K=3.0, output="probs", clip=True, seed=5),
+    "semantic_noise": dict(perturb="random", lambda1=0.1, lambda2=0.5, sigma=0.3, rec_reduction="mean",
+                           detach_noise=False, seed=6),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NON_DEFAULT))
+def test_recorded_hparams_name_every_hyperparameter_and_rebuild_the_method(name):
+    """``method.hparams`` is what a run reports (results ``_hparams``, ``repr``): every hyperparameter with
+    the value given, JSON-serialisable, and enough to build the same method again."""
+    import json
+    kw = NON_DEFAULT[name]
+    assert set(kw) == set(method_hparam_names(name))                  # the table covers every hyperparameter
+    m = create_method(name, **kw)
+    assert m.hparams == kw
+    json.dumps(m.hparams)
+    assert create_method(name, **m.hparams).hparams == m.hparams
+
+
+@pytest.mark.parametrize("name, key", [("irl", "noise"), ("dai", "augment")])
+def test_a_noise_function_is_recorded_by_its_name(name, key):
+    import functools
+
+    def my_noise(x, g, scale=0.5):
+        return scale * x
+
+    assert create_method(name, **{key: my_noise}).hparams[key] == "my_noise"
+    partial = create_method(name, **{key: functools.partial(my_noise, scale=0.3)}).hparams[key]
+    assert isinstance(partial, str) and partial                        # no __name__: still a readable label
+
+
+def test_erm_accuracy_metric_and_errors(image_batch, make_resnet):
+    model, b = make_resnet().eval(), image_batch(8)
+    with torch.no_grad():
+        pred = model(b["x"]).argmax(-1)
+    y = torch.where(torch.arange(8) < 6, pred, (pred + 1) % 10)        # 6 of 8 right
+    _, metrics = create_method("erm").loss(model, {"x": b["x"], "y": y}, 0)
+    assert metrics["acc"] == 0.75
+    assert create_method("erm").hparams == {} and repr(create_method("erm")) == "Method()"
+    with pytest.raises(ValueError, match=r"Method takes no hyperparameters, got \['alpha'\]"):
+        Method(alpha=1.0)
+    assert MethodStepFn(create_method("erm")).step == 0                # a fresh counter starts at step 0
+    create_method("erm").setup(model, total_steps=1)                   # a one-step run is a run

@@ -242,3 +242,16 @@ def test_layer_indices_out_of_range_are_an_error_not_dropped():
     method = create_method("manifold_mixup", layers=[0, n - 1])
     method.setup(model)
     assert len(method.layers) == 2 and method.layers[0] == "input"
+
+
+def test_remove_detaches_every_hook_and_the_method_then_refuses_to_run(xy, make_resnet):
+    x, y = xy
+    model = make_resnet()
+    method = create_method("manifold_mixup")
+    method.setup(model)
+    assert any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    method.remove()
+    method.remove()                                            # twice is fine
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    with pytest.raises(ValueError, match=r"ManifoldMixup\.setup\(model\) must be called with this model"):
+        method.loss(model, {"x": x, "y": y}, 0)

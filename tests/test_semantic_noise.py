@@ -212,3 +212,52 @@ def test_mlp_with_random_perturbation_learns_from_few_labels(chance):
     fit(model, opt, batches, steps=120, progress=False, **method.fit_kwargs())
     acc = float((predict(model, xt).argmax(-1) == yt).float().mean())
     assert acc > 3 * chance, acc
+
+
+def test_setup_names_what_a_plain_classifier_lacks(make_resnet):
+    with pytest.raises(ValueError) as err:
+        create_method("semantic_noise").setup(make_resnet())
+    assert str(err.value) == ("semantic_noise needs an encoder / classifier / tied-decoder model with encode, "
+                              "classify, decode_x, decode_z (missing encode, classify, decode_x, decode_z): use "
+                              "snm_mnist_convnet or snm_mnist_mlp (zoo.models.snm), got ResNet")
+
+
+def test_latent_noise_is_fresh_every_step_and_seeded_with_or_without_setup():
+    torch.manual_seed(0)
+    model = timm.create_model("snm_mnist_mlp")
+    x = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        z = model.encode(x)
+        y = model.classify(z)
+    m = create_method("semantic_noise", seed=5)
+    m.setup(model)
+    first, second = m.latent_noise(model, z, y), m.latent_noise(model, z, y)
+    assert not torch.allclose(first, second)                          # a new draw per step
+    a, b = create_method("semantic_noise", seed=5), create_method("semantic_noise", seed=5)   # no setup
+    assert torch.equal(a.latent_noise(model, z, y), first) and torch.equal(b.latent_noise(model, z, y), first)
+    assert minmax_noise(y.to(torch.bfloat16), 0.2, torch.Generator()).dtype == torch.bfloat16
+
+
+def test_without_detach_the_perturbation_is_differentiable_in_the_prediction():
+    torch.manual_seed(0)
+    model = timm.create_model("snm_mnist_mlp")
+    z = model.encode(torch.rand(4, 1, 28, 28))
+    y = model.classify(z).detach().requires_grad_()
+    m = create_method("semantic_noise", seed=3, detach_noise=False)
+    m.setup(model)
+    m.latent_noise(model, z, y).pow(2).sum().backward()
+    assert y.grad is not None                                          # z_e = g2'(y + y_e) - g2'(y) depends on y
+
+
+def test_accuracy_metric_and_per_example_squared_error():
+    torch.manual_seed(0)
+    model = timm.create_model("snm_mnist_convnet")
+    x = torch.rand(8, 1, 28, 28)
+    with torch.no_grad():
+        pred = model.classify(model.encode(x)).argmax(-1)
+    t = torch.where(torch.arange(8) < 6, pred, (pred + 1) % 10)        # 6 of 8 right
+    m = create_method("semantic_noise", seed=1)
+    m.setup(model)
+    assert m.loss(model, {"x": x, "y": t}, 0)[1]["acc"] == 0.75
+    a, b = torch.rand(3, 2, 5), torch.rand(3, 2, 5)
+    assert l2_loss(a, b).item() == pytest.approx(((a - b) ** 2).sum((1, 2)).mean().item())   # ||a - b||^2

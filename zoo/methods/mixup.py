@@ -105,7 +105,6 @@ class ManifoldMixup(Method):
         self.alpha, self.layer_refs, self.loss_name = alpha, layers, loss
         self.taps: Optional[LayerTaps] = None
         self.layers: list = []
-        self.last: Dict[str, float] = {}
 
     def setup(self, model: nn.Module, total_steps: Optional[int] = None) -> None:
         """Attach (capture-free) taps on the eligible layers of ``model``."""
@@ -150,7 +149,6 @@ class ManifoldMixup(Method):
             loss = lam * F.cross_entropy(logits, y) + (1.0 - lam) * F.cross_entropy(logits, y[perm])
         else:
             loss = bce_on_softmax(logits, mixed_targets(y, logits.shape[-1], lam, perm))
-        self.last = {"lam": lam, "layer": float(k)}
         return loss, {"lam": lam, "layer": float(k)}
 
     def callbacks(self) -> tuple:
