@@ -235,3 +235,44 @@ def test_bf16_autocast_and_channels_last_inputs():
     assert low.shape == ref.shape and torch.isfinite(low).all()
     rel = (low.float() - ref).norm() / ref.norm()                    # bf16 keeps ~3 digits: a 1-2% relative error
     assert rel < 0.03, rel
+
+
+# -- edge paths the mutation sample of zoo/layers found unguarded (benchmarks/mutation.md) -----------------
+
+def _tiny_net(**kw):
+    torch.manual_seed(0)
+    mods = [nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 6, 3, stride=2, padding=1)]
+    return NFM(mods, [4, 6], in_chans=3, d_k=4, d_v=4, num_heads=2, top_k=2, **kw)
+
+
+def test_the_thesis_sizes_are_the_defaults():
+    """Thesis 10.3.2.1 / 10.4: 4 heads, top-k 5 of the slots, 2 passes, score scale 1/d_k."""
+    blk = NFMAttention(8, [8])
+    assert (blk.num_heads, blk.top_k, blk.scale) == (4, 5, 1 / 16)
+    net = NFM([nn.Conv2d(3, 4, 3, padding=1)], [4], in_chans=3)
+    assert net.num_passes == 2
+    assert blk.out1.bias is None                  # the BN after W_o1 makes its bias redundant; none is made
+
+
+def test_run_collects_attention_only_when_asked_and_set_compile_blocks_defaults_to_on():
+    net = _tiny_net()
+    x = torch.randn(2, 3, 8, 8)
+    assert net.run(x).attention == []
+    assert len(net.run(x, return_attention=True).attention) == len(net.attn)
+    net.set_compile_blocks()
+    assert net.compile_blocks and all(b.compile_blocks for b in net.attn.values())
+    net.set_compile_blocks(False)
+    assert not any(b.compile_blocks for b in net.attn.values())
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: NFMAttention(0, [8]), "query_dim must be a positive int, got 0"),
+    (lambda: NFMAttention(8, []), "source_dims must be a non-empty list of positive channel counts"),
+    (lambda: NFMAttention(8, [8], topk_rule="bogus"), "allowed values: 'topk_softmax', 'reference'"),
+    (lambda: NFMAttention(8, [8])(torch.randn(2, 8, 4, 4), [[1, 2]]), r"source 0 must be a tensor \(B, C, \*S\), got list"),
+    (lambda: NFMAttention(8, [8], out_layers="conv3x3")(torch.randn(2, 8, 5), [torch.randn(2, 8, 5)]),
+     "use out_layers='linear' for vectors and sequences"),
+])
+def test_bad_nfm_input_names_what_is_wrong(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()

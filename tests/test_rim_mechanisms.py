@@ -210,13 +210,14 @@ def test_input_logit_rule_equals_null_softmax_with_one_row_and_no_bias():
 
 
 # --- comm_topk, gradient blocking ---------------------------------------------------------------------
-def test_comm_topk_keeps_the_largest_scores():
-    dense, sparse = _cell(k_active=4), _cell(k_active=4, comm_topk=2)
+@pytest.mark.parametrize("k", [1, 2])
+def test_comm_topk_keeps_the_largest_scores(k):
+    dense, sparse = _cell(k_active=4), _cell(k_active=4, comm_topk=k)
     sparse.load_state_dict(dense.state_dict())
     x, h, c = _inputs()
     p_dense = dense(x, (h, c), return_info=True)[2].comm_attention       # (B, H, U, U)
     p_sparse = sparse(x, (h, c), return_info=True)[2].comm_attention
-    top = p_dense.topk(2, dim=-1).indices
+    top = p_dense.topk(k, dim=-1).indices
     kept = torch.zeros_like(p_dense, dtype=torch.bool).scatter_(-1, top, True)
     assert torch.equal(p_sparse > 0, kept)
     renorm = torch.where(kept, p_dense, torch.zeros_like(p_dense))
@@ -234,3 +235,77 @@ def test_candidate_source_blocks_the_gradient_of_inactive_candidates():
     # ... although the output depends on them (the active units read the candidates)
     other = _perturbed(cell, lambda m: [m.w_hh.weight[u].mul_(-2.0) for u in inactive.tolist()])
     assert not torch.allclose(other(x, (h, c))[0], out)
+
+
+# -- edge paths the mutation sample of zoo/layers found unguarded (benchmarks/mutation.md) -----------------
+
+def _rim(**kw):
+    from zoo import RIM
+    torch.manual_seed(0)
+    base = dict(num_units=4, k_active=2)
+    base.update(kw)
+    return RIM(5, 24, **base).double()
+
+
+@pytest.mark.parametrize("rows", [None, 3])
+def test_an_empty_sequence_gives_info_shaped_like_a_longer_ones_minus_time(rows):
+    rim = _rim(num_layers=2)
+    shape = (4, 2, 5) if rows is None else (4, 2, rows, 5)
+    x = torch.randn(*shape, dtype=torch.double)
+    _, _, full = rim(x, return_info=True)
+    out, (h, c), empty = rim(x[:0], return_info=True)
+    assert out.shape == (0, 2, 24) and h.shape == c.shape == (2, 2, 24)
+    for a, b in zip(empty, full):
+        assert a.shape == (0,) + b.shape[1:]
+
+
+def test_batch_first_moves_episode_starts_with_the_input():
+    tm, bf = _rim(), _rim(batch_first=True)
+    x = torch.randn(6, 3, 5, dtype=torch.double)                          # (T, B, F)
+    starts = torch.zeros(6, 3)
+    starts[3, 1] = 1
+    out_tm, (h_tm, _) = tm(x, episode_starts=starts)
+    out_bf, (h_bf, _) = bf(x.transpose(0, 1), episode_starts=starts.transpose(0, 1))
+    assert torch.allclose(out_bf.transpose(0, 1), out_tm) and torch.allclose(h_bf, h_tm)
+    assert not torch.allclose(out_tm, tm(x)[0])                           # the reset did something
+
+
+def test_unbatched_input_with_a_given_state_equals_a_batch_of_one():
+    rim = _rim(num_layers=2)
+    x = torch.randn(5, 5, dtype=torch.double)
+    h0, c0 = torch.randn(2, 24, dtype=torch.double), torch.randn(2, 24, dtype=torch.double)
+    out, (h, c) = rim(x, (h0, c0))
+    out1, (h1, c1) = rim(x[:, None], (h0[:, None], c0[:, None]))
+    assert out.shape == (5, 24) and h.shape == (2, 24)
+    assert torch.equal(out, out1[:, 0]) and torch.equal(h, h1[:, 0]) and torch.equal(c, c1[:, 0])
+
+
+def test_init_state_takes_the_requested_dtype_and_comm_scale_stays_out_of_checkpoints():
+    cell = _cell()
+    h, c = cell.init_state(3, dtype=torch.float64)
+    assert h.dtype == c.dtype == torch.float64 and h.shape == (3, 24) and not h.any()
+    assert not any("comm_scale" in k for k in cell.state_dict())         # a buffer derived from the sizes
+
+
+@pytest.mark.parametrize("build, match", [
+    (lambda: _rim(bias=False), "bias=False is not supported by RIM"),
+    (lambda: _rim(proj_size=3), "proj_size is not supported by RIM"),
+    (lambda: _cell(input_size=0), "input_size"),
+    (lambda: _cell(comm_heads=0), "comm_heads"),
+    (lambda: _cell(competition="bogus"), "competition"),
+    (lambda: _cell(readout="bogus"), "readout"),
+])
+def test_bad_rim_options_name_themselves(build, match):
+    with pytest.raises(ValueError, match=match):
+        build()
+
+
+def test_grouped_linear_applies_unit_u_weights_to_unit_u_only():
+    from zoo.layers.grouped import GroupedLinear
+    torch.manual_seed(0)
+    lin = GroupedLinear(3, 4, 2).double()
+    x = torch.randn(2, 5, 3, 4, dtype=torch.double)                       # (..., U, in)
+    y = lin(x)
+    assert y.shape == (2, 5, 3, 2)
+    for u in range(3):
+        assert torch.allclose(y[..., u, :], x[..., u, :] @ lin.weight[u] + lin.bias[u])
