@@ -52,8 +52,6 @@ class RelationNetwork(StagedNet):
     ``forward_features(x)`` ``(B, width, s, s)``; ``forward_head(..., pre_logits=True)`` ``(B, f_hidden)``.
     """
 
-    coords: torch.Tensor                                                         # buffer (s*s, 2)
-
     def __init__(self, num_classes: int = 10, in_chans: int = 3, question_dim: int = 11, width: int = 24,
                  depth: int = 4, img_size: int = 75, g_hidden: int = 256, g_layers: int = 4, f_hidden: int = 256,
                  drop_rate: float = 0.0, nfm: Optional[Dict[str, Any]] = None, global_pool: str = "flatten") -> None:
@@ -95,7 +93,8 @@ class RelationNetwork(StagedNet):
         o = feats.flatten(2).transpose(1, 2)                                     # b c h w -> b (h w) c
         check_size(o, 1, self.side * self.side, "features have {got} cells, the model was built for "
                    f"{self.side * self.side}; build it with the matching img_size")
-        return torch.cat([o, self.coords.to(o.dtype).expand(o.shape[0], -1, -1)], dim=-1)
+        # a buffer; not annotated on the class (a string annotation breaks torch.jit.script)
+        return torch.cat([o, self.coords.to(o.dtype).expand(o.shape[0], -1, -1)], dim=-1)  # type: ignore[operator]
 
     def relations(self, feats: torch.Tensor, question: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``sum_{i,j} g_theta(o_i, o_j, q)``: ``(B, g_hidden)``."""
