@@ -2,6 +2,8 @@
 messages, ``--method-kwargs`` objects resolve to per-method hyperparameters (shared or keyed by method),
 every method receives the run length through ``setup(model, total_steps=...)``, and the step counter that
 drives schedules survives checkpoints."""
+import re
+
 import pytest
 import torch
 
@@ -197,3 +199,14 @@ def test_erm_accuracy_metric_and_errors(image_batch, make_resnet):
         Method(alpha=1.0)
     assert MethodStepFn(create_method("erm")).step == 0                # a fresh counter starts at step 0
     create_method("erm").setup(model, total_steps=1)                   # a one-step run is a run
+
+
+@pytest.mark.parametrize("name, call, what", [
+    ("dai", lambda m: m.augment_batch(torch.rand(2, 1, 8, 8), torch.zeros(2, dtype=torch.long)), "augment_batch()"),
+    ("irl", lambda m: m.noisy_copies(torch.nn.Linear(4, 2), torch.rand(2, 4), None), "noisy_copies()"),
+    ("manifold_mixup", lambda m: m.set_mix(0, 0.5, torch.tensor([1, 0])), "set_mix()"),
+])
+def test_calls_before_setup_say_to_call_setup_first(name, call, what):
+    m = create_method(name)
+    with pytest.raises(ValueError, match=rf"^{type(m).__name__}\.setup\(model\) must be called before {re.escape(what)}$"):
+        call(m)

@@ -246,7 +246,12 @@ def test_without_detach_the_perturbation_is_differentiable_in_the_prediction():
     m = create_method("semantic_noise", seed=3, detach_noise=False)
     m.setup(model)
     m.latent_noise(model, z, y).pow(2).sum().backward()
-    assert y.grad is not None                                          # z_e = g2'(y + y_e) - g2'(y) depends on y
+    assert y.grad is not None and y.grad.abs().sum() > 0               # z_e = g2'(y + y_e) - g2'(y) depends on y
+    y.grad = None
+    detached = create_method("semantic_noise", seed=3)                  # the default: a constant perturbation
+    detached.setup(model)
+    noise = detached.latent_noise(model, z, y)
+    assert not noise.requires_grad
 
 
 def test_accuracy_metric_and_per_example_squared_error():
