@@ -182,12 +182,13 @@ def main(argv=None) -> dict:
              "skipped": counts.get("skipped", 0), "counts": counts}
     if chosen:
         stats["population"] = len(population)
-    survivors = [(n, s) for n, s in sorted(status.items()) if s not in ("killed", "timeout", "skipped")]
+    caught_or_skipped = ("killed", "timeout", "skipped")
+    survivors = [(n, s) for n, s in sorted(status.items()) if s not in caught_or_skipped]
     with open(work / "survivors.md", "w") as f:
         f.write(f"# Mutants not killed ({a.target} at {ref})\n\n")
-        for name, status in survivors:
+        for name, verdict in survivors:
             diff = mutmut(work, ["show", name], a.nice).stdout
-            f.write(f"## {name}: {status}\n\n```diff\n{diff.strip()}\n```\n\n")
+            f.write(f"## {name}: {verdict}\n\n```diff\n{diff.strip()}\n```\n\n")
     tested = stats["total"] - stats["skipped"]
     caught = stats["killed"] + stats["timeout"]
     score = caught / tested if tested else 0.0
@@ -195,7 +196,7 @@ def main(argv=None) -> dict:
         stats["score_ci95"] = wilson(caught, tested)
     summary = {"target": a.target, "ref": ref, "tests": tests, "fast_tier": not a.slow, **stats,
                "score": round(score, 4), "wall_seconds": round(seconds), "mutmut_exit_code": run.returncode,
-               "not_killed": {s: sum(1 for _, st in survivors if st == s) for s in sorted({st for _, st in survivors})}}
+               "not_killed": {s: n for s, n in counts.items() if s not in caught_or_skipped}}
     (work / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
     ci = f" (95 % interval {100 * stats['score_ci95'][0]:.1f}-{100 * stats['score_ci95'][1]:.1f} %, a sample of " \
