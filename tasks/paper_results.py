@@ -70,7 +70,7 @@ def _copying_runs(scale: str, smoke: bool) -> Dict[str, Any]:
 
     if smoke:
         return {"main": copying.Config(steps=3, eval_size=16, eval_every=0, seeds=1, train_len=5, test_lens=[5, 20],
-                                       model_kwargs='{"hidden_size": 12, "embed_dim": 8}')}
+                                       compile=False, model_kwargs='{"hidden_size": 12, "embed_dim": 8}')}
     if scale == "paper":
         return {"main": copying.Config(models=["rim_lstm_seq", "lstm_seq"], steps=20000, lr=1e-3, seeds=3)}
     return {"main": copying.Config()}
@@ -291,7 +291,7 @@ def _seq_mnist_runs(scale: str, smoke: bool) -> Dict[str, Any]:
     from tasks import seq_mnist
 
     if smoke:
-        return {"main": seq_mnist.Config(steps=3, seeds=1, train_resolution=5, test_resolutions=[5, 7], val_size=20,
+        return {"main": seq_mnist.Config(steps=3, seeds=1, compile=False, train_resolution=5, test_resolutions=[5, 7], val_size=20,
                                          test_size=20, eval_every=0, model_kwargs='{"hidden_size": 12, "embed_dim": 8}')}
     if scale == "paper":
         return {"main": seq_mnist.Config(models=["rim_lstm_seq", "lstm_seq"], dataset="mnist", download=True,

@@ -82,6 +82,9 @@ class Config(RunConfig):
                                     "end; the test uses the best step's weights (0: only at the end)", ge=0)
     val_size: int = arg(0, help="validation digits per evaluation (0: all of the validation split)", ge=0)
     test_size: int = arg(0, help="test digits per resolution (0: all; 1,000 for digits, 10,000 for mnist)", ge=0)
+    compile: bool = arg(False, help="run the RIM time step through torch.compile (see benchmarks/seq_mnist_t576.py; "
+                                    "the first run compiles for about a minute, later runs load the cache; eager "
+                                    "where compiling fails)")
     model_kwargs: str = arg("{}", help='JSON extra model kwargs for every model, e.g. \'{"hidden_size": 120}\', or '
                                        'per model: \'{"rim_lstm_seq_small": {"k_active": 3}, "lstm_seq_small": {}}\'')
     out: str = arg("runs/seq_mnist", help="output folder", path="out_dir")
@@ -105,9 +108,10 @@ class Config(RunConfig):
 
 
 def model_kwargs(cfg: Config, name: str) -> dict:
-    """The extra kwargs of model ``name`` from ``--model-kwargs`` (:func:`zoo.engine.per_model_kwargs`: one
-    object for every model, or ``{"*": {...}, "<model>": {...}}``)."""
-    return per_model_kwargs(cfg.model_kwargs, cfg.models)[name]
+    """The extra kwargs of model ``name``: ``compile=cfg.compile``, then ``--model-kwargs``
+    (:func:`zoo.engine.per_model_kwargs`: one object for every model, or ``{"*": {...}, "<model>": {...}}``),
+    which may override it."""
+    return {"compile": cfg.compile, **per_model_kwargs(cfg.model_kwargs, cfg.models)[name]}
 
 
 def build_model(name: str, input: str = "tokens", kwargs: Optional[dict] = None) -> SequenceModel:

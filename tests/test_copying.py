@@ -32,13 +32,61 @@ def test_metrics_separate_recall_from_blanks():
     assert math.isclose(m["ce_all"], math.log(10) * 10 / 25, rel_tol=1e-4)   # diluted by the blanks
 
 
+def test_curriculum_grows_the_dormant_length_linearly_then_holds_it():
+    lengths = [copying.curriculum_length(50, s, (10, 8)) for s in range(12)]
+    assert lengths == [10, 15, 20, 25, 30, 35, 40, 45, 50, 50, 50, 50]
+    assert [copying.curriculum_length(50, s) for s in (0, 7, 10_000)] == [50, 50, 50]     # off: T throughout
+    stream = copying.copying_batches(50, 4, seed=0, curriculum=(10, 8))
+    widths = [next(stream)[0].shape[1] for _ in range(10)]           # T + 20 tokens per sequence
+    assert widths == [length + 20 for length in lengths[:10]]
+    resumed = copying.copying_batches(50, 4, seed=0, curriculum=(10, 8))
+    state = copying.copying_batches(50, 4, seed=0, curriculum=(10, 8))
+    for _ in range(3):
+        next(state)
+    resumed.load_state_dict(state.state_dict())                        # a checkpoint's stream state
+    x_resumed, x_state = next(resumed)[0], next(state)[0]
+    assert torch.equal(x_resumed, x_state) and x_resumed.shape[1] == lengths[3] + 20
+
+
+def test_compile_option_reaches_the_rim_and_model_kwargs_override_it():
+    cfg = copying.Config(models=["rim_lstm_seq_small", "lstm_seq_small"], model_kwargs='{"hidden_size": 96}')
+    assert copying.model_kwargs(cfg, "rim_lstm_seq_small") == {"compile": False, "hidden_size": 96}
+    cfg = copying.Config(models=["rim_lstm_seq_small"], compile=True)
+    assert copying.model_kwargs(cfg, "rim_lstm_seq_small") == {"compile": True}
+    cfg = copying.Config(models=["rim_lstm_seq_small"], compile=True, model_kwargs='{"compile": false}')
+    assert copying.model_kwargs(cfg, "rim_lstm_seq_small")["compile"] is False
+
+
+def test_schedule_warmup_and_curriculum_reach_the_training_loop(tmp_path, monkeypatch):
+    import csv
+    lengths = []
+    batch = copying.copying_batch
+
+    def recording(T, batch_size, generator=None, n_sequence=copying.NUM_RECALL):
+        if batch_size == 2:                                            # training batches (tests use 4)
+            lengths.append(T)
+        return batch(T, batch_size, generator, n_sequence)
+
+    monkeypatch.setattr(copying, "copying_batch", recording)
+    copying.main(["--models", "lstm_seq_small", "--model-kwargs", '{"hidden_size": 8, "embed_dim": 4}',
+                  "--steps", "10", "--batch-size", "2", "--lr", "0.01", "--schedule", "cosine", "--warmup", "0.2",
+                  "--curriculum", "1", "5", "--train-len", "6", "--test-lens", "6", "--eval-size", "4",
+                  "--eval-every", "0", "--log-every", "1", "--workers", "1", "--out", str(tmp_path), "--no-progress"])
+    rows = list(csv.DictReader(open(tmp_path / "lstm_seq_small" / "seed0" / "metrics.csv")))
+    lrs = [float(r["train/lr"]) for r in rows if r.get("train/lr")]
+    # the lr logged after step s is the one for step s: warm-up 0.005, 0.01 (2 steps), then cosine over 8
+    expected = [0.01 * (s + 1) / 2 if s < 2 else 0.005 * (1 + math.cos(math.pi * (s - 2) / 8)) for s in range(1, 11)]
+    assert lrs == pytest.approx(expected[:len(lrs)], abs=1e-9) and len(lrs) == 10
+    assert lengths == [1, 2, 3, 4, 5, 6, 6, 6, 6, 6]                    # --curriculum 1 5 up to --train-len 6
+
+
 @pytest.mark.slow
 def test_short_run_learns_and_writes_results(tmp_path):
     out = tmp_path / "copy"
     results = copying.main([
         "--models", "rim_lstm_seq_small", "--train-len", "4", "--test-lens", "4", "12", "--symbols", "3",
         "--steps", "250", "--batch-size", "32", "--lr", "1e-2", "--eval-every", "0", "--eval-size", "256",
-        "--workers", "1", "--out", str(out), "--no-progress",
+        "--workers", "1", "--out", str(out), "--no-progress", "--no-compile",
         "--model-kwargs", '{"hidden_size": 96, "embed_dim": 32}'])
     r = results["rim_lstm_seq_small"]["4"]
     assert r["ce_recall"] < 0.5 * copying.CHANCE_CE                  # well below chance (ln 8)

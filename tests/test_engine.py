@@ -178,6 +178,30 @@ def test_cosine_schedule_decays_to_zero_and_constant_is_none():
         lr_schedule(opt, "linear", 100)
 
 
+def _lrs(sched_opt, steps):
+    sched, opt = sched_opt
+    out = []
+    for _ in range(steps):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return out
+
+
+def test_warmup_ramps_linearly_then_cosine_or_constant():
+    from zoo.engine import lr_schedule
+    opt = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=2.0)
+    lrs = _lrs((lr_schedule(opt, "cosine", 110, warmup=10), opt), 110)
+    assert lrs[:10] == pytest.approx([2.0 * (t + 1) / 10 for t in range(10)])
+    assert lrs[10] == pytest.approx(2.0) and lrs[60] == pytest.approx(1.0) and lrs[-1] < 0.01
+    opt = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=2.0)
+    lrs = _lrs((lr_schedule(opt, "constant", 50, warmup=4), opt), 50)
+    assert lrs[:4] == pytest.approx([0.5, 1.0, 1.5, 2.0]) and set(lrs[4:]) == {2.0}
+    for bad in (-1, 50):
+        with pytest.raises(ValueError, match="warmup"):
+            lr_schedule(opt, "constant", 50, warmup=bad)
+
+
 def test_per_run_keys_each_run_by_name_and_seed_and_skips_runs_without_the_value():
     from zoo.engine import per_run
     runs = [{"model": "a", "seed": 0, "seconds": 1.5}, {"model": "a", "seed": 1, "seconds": 2.0},

@@ -26,14 +26,14 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONUNB
 TINY_RIM = '{"hidden_size": 12, "embed_dim": 8, "num_units": 3, "k_active": 2}'
 COPYING = ["-m", "tasks.copying", "--models", "rim_lstm_seq_small", "--model-kwargs", TINY_RIM, "--train-len", "3",
            "--test-lens", "3", "5", "--symbols", "2", "--batch-size", "4", "--eval-size", "16", "--eval-every", "30",
-           "--checkpoint-every", "10", "--log-every", "7", "--threads", "1", "--no-progress"]
+           "--checkpoint-every", "10", "--log-every", "7", "--threads", "1", "--no-progress", "--no-compile"]
 CLASSIFY = ["-m", "tasks.classify", "--method", "ict", "--labels-per-class", "10", "--batch-size", "8",
             "--unlabeled-batch-size", "8", "--evaluations", "clean", "--eval-size", "50", "--eval-every", "40",
             "--checkpoint-every", "10", "--log-every", "7", "--threads", "1", "--no-progress"]
 SEQ_MNIST = ["-m", "tasks.seq_mnist", "--models", "rim_lstm_seq_small", "--model-kwargs", TINY_RIM,
              "--train-resolution", "5", "--test-resolutions", "5", "7", "--batch-size", "8", "--val-size", "40",
              "--test-size", "40", "--eval-every", "30", "--checkpoint-every", "10", "--log-every", "7", "--threads", "1",
-             "--no-progress"]
+             "--no-progress", "--no-compile"]
 BALLS = ["-m", "tasks.bouncing_balls", "--models", "lstm_balls_small", "--model-kwargs", '{"hidden_size": 16}',
          "--train-sequences", "16", "--test-sequences", "4", "--frames", "9", "--context", "3", "--resolution", "16",
          "--batch-size", "4", "--seeds", "1", "--eval-every", "30", "--checkpoint-every", "10", "--log-every", "7",
@@ -233,6 +233,10 @@ BAD_OPTIONS = [
     (copying, ["--test-lens", "50", "-3"], "--test-lens -3"),
     (copying, ["--lr", "inf"], "--lr inf is not a finite number"),
     (copying, ["--lr", "nan"], "--lr nan is not a finite number"),
+    (copying, ["--curriculum", "10"], "--curriculum takes two numbers"),
+    (copying, ["--curriculum", "0", "100"], "--curriculum 0 is out of range"),
+    (copying, ["--warmup", "1"], "--warmup 1.0 is out of range; allowed: >= 0 and < 1"),
+    (copying, ["--schedule", "linear"], "--schedule: invalid choice: 'linear'"),
     (copying, ["--device", "bogus"], "--device 'bogus'"),
     (copying, ["--device", "cuda:7"], "--device 'cuda:7'"),
     (copying, ["--models", "rim_lstm_seq_smal"], "registered sequence model"),

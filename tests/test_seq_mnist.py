@@ -172,8 +172,11 @@ def test_best_weights_keep_the_best_validation_step_across_a_checkpoint():
 
 def test_per_model_kwargs_and_their_errors():
     cfg = seq_mnist.Config(model_kwargs=json.dumps({"rim_lstm_seq_small": TINY_RIM, "lstm_seq_small": {}}))
-    assert seq_mnist.model_kwargs(cfg, "rim_lstm_seq_small") == TINY_RIM
-    assert seq_mnist.model_kwargs(cfg, "lstm_seq_small") == {}
+    assert seq_mnist.model_kwargs(cfg, "rim_lstm_seq_small") == {"compile": False, **TINY_RIM}
+    assert seq_mnist.model_kwargs(cfg, "lstm_seq_small") == {"compile": False}
+    cfg = seq_mnist.Config(compile=True, model_kwargs='{"rim_lstm_seq_small": {"compile": false}}')
+    assert seq_mnist.model_kwargs(cfg, "rim_lstm_seq_small") == {"compile": False}     # --model-kwargs override
+    assert seq_mnist.model_kwargs(cfg, "lstm_seq_small") == {"compile": True}
     with pytest.raises(ConfigError, match="not in --models"):
         seq_mnist.Config(model_kwargs='{"gru_seq": {}}')
     with pytest.raises(ConfigError, match="mixes"):
@@ -191,7 +194,7 @@ def test_short_run_learns_above_chance_and_tests_unseen_resolutions(tmp_path):
     results = seq_mnist.main([
         "--train-resolution", "7", "--test-resolutions", "7", "9", "5", "--steps", "300", "--batch-size", "32",
         "--lr", "3e-3", "--eval-every", "100", "--val-size", "200", "--test-size", "300", "--workers", "1",
-        "--model-kwargs", json.dumps(kwargs), "--out", str(out), "--no-progress"])
+        "--model-kwargs", json.dumps(kwargs), "--out", str(out), "--no-progress", "--no-compile"])
     saved = json.loads((out / "results.json").read_text())
     for name in ("rim_lstm_seq_small", "lstm_seq_small"):
         assert set(saved[name]) == {"7", "9", "5"}

@@ -347,16 +347,29 @@ def fit(
 SCHEDULES = ("cosine", "constant")
 
 
-def lr_schedule(optimizer: torch.optim.Optimizer, name: str, steps: int
+def lr_schedule(optimizer: torch.optim.Optimizer, name: str, steps: int, warmup: int = 0
                 ) -> Optional[torch.optim.lr_scheduler.LRScheduler]:
     """The learning-rate schedule of a harness (``--schedule``), stepped once per optimizer step by :func:`fit`.
 
     ``"cosine"``: ``lr_t = lr * (1 + cos(pi * min(t, steps) / steps)) / 2``, decaying to 0 at ``steps`` (the
     weights settle at the end, so batch-norm running statistics match the final weights at test time);
-    ``"constant"``: ``None`` (no scheduler).
+    ``"constant"``: ``lr`` throughout. ``warmup`` > 0 first ramps linearly, ``lr_t = lr * (t + 1) / warmup``
+    for ``t < warmup``; the cosine then runs over the remaining ``steps - warmup`` steps. Returns ``None``
+    (no scheduler) for a constant rate without warm-up.
     """
     if name not in SCHEDULES:
         raise ValueError(f"schedule {name!r} is not one of {', '.join(SCHEDULES)}")
-    if name == "constant":
+    if warmup < 0 or warmup >= max(steps, 1):
+        raise ValueError(f"warmup must be >= 0 and below steps={steps}, got {warmup}")
+    if name == "constant" and warmup == 0:
         return None
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+
+    def factor(t: int) -> float:
+        if t < warmup:
+            return (t + 1) / warmup
+        if name == "constant":
+            return 1.0
+        span = steps - warmup
+        return 0.5 * (1 + math.cos(math.pi * min(t - warmup, span) / span))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
