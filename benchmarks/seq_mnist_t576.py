@@ -3,14 +3,14 @@
     python benchmarks/seq_mnist_t576.py                        # paper sizes and the harness's small models
     python benchmarks/seq_mnist_t576.py --sizes paper --repeats 5 --batch 64
     python benchmarks/seq_mnist_t576.py --steps 196            # the training length (14x14)
-    python benchmarks/seq_mnist_t576.py --variants compiled    # only the compiled RIM step (the harness's default)
+    python benchmarks/seq_mnist_t576.py --variants compiled    # only the compiled RIM step (tasks.seq_mnist --compile)
 
 One training step as ``tasks.seq_mnist`` runs it (binary pixel tokens, embedding, recurrent core, class
 from the last step, cross-entropy, backward), timed for every (size, model, threads) variant in this one
 process, interleaved round by round so that load from other jobs hits all of them alike. Prints the
 median time of each and the ratio RIM / LSTM at each thread count (issue 13's goal: at most 1.5x), for the
-eager RIM step and the ``compile=True`` one (``tasks.seq_mnist``'s default; the first compile takes about a
-minute, later runs load torch's cache).
+eager RIM step (``tasks.seq_mnist``'s default) and the ``compile=True`` one (``--compile``; the first compile
+takes about a minute, later runs load torch's cache).
 
 Sizes: ``paper`` = ``rim_lstm_seq`` (6 units of 100, k_A = 4) vs ``lstm_seq`` (hidden 600), thesis
 Table 1; ``small`` = ``rim_lstm_seq_small`` vs ``lstm_seq_small`` (hidden 192), the harness's default.

@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 
 import zoo
-from zoo.engine import (SCHEDULES, lr_schedule, per_run, ConfigError, RunConfig, SeededStream, arg, command_line, config_to_dict, fit, fmt_mean_std,
-                        markdown_table, parse_config, per_model_kwargs, resolve_device, run_cli, run_grid,
-                        seed_everything, summarize_seeds, write_report)
+from zoo.engine import (SCHEDULES, ConfigError, RunConfig, SeededStream, arg, command_line, config_to_dict, fit,
+                        fmt_mean_std, lr_schedule, markdown_table, parse_config, per_model_kwargs, per_run,
+                        resolve_device, run_cli, run_grid, seed_everything, summarize_seeds, write_report)
 
 BLANK, MARKER, NUM_TOKENS = 0, 9, 10
 NUM_RECALL = 10
@@ -67,6 +67,8 @@ def copying_batches(T: int, batch_size: int, seed: int, n_sequence: int = NUM_RE
     """An endless stream of fresh training batches (the paper samples new sequences every step); its
     position is saved in checkpoints, so a resumed run sees the same batches. With ``curriculum = (T0, K)``
     the dormant length of batch ``s`` is :func:`curriculum_length` ``(T, s, curriculum)``."""
+    # SeededStream counts a batch before drawing it, so batch s is drawn with count == s + 1; the count is
+    # part of the stream's checkpointed state, which makes a resumed curriculum exact.
     stream = SeededStream(lambda g: copying_batch(curriculum_length(T, stream.count - 1, curriculum),
                                                   batch_size, g, n_sequence), seed)
     return stream

@@ -68,7 +68,10 @@ def test_schedule_warmup_and_curriculum_reach_the_training_loop(tmp_path, monkey
         return batch(T, batch_size, generator, n_sequence)
 
     monkeypatch.setattr(copying, "copying_batch", recording)
-    copying.main(["--models", "lstm_seq_small", "--model-kwargs", '{"hidden_size": 8, "embed_dim": 4}',
+    built = []
+    create = copying.zoo.create_model
+    monkeypatch.setattr(copying.zoo, "create_model", lambda name, **kw: built.append(kw) or create(name, **kw))
+    copying.main(["--compile","--models", "lstm_seq_small", "--model-kwargs", '{"hidden_size": 8, "embed_dim": 4}',
                   "--steps", "10", "--batch-size", "2", "--lr", "0.01", "--schedule", "cosine", "--warmup", "0.2",
                   "--curriculum", "1", "5", "--train-len", "6", "--test-lens", "6", "--eval-size", "4",
                   "--eval-every", "0", "--log-every", "1", "--workers", "1", "--out", str(tmp_path), "--no-progress"])
@@ -78,6 +81,7 @@ def test_schedule_warmup_and_curriculum_reach_the_training_loop(tmp_path, monkey
     expected = [0.01 * (s + 1) / 2 if s < 2 else 0.005 * (1 + math.cos(math.pi * (s - 2) / 8)) for s in range(1, 11)]
     assert lrs == pytest.approx(expected[:len(lrs)], abs=1e-9) and len(lrs) == 10
     assert lengths == [1, 2, 3, 4, 5, 6, 6, 6, 6, 6]                    # --curriculum 1 5 up to --train-len 6
+    assert built and all(kw["compile"] is True for kw in built)          # --compile reaches the model
 
 
 @pytest.mark.slow
