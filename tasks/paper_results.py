@@ -295,7 +295,8 @@ def _seq_mnist_runs(scale: str, smoke: bool) -> Dict[str, Any]:
                                          test_size=20, eval_every=0, model_kwargs='{"hidden_size": 12, "embed_dim": 8}')}
     if scale == "paper":
         return {"main": seq_mnist.Config(models=["rim_lstm_seq", "lstm_seq"], dataset="mnist", download=True,
-                                         steps=100 * 750, seeds=3, eval_every=750)}
+                                         steps=100 * 750, seeds=3, eval_every=750, lr=[7e-4], schedule="constant",
+                                         batch_size=64)}
     return {"main": seq_mnist.Config()}
 
 

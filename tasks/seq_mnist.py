@@ -6,9 +6,10 @@ Classify a digit from its pixels fed one per step (row-major), trained at 14x14 
 inactive (and then keep their state exactly) over background, should lose less accuracy than an LSTM
 (paper: RIM 90.0 / 73.4 / 38.1 vs LSTM 84.5 / 52.2 / 21.9 % at 16 / 19 / 24).
 
-    python -m tasks.seq_mnist                      # embedded digits, RIM vs LSTM, 3 seeds, train 14x14
+    python -m tasks.seq_mnist                      # embedded digits, RIM vs LSTM (hidden 96), 3 seeds: ~13 min
     python -m tasks.seq_mnist --help               # every option
-    python -m tasks.seq_mnist --seeds 3 --models rim_lstm_seq lstm_seq --dataset mnist --data-root data
+    python -m tasks.seq_mnist --models rim_lstm_seq lstm_seq --dataset mnist --data-root data \
+        --steps 75000 --lr 7e-4 --schedule constant --eval-every 750     # the paper's sizes and schedule
 
 Protocol (``anirudh9119/RIMs`` ``event_based/train_mnist.py``; ``shared/docs/tasks.md``): pixels
 binarized at 0.5 (two tokens, an embedding) or grey levels through a linear input (``--input pixels``);
@@ -21,6 +22,7 @@ validation accuracy at that resolution, which peeks at the test condition). Data
 from __future__ import annotations
 
 import difflib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, cast
@@ -31,20 +33,23 @@ import torch.nn.functional as F
 
 import zoo
 from zoo.data import dataset_missing
-from zoo.models.rim_seq import SequenceModel
 from zoo.data.seq_mnist import INPUTS, SEQ_DATASETS, pixel_sequences, seq_mnist_batches, seq_mnist_splits
-from zoo.engine import (per_run, ConfigError, RunConfig, RunError, arg, command_line, config_to_dict, fit, fmt_mean_std,
-                        markdown_table, parse_config, per_model_kwargs, resolve_device, run_cli, run_grid,
-                        seed_everything, summarize_seeds, write_report)
+from zoo.engine import (SCHEDULES, ConfigError, RunConfig, RunError, arg, command_line, config_to_dict, fit,
+                        fmt_mean_std, lr_schedule, markdown_table, parse_config, per_model_kwargs, per_run,
+                        resolve_device, run_cli, run_grid, seed_everything, summarize_seeds, write_report)
+from zoo.models.rim_seq import SequenceModel
 
-__all__ = ["Config", "run", "main", "model_kwargs", "build_model", "classify", "accuracy", "BestWeights", "unit_activity",
-           "PAPER", "NUM_CLASSES"]
+__all__ = ["Config", "run", "main", "model_kwargs", "model_lr", "DEFAULT_LR", "build_model", "classify", "accuracy",
+           "BestWeights", "unit_activity", "PAPER", "NUM_CLASSES"]
 
 NUM_CLASSES = 10
 #: thesis Table 1 (right), test accuracy after training at 14x14: RIMs (6 units, k_A = 4, hidden 600), LSTM (600)
 PAPER = {"RIM (paper)": {16: 0.900, 19: 0.734, 24: 0.381}, "LSTM (paper)": {16: 0.845, 19: 0.522, 24: 0.219}}
 #: digits used for the ink / background activity rates of RIM units
 ACTIVITY_DIGITS = 200
+#: the default model kwargs: both models at hidden 96 (RIM: 6 units of 16, k_A = 4), the size whose 3-seed
+#: default finishes in 15 minutes on a 2-core CPU (the sweep in docs/seq_mnist.md)
+CPU_KWARGS = {"rim_lstm_seq_small": {"hidden_size": 96}, "lstm_seq_small": {"hidden_size": 96}}
 
 
 def _check_model(name: str) -> Optional[str]:
@@ -59,6 +64,7 @@ def _check_model(name: str) -> Optional[str]:
 class Config(RunConfig):
     """Sequential MNIST (thesis ch. 8, Table 1 right): train at 14x14, test at 16, 19, 24; RIMs vs LSTM."""
 
+    seeds: int = arg(3, help="seeds per model (seed, seed+1, ...); tables show mean ± std", ge=1)
     models: List[str] = arg(["rim_lstm_seq_small", "lstm_seq_small"],
                             help="registered sequence models to compare (zoo.list_models('*seq*'))",
                             check=lambda names: next(filter(None, map(_check_model, names)), None))
@@ -76,21 +82,34 @@ class Config(RunConfig):
                                         "48k/12k); 0: no validation, test the last step", ge=0, lt=1)
     steps: int = arg(1000, help="optimizer steps per model and seed", ge=1)
     batch_size: int = arg(64, help="training batch size (paper: 64)", ge=1)
-    lr: float = arg(7e-4, help="Adam learning rate (paper: 7e-4)", gt=0)
+    lr: List[float] = arg([], help="peak Adam learning rate: one for every model, or one per --models entry in the "
+                                    "same order; none (the default): 4e-3 for RIM models, 2e-3 for the others (each "
+                                    "family's best in the sweep at the default size; paper: 7e-4)", gt=0,
+                          allow_empty=True)
+    schedule: str = arg("cosine", choices=SCHEDULES, help="learning-rate schedule: constant (paper), or cosine "
+                                                  "decay to 0 at --steps (after --warmup)")
+    warmup: float = arg(0.0, help="linear learning-rate warm-up from 0 over this fraction of --steps (0: none)",
+                        ge=0, lt=1)
     clip_grad: float = arg(1.0, help="gradient-norm clip (paper: 1.0; 0: none)", ge=0)
     eval_every: int = arg(250, help="validation accuracy at the training size every this many steps, and at the "
                                     "end; the test uses the best step's weights (0: only at the end)", ge=0)
     val_size: int = arg(0, help="validation digits per evaluation (0: all of the validation split)", ge=0)
     test_size: int = arg(0, help="test digits per resolution (0: all; 1,000 for digits, 10,000 for mnist)", ge=0)
-    compile: bool = arg(False, help="run the RIM time step through torch.compile (see benchmarks/seq_mnist_t576.py; "
+    compile: bool = arg(True, help="run the RIM time step through torch.compile (see benchmarks/seq_mnist_t576.py; "
                                     "the first run compiles for about a minute, later runs load the cache; eager "
                                     "where compiling fails)")
-    model_kwargs: str = arg("{}", help='JSON extra model kwargs for every model, e.g. \'{"hidden_size": 120}\', or '
-                                       'per model: \'{"rim_lstm_seq_small": {"k_active": 3}, "lstm_seq_small": {}}\'')
+    model_kwargs: str = arg(json.dumps(CPU_KWARGS),
+                            help='JSON extra model kwargs for every model, e.g. \'{"hidden_size": 120}\', or per '
+                                 'model: \'{"rim_lstm_seq_small": {"k_active": 3}, "lstm_seq_small": {}}\' ("*": '
+                                 "every model); the default's entries for models not in --models are ignored, and "
+                                 "'{}' gives the registered sizes (hidden 192)")
     out: str = arg("runs/seq_mnist", help="output folder", path="out_dir")
 
     def check(self) -> None:
         super().check()
+        if len(self.lr) not in (0, 1, len(self.models)):
+            raise ConfigError(f"--lr takes one learning rate for every model or one per model ({len(self.models)} "
+                              f"for --models {' '.join(self.models)}), got {len(self.lr)}")
         for name in self.models:                   # build on the meta device: no memory, no time
             try:
                 with torch.device("meta"):
@@ -111,7 +130,8 @@ def model_kwargs(cfg: Config, name: str) -> dict:
     """The extra kwargs of model ``name``: ``compile=cfg.compile``, then ``--model-kwargs``
     (:func:`zoo.engine.per_model_kwargs`: one object for every model, or ``{"*": {...}, "<model>": {...}}``),
     which may override it."""
-    return {"compile": cfg.compile, **per_model_kwargs(cfg.model_kwargs, cfg.models)[name]}
+    return {"compile": cfg.compile,
+            **per_model_kwargs(cfg.model_kwargs, cfg.models, default=json.dumps(CPU_KWARGS))[name]}
 
 
 def build_model(name: str, input: str = "tokens", kwargs: Optional[dict] = None) -> SequenceModel:
@@ -189,6 +209,18 @@ def _load(cfg: Config) -> dict:
         raise RunError(f"{str(e).splitlines()[0]}") from None
 
 
+#: the default peak learning rates (no ``--lr``): RIM models, and the LSTM / GRU baselines
+DEFAULT_LR = {"rim": 4e-3, "baseline": 2e-3}
+
+
+def model_lr(cfg: Config, name: str) -> float:
+    """The peak learning rate of model ``name``: the single ``--lr``, the one at ``name``'s place in
+    ``--models``, or without ``--lr`` :data:`DEFAULT_LR` of its family."""
+    if not cfg.lr:
+        return DEFAULT_LR["rim" if name.startswith("rim_") else "baseline"]
+    return cfg.lr[0] if len(cfg.lr) == 1 else cfg.lr[cfg.models.index(name)]
+
+
 def train_one(cfg: Config, model_name: str, seed: int, position: int = 0) -> dict:
     """Train one (model, seed) at ``train_resolution`` and test the best-validation weights at every
     ``test_resolutions``; runs in a worker process."""
@@ -197,7 +229,7 @@ def train_one(cfg: Config, model_name: str, seed: int, position: int = 0) -> dic
     data = _load(cfg)
     model = build_model(model_name, cfg.input, model_kwargs(cfg, model_name)).to(device)
     run_meta = {**config_to_dict(cfg, include_run_control=False), "model": model_name, "seed": seed}
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=model_lr(cfg, model_name))
     best = BestWeights(model)
     val = _subset(data["val"], cfg.val_size)
 
@@ -212,7 +244,9 @@ def train_one(cfg: Config, model_name: str, seed: int, position: int = 0) -> dic
     result = fit(model, optimizer, seq_mnist_batches(data["train"], cfg.train_resolution, cfg.batch_size, seed,
                                                      cfg.input), step_fn,
                  steps=cfg.steps, device=device, out_dir=_run_dir(cfg, model_name, seed), clip_grad=cfg.clip_grad,
-                 log_every=cfg.log_every, eval_fn=eval_fn if val is not None else None, eval_every=cfg.eval_every,
+                 log_every=cfg.log_every,
+                 scheduler=lr_schedule(optimizer, cfg.schedule, cfg.steps, int(cfg.warmup * cfg.steps)),
+                 eval_fn=eval_fn if val is not None else None, eval_every=cfg.eval_every,
                  ckpt_every=cfg.checkpoint_every, resume=cfg.resume, run_meta=run_meta, callbacks=(best.track,),
                  extra_state={"best": best}, desc=f"{model_name} s{seed}", progress=cfg.progress,
                  position=position)

@@ -265,6 +265,7 @@ BAD_OPTIONS = [
     (seq_mnist, ["--batch-size", "0"], "--batch-size 0"),
     (seq_mnist, ["--lr", "0"], "--lr 0"),
     (seq_mnist, ["--lr", "nan"], "--lr nan is not a finite number"),
+    (seq_mnist, ["--lr", "1e-3", "2e-3", "3e-3"], "--lr takes one learning rate for every model or one per model"),
     (seq_mnist, ["--clip-grad", "-1"], "--clip-grad -1"),
     (seq_mnist, ["--val-fraction", "1"], "--val-fraction 1"),
     (seq_mnist, ["--val-fraction", "-0.1"], "--val-fraction -0.1"),

@@ -361,6 +361,29 @@ def test_gru_memory_before_communication_stays_bounded():
     assert h_post > 50 * h_max                # the official carry accumulates the update step after step
 
 
+def _lstm_state_growth(steps: int = 300, **kw) -> float:
+    """Largest |h| over a long sequence of an LSTM-unit RIM whose communication maps have gain > 1."""
+    torch.manual_seed(0)
+    rim = RIM(4, 24, num_units=4, k_active=2, **kw)
+    with torch.no_grad():
+        for name, p in rim.cells[0].named_parameters():
+            if name.startswith("comm") and p.dim() > 1:
+                p.mul_(4.0)
+    out, _ = rim(torch.randn(steps, 2, 4))
+    return out.abs().nan_to_num(float("inf")).max().item()
+
+
+def test_kept_state_communication_is_bounded_only_by_a_bounded_residual():
+    """8.2.4 with the kept state as inactive units' source: an active unit adds an update read from
+    inactive units' kept states, which hold earlier updates, so an unbounded residual compounds from unit
+    to unit (seen in training: |h| 4 -> 5.7e8 in 6 steps at lr 4e-3, docs/rims.md). A bounded residual
+    (the official gate, |update| <= 1) or the candidate as source (|h~| <= 1) keeps |h| <= 2."""
+    assert _lstm_state_growth(comm_residual="linear") > 1e6                     # the default compounds
+    assert _lstm_state_growth(comm_residual="paper", comm_heads=2, comm_value_size=3) > 1e3
+    assert _lstm_state_growth(comm_residual="gated") <= 2.0                     # |h~| <= 1 plus |update| <= 1
+    assert _lstm_state_growth(comm_residual="linear", comm_source="candidate") < 10.0
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("lr", [3e-3, 1e-2])
 def test_gru_unit_rim_trains_wherever_nn_gru_does(lr):

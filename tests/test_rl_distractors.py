@@ -162,6 +162,29 @@ BAD = [
 ]
 
 
+class _PickUpThenTurn:
+    """A stand-in policy: pick up at the first step (ends the episode when an object is just ahead), then
+    turn left until the time limit."""
+
+    def predict(self, obs, state=None, episode_start=None, deterministic=False):
+        return np.array([3 if episode_start[0] else 0]), state
+
+
+def test_episode_gif_skips_layouts_that_end_at_once(tmp_path):
+    from PIL import Image
+
+    from rl.distractors import EVAL_SEED, Config, env_kwargs, record_gif
+
+    cfg = Config(out=str(tmp_path))
+    env = make_distractor_env("novel", **env_kwargs(cfg))
+    env.reset(seed=EVAL_SEED["novel"])
+    assert env.step(3)[2]                        # the first evaluation layout: the red ball just ahead
+    path = record_gif(_PickUpThenTurn(), cfg, "novel", tmp_path / "episode.gif")
+    assert Image.open(path).n_frames > 8         # a later layout, played to the time limit, not 1 step
+    one = record_gif(_PickUpThenTurn(), cfg, "novel", tmp_path / "one.gif", tries=1)
+    assert Image.open(one).n_frames <= 3         # one try: the 1-step episode (start, end, held end)
+
+
 @pytest.mark.parametrize("argv,what", BAD, ids=[" ".join(a) for a, _ in BAD])
 def test_harness_rejects_bad_options(argv, what, tmp_path, capsys):
     from rl.distractors import main

@@ -171,9 +171,17 @@ def test_best_weights_keep_the_best_validation_step_across_a_checkpoint():
 
 
 def test_per_model_kwargs_and_their_errors():
-    cfg = seq_mnist.Config(model_kwargs=json.dumps({"rim_lstm_seq_small": TINY_RIM, "lstm_seq_small": {}}))
+    cfg = seq_mnist.Config(compile=False,
+                           model_kwargs=json.dumps({"rim_lstm_seq_small": TINY_RIM, "lstm_seq_small": {}}))
     assert seq_mnist.model_kwargs(cfg, "rim_lstm_seq_small") == {"compile": False, **TINY_RIM}
     assert seq_mnist.model_kwargs(cfg, "lstm_seq_small") == {"compile": False}
+    # the default: both models at hidden 96, compiled RIM step; '{}' gives the registered sizes
+    cfg = seq_mnist.Config()
+    assert seq_mnist.model_kwargs(cfg, "rim_lstm_seq_small") == {"compile": True, "hidden_size": 96}
+    assert seq_mnist.model_kwargs(cfg, "lstm_seq_small") == {"compile": True, "hidden_size": 96}
+    assert seq_mnist.model_kwargs(seq_mnist.Config(model_kwargs="{}"), "lstm_seq_small") == {"compile": True}
+    cfg = seq_mnist.Config(models=["rim_gru_seq", "gru_seq"])          # default entries of other models ignored
+    assert seq_mnist.model_kwargs(cfg, "gru_seq") == {"compile": True}
     cfg = seq_mnist.Config(compile=True, model_kwargs='{"rim_lstm_seq_small": {"compile": false}}')
     assert seq_mnist.model_kwargs(cfg, "rim_lstm_seq_small") == {"compile": False}     # --model-kwargs override
     assert seq_mnist.model_kwargs(cfg, "lstm_seq_small") == {"compile": True}
@@ -185,6 +193,31 @@ def test_per_model_kwargs_and_their_errors():
         seq_mnist.Config(model_kwargs='{"rim_lstm_seq_small": {"k_active": 9}}')
 
 
+def test_one_learning_rate_per_model_and_the_schedule_reach_each_run(tmp_path):
+    import csv
+    import math
+    kwargs = {"rim_lstm_seq_small": TINY_RIM, "lstm_seq_small": {"hidden_size": 8, "embed_dim": 4}}
+    seq_mnist.main(["--models", "rim_lstm_seq_small", "lstm_seq_small", "--lr", "0.02", "0.01",
+                    "--schedule", "cosine", "--warmup", "0.25", "--steps", "8", "--batch-size", "4",
+                    "--train-resolution", "4", "--test-resolutions", "4", "--eval-every", "0", "--val-size", "8",
+                    "--test-size", "8", "--log-every", "1", "--workers", "1", "--no-progress", "--no-compile",
+                    "--model-kwargs", json.dumps(kwargs), "--out", str(tmp_path)])
+    for name, peak in (("rim_lstm_seq_small", 0.02), ("lstm_seq_small", 0.01)):
+        rows = csv.DictReader(open(tmp_path / name / "seed0" / "metrics.csv"))
+        lrs = [float(r["train/lr"]) for r in rows if r.get("train/lr")]
+        # the lr logged after step s is the one for step s: warm-up over 2 steps, then cosine over 6
+        expected = [peak * (s + 1) / 2 if s < 2 else peak / 2 * (1 + math.cos(math.pi * (s - 2) / 6)) for s in range(1, 9)]
+        assert lrs == pytest.approx(expected, abs=1e-9)
+    cfg = seq_mnist.Config(models=["rim_lstm_seq_small", "lstm_seq_small"], lr=[3e-3])
+    assert [seq_mnist.model_lr(cfg, n) for n in cfg.models] == [3e-3, 3e-3]          # one value: every model
+    cfg = seq_mnist.Config()
+    assert [seq_mnist.model_lr(cfg, n) for n in cfg.models] == [4e-3, 2e-3]          # the default, per model
+    with pytest.raises(ConfigError, match="one per model"):
+        seq_mnist.Config(models=["rim_lstm_seq_small", "lstm_seq_small"], lr=[1e-3, 2e-3, 3e-3])
+    cfg = seq_mnist.Config(models=["gru_seq", "rim_gru_seq", "lstm_seq"])          # no --lr: per family
+    assert [seq_mnist.model_lr(cfg, n) for n in cfg.models] == [2e-3, 4e-3, 2e-3]
+
+
 # --- runs -----------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_short_run_learns_above_chance_and_tests_unseen_resolutions(tmp_path):
@@ -193,7 +226,8 @@ def test_short_run_learns_above_chance_and_tests_unseen_resolutions(tmp_path):
               "lstm_seq_small": {"hidden_size": 48, "embed_dim": 16}}
     results = seq_mnist.main([
         "--train-resolution", "7", "--test-resolutions", "7", "9", "5", "--steps", "300", "--batch-size", "32",
-        "--lr", "3e-3", "--eval-every", "100", "--val-size", "200", "--test-size", "300", "--workers", "1",
+        "--lr", "3e-3", "--schedule", "constant", "--eval-every", "100", "--val-size", "200", "--test-size", "300",
+        "--workers", "1", "--seeds", "1",
         "--model-kwargs", json.dumps(kwargs), "--out", str(out), "--no-progress", "--no-compile"])
     saved = json.loads((out / "results.json").read_text())
     for name in ("rim_lstm_seq_small", "lstm_seq_small"):
