@@ -26,7 +26,8 @@ import torch.nn.functional as F
 import zoo
 from zoo.engine import (SCHEDULES, ConfigError, RunConfig, SeededStream, arg, command_line, config_to_dict, fit,
                         fmt_mean_std, lr_schedule, markdown_table, parse_config, per_model_kwargs, per_run,
-                        resolve_device, run_cli, run_grid, seed_everything, summarize_seeds, write_report)
+                        resolve_device, run_cli, run_grid, seed_everything, summarize_seeds, warmup_arg,
+                        write_report)
 
 BLANK, MARKER, NUM_TOKENS = 0, 9, 10
 NUM_RECALL = 10
@@ -124,8 +125,7 @@ class Config(RunConfig):
     lr: float = arg(3e-3, help="peak Adam learning rate (paper: 1e-3 for hidden 600)", gt=0)
     schedule: str = arg("constant", choices=SCHEDULES, help="learning-rate schedule: constant, or cosine decay to 0 at "
                                                     "--steps (after --warmup)")
-    warmup: float = arg(0.0, help="linear learning-rate warm-up from 0 over this fraction of --steps (0: none)",
-                        ge=0, lt=1)
+    warmup: float = warmup_arg()
     curriculum: List[int] = arg([], help="T0 K: the training dormant length grows linearly from T0 to --train-len "
                                          "over the first K steps (empty: none, --train-len from the start)",
                                 allow_empty=True, ge=1)

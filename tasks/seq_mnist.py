@@ -36,7 +36,8 @@ from zoo.data import dataset_missing
 from zoo.data.seq_mnist import INPUTS, SEQ_DATASETS, pixel_sequences, seq_mnist_batches, seq_mnist_splits
 from zoo.engine import (SCHEDULES, ConfigError, RunConfig, RunError, arg, command_line, config_to_dict, fit,
                         fmt_mean_std, lr_schedule, markdown_table, parse_config, per_model_kwargs, per_run,
-                        resolve_device, run_cli, run_grid, seed_everything, summarize_seeds, write_report)
+                        resolve_device, run_cli, run_grid, seed_everything, summarize_seeds, warmup_arg,
+                        write_report)
 from zoo.models.rim_seq import SequenceModel
 
 __all__ = ["Config", "run", "main", "model_kwargs", "model_lr", "DEFAULT_LR", "build_model", "classify", "accuracy",
@@ -88,8 +89,7 @@ class Config(RunConfig):
                           allow_empty=True)
     schedule: str = arg("cosine", choices=SCHEDULES, help="learning-rate schedule: constant (paper), or cosine "
                                                   "decay to 0 at --steps (after --warmup)")
-    warmup: float = arg(0.0, help="linear learning-rate warm-up from 0 over this fraction of --steps (0: none)",
-                        ge=0, lt=1)
+    warmup: float = warmup_arg()
     clip_grad: float = arg(1.0, help="gradient-norm clip (paper: 1.0; 0: none)", ge=0)
     eval_every: int = arg(250, help="validation accuracy at the training size every this many steps, and at the "
                                     "end; the test uses the best step's weights (0: only at the end)", ge=0)

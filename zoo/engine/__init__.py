@@ -5,7 +5,7 @@ See ``docs/engine.md``. A harness is a validated ``Config(RunConfig)``, a checkp
 the reference.
 """
 from .checkpoint import atomic_write, clean_stale_tmp, load_checkpoint, save_checkpoint, write_json, write_text
-from .cli import (ConfigError, RunConfig, arg, check_device, check_writable_dir, check_writable_file,
+from .cli import (ConfigError, RunConfig, arg, warmup_arg, check_device, check_writable_dir, check_writable_file,
                   config_to_argv, config_to_dict, parse_config, parse_json_object, per_model_kwargs, validate_config)
 from .errors import CheckpointError, Interrupted, RunError, run_cli
 from .jobs import RunLock, check_finite, command_line, default_workers, per_run, run_grid, run_jobs, write_report
@@ -19,7 +19,7 @@ __all__ = [
     # checkpoints and files
     "atomic_write", "clean_stale_tmp", "load_checkpoint", "save_checkpoint", "write_json", "write_text",
     # configs and errors
-    "ConfigError", "RunConfig", "arg", "check_device", "check_writable_dir", "check_writable_file",
+    "ConfigError", "RunConfig", "arg", "warmup_arg", "check_device", "check_writable_dir", "check_writable_file",
     "config_to_argv", "config_to_dict", "parse_config", "parse_json_object", "per_model_kwargs", "validate_config",
     "CheckpointError", "Interrupted", "RunError", "NonFiniteError", "run_cli",
     # training

@@ -66,6 +66,12 @@ def arg(default: Any = dataclasses.MISSING, help: str = "", choices: Optional[Se
     return dataclasses.field(default=default, metadata=meta, **kw)
 
 
+def warmup_arg() -> Any:
+    """The ``--warmup`` field of every harness with a learning-rate schedule: a fraction of ``--steps``
+    (``lr_schedule(..., warmup=int(cfg.warmup * cfg.steps))``)."""
+    return arg(0.0, help="linear learning-rate warm-up from 0 over this fraction of --steps (0: none)", ge=0, lt=1)
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
