@@ -56,6 +56,10 @@ class Config(RunConfig):
     docs: str = arg("", help="replace the generated block of this markdown file with the report's table",
                     path="out_file", allow_empty=True)
     out: str = arg("runs/reproduce", help="output folder", path="out_dir")
+    seeds: int = arg(0, help="seeds per model in every part (0: each part's own default, 3 for most)", ge=0)
+    log_every: int = arg(0, help="log training metrics every this many steps (0: each harness's default)", ge=0)
+    checkpoint_every: int = arg(0, help="checkpoint every this many steps, or env steps for RL (0: each harness's "
+                                        "default)", ge=0, run_control=True)
 
     def check(self) -> None:
         super().check()
@@ -85,6 +89,14 @@ def _harness_command(run_cfg: Any) -> str:
     return command_line(f"python -m {module}", config_to_argv(run_cfg))
 
 
+def run_overrides(cfg: Config) -> Dict[str, Any]:
+    """The options of ``cfg`` every harness run takes over (the rest stay each part's own)."""
+    over: Dict[str, Any] = dict(seed=cfg.seed, workers=cfg.workers, threads=cfg.threads, device=cfg.device,
+                                progress=cfg.progress, resume=True, backend=cfg.backend, ray_address=cfg.ray_address)
+    over.update({k: getattr(cfg, k) for k in ("seeds", "log_every", "checkpoint_every") if getattr(cfg, k)})
+    return over
+
+
 def run_part(part: Part, cfg: Config) -> dict:
     """Run (or reuse) every harness run of ``part``; return its report entry."""
     runs = part.runs(cfg.scale, cfg.smoke)
@@ -92,8 +104,7 @@ def run_part(part: Part, cfg: Config) -> dict:
     commands: Dict[str, str] = {}
     seconds = 0.0
     for name, run_cfg in runs.items():
-        run_cfg = dataclasses.replace(run_cfg, out=str(Path(cfg.out) / part.id / name), workers=cfg.workers,
-                                      threads=cfg.threads, device=cfg.device, progress=cfg.progress, resume=True)
+        run_cfg = dataclasses.replace(run_cfg, **run_overrides(cfg), out=str(Path(cfg.out) / part.id / name))
         commands[name] = _harness_command(dataclasses.replace(run_cfg, resume=False))
         done = _finished(run_cfg)
         if done is None:
@@ -188,7 +199,8 @@ def run(cfg: Config, command: Optional[str] = None) -> dict:
         for part in cfg.parts():                       # the commands each part runs at this scale
             print(f"{part.id:22s} {part.title} ({part.paper})")
             for name, run_cfg in part.runs(cfg.scale, cfg.smoke).items():
-                run_cfg = dataclasses.replace(run_cfg, out=str(Path(cfg.out) / part.id / name))
+                run_cfg = dataclasses.replace(run_cfg, **run_overrides(cfg), out=str(Path(cfg.out) / part.id / name))
+                run_cfg = dataclasses.replace(run_cfg, resume=False)
                 print(f"    {_harness_command(run_cfg)}")
         return {}
     out = Path(cfg.out)

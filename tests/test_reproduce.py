@@ -76,3 +76,40 @@ def test_copying_claims_follow_the_numbers():
     assert [c.holds for c in good] == [True, True, True]
     bad = paper_results.PARTS["copying"].claims(res(0.50, 0.95))
     assert [c.holds for c in bad] == [False, False, False]
+
+
+def test_shared_options_reach_every_harness_run_and_zero_keeps_each_parts_default():
+    """``--seeds/--seed/--backend/...`` given to the reproduction must change every harness run it starts (a
+    silently ignored ``--seeds 5`` would report 3-seed numbers as 5-seed ones); 0 keeps each part's own."""
+    import dataclasses
+    cfg = reproduce.Config(seeds=5, seed=7, log_every=11, checkpoint_every=13, backend="ray", threads=2)
+    keep = reproduce.Config()
+    for part in paper_results.PARTS.values():
+        for run_cfg in part.runs("cpu", False).values():
+            over = dataclasses.replace(run_cfg, **reproduce.run_overrides(cfg))
+            assert (over.seeds, over.seed, over.log_every, over.checkpoint_every, over.backend, over.threads) == \
+                (5, 7, 11, 13, "ray", 2), part.id
+            same = dataclasses.replace(run_cfg, **reproduce.run_overrides(keep))
+            assert (same.seeds, same.log_every, same.checkpoint_every) == \
+                (run_cfg.seeds, run_cfg.log_every, run_cfg.checkpoint_every), part.id
+
+
+def test_run_part_hands_the_shared_options_to_the_harness(tmp_path, monkeypatch):
+    """What ``run_part`` passes to the harness's ``run`` (a fake harness module records it)."""
+    import json
+    import types
+    from tasks import copying
+    seen = []
+
+    def fake_run(run_cfg, command):
+        seen.append((run_cfg, command))
+        (tmp_path / "p" / "main").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "p" / "main" / "results.json").write_text(json.dumps({}))
+
+    monkeypatch.setattr(reproduce.importlib, "import_module", lambda name: types.SimpleNamespace(run=fake_run))
+    part = paper_results.Part(id="p", title="t", paper="x", runs=lambda scale, smoke: {"main": copying.Config(steps=5)},
+                              claims=lambda results: [])
+    reproduce.run_part(part, reproduce.Config(out=str(tmp_path), seeds=4, seed=2, threads=2))
+    (run_cfg, command), = seen
+    assert (run_cfg.seeds, run_cfg.seed, run_cfg.threads, run_cfg.steps) == (4, 2, 2, 5)
+    assert "--seeds 4" in command and run_cfg.out == str(tmp_path / "p" / "main")
