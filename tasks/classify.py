@@ -281,7 +281,8 @@ def run(cfg: Config, command: Optional[str] = None) -> dict:
                                f"; {cfg.model} on {cfg.dataset}, {cfg.steps} steps each", command=command)
     results = summarize(cfg, runs)
     means = {name: {k: v for k, v in r.items() if not k.startswith("_")} for name, r in results.items()}
-    table = robustness.robustness_table(means, label="method")
+    stds = {name: r["_std"] for name, r in results.items()} if cfg.seeds > 1 else None
+    table = robustness.robustness_table(means, label="method", stds=stds)
     curves = robustness.plot_curves(means, out / "robustness.png",
                                     title=f"{cfg.model} on {cfg.dataset}, {cfg.steps} steps")
     seconds = {name: sum(r["seconds"] for r in runs if r["method"] == name) / cfg.seeds for name in cfg.method}
@@ -290,7 +291,8 @@ def run(cfg: Config, command: Optional[str] = None) -> dict:
                          if not n.startswith("_")])
     timing = {"train_seconds": per_run(runs, key="method")}
     write_report(out, cfg, results, wall,
-                 f"Classification and robustness: {cfg.model} on {cfg.dataset}, {cfg.seeds} seed(s), mean shown",
+                 f"Classification and robustness: {cfg.model} on {cfg.dataset}, "
+                 + (f"mean ± std over {cfg.seeds} seeds" if cfg.seeds > 1 else "1 seed"),
                  command, table, extra=f"\n{hp}", figures=(curves,), timing=timing)
     return results
 

@@ -113,3 +113,25 @@ def test_run_part_hands_the_shared_options_to_the_harness(tmp_path, monkeypatch)
     (run_cfg, command), = seen
     assert (run_cfg.seeds, run_cfg.seed, run_cfg.threads, run_cfg.steps) == (4, 2, 2, 5)
     assert "--seeds 4" in command and run_cfg.out == str(tmp_path / "p" / "main")
+
+
+def test_a_win_smaller_than_the_seed_noise_is_not_reported_as_the_papers_direction():
+    """Sort-of-CLEVR at CPU scale: NFM 0.442 ± 0.010 vs CNN 0.441 ± 0.014 over 3 seeds is a tie, not a win."""
+    beats = paper_results.beats
+    assert beats((0.442, 0.010, 3), (0.441, 0.014, 3)) is None
+    assert beats((0.50, 0.01, 3), (0.44, 0.01, 3)) is True and beats((0.44, 0.01, 3), (0.50, 0.01, 3)) is False
+    assert beats((1.0, 0.1, 3), (2.0, 0.1, 3), higher=False) is True                   # lower BCE is better
+    assert beats((0.6, 0.0, 1), (0.5, 0.0, 1)) is True and beats((0.5, 0.0, 1), (0.5, 0.0, 1)) is None
+    se = ((0.05 ** 2 + 0.05 ** 2) / 3) ** 0.5                                          # one standard error apart
+    assert beats((0.5 + 1.01 * se, 0.05, 3), (0.5, 0.05, 3)) is True
+    assert beats((0.5 + 0.99 * se, 0.05, 3), (0.5, 0.05, 3)) is None
+    cell = {"rel": 0.442, "rel_std": 0.010, "rel_per_seed": [0, 0, 0], "nonrel": 0.5}
+    base = {"rel": 0.441, "rel_std": 0.014, "rel_per_seed": [0, 0, 0], "nonrel": 0.5}
+    claim, = paper_results.PARTS["sort_of_clevr"].claims({"main": {"sortclevr_cnn": base, "nfm_sortclevr_cnn": cell}})
+    assert claim.holds is None and claim.ours.startswith("acc NFM 0.442")
+    assert reproduce.report_table([{"title": "t", "paper": "p", "claims": [dataclasses_asdict(claim)]}]).count("within noise") == 1
+
+
+def dataclasses_asdict(c):
+    import dataclasses
+    return dataclasses.asdict(c)

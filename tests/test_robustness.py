@@ -122,3 +122,12 @@ def test_registered_evaluation_becomes_a_column_and_corruptions_are_seeded(digit
     with pytest.raises(ValueError, match="already registered"):
         R.register_evaluation(name)(lambda *a: {})
     assert R.curve_groups(a)["noise"][0][1] == "noise/0.1"
+
+
+def test_table_shows_the_spread_over_seeds_next_to_each_mean():
+    means = {"erm": {"acc": 0.9, "noise/0.1": 0.5}, "mixup": {"acc": 0.8}}
+    stds = {"erm": {"acc": 0.01, "noise/0.1": 0.02}, "mixup": {"acc": 0.03}}
+    rows = R.robustness_table(means, label="method", stds=stds).splitlines()
+    assert rows[2].split("|")[2].strip() == "0.900 ± 0.010" and rows[2].split("|")[3].strip() == "0.500 ± 0.020"
+    assert rows[3].split("|")[2].strip() == "0.800 ± 0.030" and rows[3].split("|")[3].strip() == "-"
+    assert "±" not in R.robustness_table(means, label="method")

@@ -270,8 +270,10 @@ def evaluate_robustness(model: nn.Module, x: Tensor, y: Tensor, evaluations: Opt
 # reporting
 # ---------------------------------------------------------------------------------------------------------
 def robustness_table(results: Mapping[str, Mapping[str, float]], columns: Optional[Sequence[str]] = None,
-                     label: str = "model", digits: int = 3) -> str:
-    """One markdown table: a row per entry of ``results`` (``{row label: {column: value}}``)."""
+                     label: str = "model", digits: int = 3,
+                     stds: Optional[Mapping[str, Mapping[str, float]]] = None) -> str:
+    """One markdown table: a row per entry of ``results`` (``{row label: {column: value}}``); with ``stds``
+    (the same layout, e.g. the spread over seeds) a cell reads ``mean ± std``."""
     from .engine import markdown_table
 
     if columns is None:
@@ -279,7 +281,14 @@ def robustness_table(results: Mapping[str, Mapping[str, float]], columns: Option
         for r in results.values():
             columns += [c for c in r if c not in columns]
     fmt = lambda v: f"{v:.{digits}f}" if isinstance(v, float) else str(v)  # noqa: E731
-    rows = [[name] + [fmt(r[c]) if c in r else "-" for c in columns] for name, r in results.items()]
+
+    def cell(name: str, c: str) -> str:
+        if c not in results[name]:
+            return "-"
+        std = (stds or {}).get(name, {}).get(c)
+        return fmt(results[name][c]) + (f" ± {std:.{digits}f}" if std is not None else "")
+
+    rows = [[name] + [cell(name, c) for c in columns] for name in results]
     return markdown_table([label] + list(columns), rows)
 
 
