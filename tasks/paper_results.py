@@ -62,10 +62,15 @@ def beats(a: Stat, b: Stat, higher: bool = True) -> Optional[bool]:
     than one standard error ``sqrt(s_a^2 / n_a + s_b^2 / n_b)`` in that direction, ``False`` when it is as far
     the other way, ``None`` (within noise) in between; with one seed each, the sign of the difference."""
     diff = (a[0] - b[0]) * (1.0 if higher else -1.0)
-    se = (a[1] ** 2 / max(a[2], 1) + b[1] ** 2 / max(b[2], 1)) ** 0.5 if min(a[2], b[2]) > 1 else 0.0
+    se = (a[1] ** 2 / a[2] + b[1] ** 2 / b[2]) ** 0.5 if min(a[2], b[2]) > 1 else 0.0
     if diff > se:
         return True
     return False if diff < -se else None
+
+
+def _stat(entry: dict, key: str, n: int) -> Stat:
+    """``(entry[key], entry[key + "_std"], n)``: a harness result's mean with its spread over ``n`` seeds."""
+    return float(entry[key]), float(entry[f"{key}_std"]), n
 
 
 def _classify_stat(results: dict, method: str, metric: str) -> Tuple[float, float, int]:
@@ -146,7 +151,8 @@ def _mixup_claims(results: Dict[str, dict]) -> List[Claim]:
     fg = {m: _classify_stat(r, m, fgsm_key) for m in nll}
     return [
         Claim("Manifold Mixup has a lower test NLL than no mixup", "CIFAR-10 PreActResNet18: 0.190 -> 0.137",
-              f"NLL {ms(*nll['erm'])} -> {ms(*nll['manifold_mixup'])}", beats(nll["manifold_mixup"], nll["erm"], False)),
+              f"NLL {ms(*nll['erm'])} -> {ms(*nll['manifold_mixup'])}",
+              beats(nll["manifold_mixup"], nll["erm"], higher=False)),
         Claim("Manifold Mixup is more accurate than Input Mixup", "test error 3.82 % vs 2.95 %",
               f"acc Manifold {ms(*acc['manifold_mixup'])} vs Input {ms(*acc['input_mixup'])}",
               beats(acc["manifold_mixup"], acc["input_mixup"])),
@@ -250,7 +256,7 @@ def _lipschitz_claims(results: Dict[str, dict]) -> List[Claim]:
         Claim("clean accuracy is about unchanged", "80.44 % -> 78.88 % (same table)", f"acc {ms(*ce)} -> {ms(*cl)}",
               cl[0] >= ce[0] - 0.02),
         Claim("the network's local Lipschitz estimate falls", "Theorem 1 (smaller K_f, more stable)",
-              f"estimate {ms(*le)} -> {ms(*ll)}", beats(ll, le, False)),
+              f"estimate {ms(*le)} -> {ms(*ll)}", beats(ll, le, higher=False)),
     ]
 
 
@@ -376,10 +382,8 @@ def _balls_claims(results: Dict[str, dict]) -> List[Claim]:
         n = len(a["per_seed"])
         claims.append(Claim(f"RIMs roll out with a lower BCE than the LSTM ({test})", "Fig. 3: lower for RIMs, "
                             "most on 6-8 balls and the curtain",
-                            f"BCE RIM {ms(a['rollout_bce'], a['rollout_bce_std'], n, 2)} vs "
-                            f"LSTM {ms(b['rollout_bce'], b['rollout_bce_std'], n, 2)}",
-                            beats((a["rollout_bce"], a["rollout_bce_std"], n), (b["rollout_bce"], b["rollout_bce_std"], n),
-                                  False)))
+                            f"BCE RIM {ms(*_stat(a, 'rollout_bce', n), 2)} vs LSTM {ms(*_stat(b, 'rollout_bce', n), 2)}",
+                            beats(_stat(a, "rollout_bce", n), _stat(b, "rollout_bce", n), higher=False)))
     return claims
 
 
@@ -416,8 +420,8 @@ def _clevr_claims(results: Dict[str, dict]) -> List[Claim]:
             continue
         n = len(a[f"{key}_per_seed"])
         claims.append(Claim(f"NFM beats the CNN on {what}", "thesis Tables 6-7: NFM higher",
-                            f"acc NFM {ms(b[key], b[f'{key}_std'], n)} vs CNN {ms(a[key], a[f'{key}_std'], n)}",
-                            beats((b[key], b[f"{key}_std"], n), (a[key], a[f"{key}_std"], n))))
+                            f"acc NFM {ms(*_stat(b, key, n))} vs CNN {ms(*_stat(a, key, n))}",
+                            beats(_stat(b, key, n), _stat(a, key, n))))
     return claims
 
 
@@ -450,9 +454,8 @@ def _digits_claims(results: Dict[str, dict]) -> List[Claim]:
         n = len(a[k]["exact_acc_per_seed"])
         paper = {"2": "88.4 vs 76.7 %", "4": "66.1 vs 62.6 %", "5": "29.5 vs 24.3 %"}.get(k, "NFM higher")
         claims.append(Claim(f"NFM beats the CNN on {k} digits (a count never trained)", f"Table 5 (1, 3): {paper}",
-                            f"exact-set acc NFM {ms(b[k]['exact_acc'], b[k]['exact_acc_std'], n)} vs "
-                            f"CNN {ms(a[k]['exact_acc'], a[k]['exact_acc_std'], n)}",
-                            beats((b[k]["exact_acc"], b[k]["exact_acc_std"], n), (a[k]["exact_acc"], a[k]["exact_acc_std"], n))))
+                            f"exact-set acc NFM {ms(*_stat(b[k], 'exact_acc', n))} vs CNN {ms(*_stat(a[k], 'exact_acc', n))}",
+                            beats(_stat(b[k], "exact_acc", n), _stat(a[k], "exact_acc", n))))
     return claims
 
 
@@ -479,9 +482,9 @@ def _distractor_claims(results: Dict[str, dict]) -> List[Claim]:
     r, l_ = res["rim"]["novel"], res["lstm"]["novel"]
     n = len(r["per_seed"])
     return [Claim("RIMs generalize better than an LSTM to distractors of novel colours", "thesis ch. 8: RIMs higher "
-                  "success with new distractors", f"success RIM {ms(r['success'], r['success_std'], n, 2)} vs "
-                  f"LSTM {ms(l_['success'], l_['success_std'], n, 2)}",
-                  beats((r["success"], r["success_std"], n), (l_["success"], l_["success_std"], n)))]
+                  "success with new distractors",
+                  f"success RIM {ms(*_stat(r, 'success', n), 2)} vs LSTM {ms(*_stat(l_, 'success', n), 2)}",
+                  beats(_stat(r, "success", n), _stat(l_, "success", n)))]
 
 
 register(Part("distractors", "RL: a red ball among distractors of novel colours", "thesis ch. 8 (RL)",

@@ -201,8 +201,8 @@ def run(cfg: Config, command: Optional[str] = None) -> dict:
         for part in cfg.parts():                       # the commands each part runs at this scale
             print(f"{part.id:22s} {part.title} ({part.paper})")
             for name, run_cfg in part.runs(cfg.scale, cfg.smoke).items():
-                run_cfg = dataclasses.replace(run_cfg, **run_overrides(cfg), out=str(Path(cfg.out) / part.id / name))
-                run_cfg = dataclasses.replace(run_cfg, resume=False)
+                run_cfg = dataclasses.replace(run_cfg, **{**run_overrides(cfg), "resume": False},
+                                              out=str(Path(cfg.out) / part.id / name))
                 print(f"    {_harness_command(run_cfg)}")
         return {}
     out = Path(cfg.out)

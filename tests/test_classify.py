@@ -101,3 +101,14 @@ def test_every_method_trains_own_network_above_chance(name):
     acc = classify.test_accuracy(net, x, y, torch.device("cpu"))["acc"]
     assert acc > 3 * CHANCE, (name, acc)
     assert set(list_methods()) >= {"erm", "input_mixup", "manifold_mixup", "ict"}
+
+
+def test_results_table_shows_mean_and_std_over_seeds(tmp_path):
+    """With several seeds every cell of results.md is the mean ± sample std that results.json holds."""
+    out = tmp_path / "run"
+    res = classify.main(["--method", "erm", "--seeds", "2", "--steps", "2", "--eval-every", "0", "--eval-size", "50",
+                         "--evaluations", "clean", "--workers", "1", "--no-progress", "--out", str(out)])
+    md = (out / "results.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| erm "))
+    assert f"{res['erm']['acc']:.3f} ± {res['erm']['_std']['acc']:.3f}" in row
+    assert "mean ± std over 2 seeds" in md
