@@ -11,6 +11,12 @@ into ``--out/<part>/<run>``, then reads their ``results.json`` and states the pa
 number, ours (mean ± std over seeds), whether the paper's direction holds at this scale. A rerun skips runs
 whose ``results.json`` was written under the same options and resumes torn ones from their checkpoints.
 
+On a CPU the runs of all parts go side by side, one process per core (``--workers``, 0: all cores), longest
+first, each writing its output to ``<run folder>.log`` while this command prints one line per start and
+finish: a harness alone leaves a core idle in its tail (its last seed, its evaluation and plots), many harnesses
+side by side do not. Every run's results are the same either way (a run is deterministic for a fixed
+``--threads``, whatever the number of processes).
+
 Writes ``report.md``, ``report.json`` and a self-contained ``report.html`` (figures inline, no server) to
 ``--out``; ``--docs PATH`` replaces the generated block of ``docs/results.md`` with the report's table, so
 the documented numbers always come from a report, never from hand.
@@ -18,17 +24,20 @@ the documented numbers always come from a report, never from hand.
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import html
 import importlib
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from zoo.engine import (ConfigError, RunConfig, RunError, RunLock, arg, command_line, config_to_argv, config_to_dict,
-                        parse_config, run_cli, write_json, write_text)
+from zoo.engine import (ConfigError, Interrupted, RunConfig, RunError, RunLock, arg, command_line, config_to_argv,
+                        config_to_dict, default_workers, parse_config, resolve_device, run_cli, run_jobs, write_json,
+                        write_text)
 
 from .paper_results import PARTS, Claim, Part
 
@@ -71,6 +80,26 @@ class Config(RunConfig):
 
 
 # --- running ---------------------------------------------------------------------------------------------
+@dataclass
+class Run:
+    """One harness run of a part: its typed config (shared options applied, ``out`` under ``--out``) and the
+    command that reproduces it alone."""
+
+    part: Part
+    name: str
+    cfg: Any
+    command: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.part.id}/{self.name}"
+
+    @property
+    def log(self) -> Path:
+        """Where the run's output goes when runs go side by side."""
+        return Path(self.cfg.out).with_suffix(".log")
+
+
 def _finished(run_cfg: Any) -> Optional[dict]:
     """The run's results if its ``results.json`` was written under the same options, else ``None``."""
     path = Path(run_cfg.out) / "results.json"
@@ -97,32 +126,105 @@ def run_overrides(cfg: Config) -> Dict[str, Any]:
     return over
 
 
-def run_part(part: Part, cfg: Config) -> dict:
-    """Run (or reuse) every harness run of ``part``; return its report entry."""
-    runs = part.runs(cfg.scale, cfg.smoke)
-    results: Dict[str, dict] = {}
-    commands: Dict[str, str] = {}
-    seconds = 0.0
-    for name, run_cfg in runs.items():
+def plan(part: Part, cfg: Config) -> List[Run]:
+    """The harness runs of ``part`` under ``cfg``."""
+    runs = []
+    for name, run_cfg in part.runs(cfg.scale, cfg.smoke).items():
         run_cfg = dataclasses.replace(run_cfg, **run_overrides(cfg), out=str(Path(cfg.out) / part.id / name))
-        commands[name] = _harness_command(dataclasses.replace(run_cfg, resume=False))
-        done = _finished(run_cfg)
+        runs.append(Run(part, name, run_cfg, _harness_command(dataclasses.replace(run_cfg, resume=False))))
+    return runs
+
+
+def schedule(runs: List[Run]) -> List[Run]:
+    """Longest first (by each part's measured ``cpu_minutes``): with runs side by side, the last to start are
+    the short ones, so no core idles long at the end (the LPT rule)."""
+    return sorted(runs, key=lambda r: -r.part.cpu_minutes)
+
+
+def side_by_side(cfg: Config, n_runs: int) -> int:
+    """How many harness runs go at once: one per CPU core (``--workers``, 0: all cores), each a single process,
+    so a harness's tail (its last seeds, its evaluation and plots) never leaves a core idle. One at a time on
+    an accelerator, with ``--backend ray`` (the cluster schedules the runs' jobs) and under ``torchrun``."""
+    if cfg.backend != "local" or "WORLD_SIZE" in os.environ:
+        return 1
+    return cfg.workers or default_workers(n_runs, resolve_device(cfg.device))
+
+
+def run_one(run: Run, log: Optional[Path] = None) -> float:
+    """Train ``run`` through its harness's typed ``run(Config)``; its output goes to ``log`` when given. Returns
+    its wall seconds. A failure names the run (and the log)."""
+    t0 = time.perf_counter()
+    module = importlib.import_module(type(run.cfg).__module__)
+    where = f" (log: {log})" if log else ""
+    try:
+        if log is None:
+            module.run(run.cfg, run.command)
+        else:
+            with open(log, "a") as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
+                print(f"== {run.label}: {run.command}", flush=True)
+                module.run(run.cfg, run.command)
+    except Interrupted:
+        raise
+    except RunError as e:
+        raise RunError(f"{run.label}: {e}{where}") from None
+    return time.perf_counter() - t0
+
+
+def _run_in_worker(run: Run, index: int, total: int) -> float:
+    print(f"[{index}/{total}] start {run.label}: {run.command}", flush=True)
+    Path(run.cfg.out).parent.mkdir(parents=True, exist_ok=True)
+    seconds = run_one(run, run.log)
+    print(f"[{index}/{total}] done  {run.label} in {seconds / 60:.1f} min (log: {run.log})", flush=True)
+    return seconds
+
+
+def train(runs: List[Run], cfg: Config) -> int:
+    """Train every run of ``runs`` that has no finished results (torn ones resume from their checkpoints),
+    ``side_by_side`` at once. Returns how many went at once (0: nothing to train)."""
+    todo = schedule([r for r in runs if _finished(r.cfg) is None])
+    if not todo:
+        return 0
+    if cfg.report_only:
+        r = todo[0]
+        raise RunError(f"part {r.part.id}: run {r.name} has no finished results under {r.cfg.out}; "
+                       f"run without --report-only first")
+    slots = side_by_side(cfg, len(todo))
+    if slots <= 1:
+        for r in todo:
+            print(f"\n== {r.label}: {r.command}", flush=True)
+            run_one(r)
+        return 1
+    print(f"{len(todo)} run(s), {slots} side by side (one process each, longest first); each run writes its "
+          f"output to <run folder>.log", flush=True)
+    jobs = [(dataclasses.replace(r, cfg=dataclasses.replace(r.cfg, workers=1, progress=False)), i + 1, len(todo))
+            for i, r in enumerate(todo)]
+    run_jobs(_run_in_worker, jobs, workers=slots, threads=cfg.threads)
+    return slots
+
+
+def part_entry(part: Part, runs: List[Run]) -> dict:
+    """The report entry of ``part`` from its finished runs: claims, commands, wall time, figures."""
+    results: Dict[str, dict] = {}
+    seconds = 0.0
+    for r in runs:
+        done = _finished(r.cfg)
         if done is None:
-            if cfg.report_only:
-                raise RunError(f"part {part.id}: run {name} has no finished results under {run_cfg.out}; "
-                               f"run without --report-only first")
-            print(f"\n== {part.id}/{name}: {commands[name]}", flush=True)
-            module = importlib.import_module(type(run_cfg).__module__)
-            module.run(run_cfg, commands[name])
-            done = json.loads((Path(run_cfg.out) / "results.json").read_text())
-        timing = Path(run_cfg.out) / "timing.json"
+            raise RunError(f"part {part.id}: run {r.name} did not finish under {r.cfg.out}")
+        results[r.name] = done
+        timing = Path(r.cfg.out) / "timing.json"
         if timing.exists():
             seconds += float(json.loads(timing.read_text()).get("wall_seconds", 0.0))
-        results[name] = done
-    claims = part.claims(results)
-    figures = [str(Path(cfg.out) / part.id / f) for f in part.figures if (Path(cfg.out) / part.id / f).exists()]
-    return {"id": part.id, "title": part.title, "paper": part.paper, "commands": commands, "wall_seconds": seconds,
-            "claims": [dataclasses.asdict(c) for c in claims], "figures": figures, "note": part.note}
+    out = Path(runs[0].cfg.out).parent
+    return {"id": part.id, "title": part.title, "paper": part.paper, "commands": {r.name: r.command for r in runs},
+            "wall_seconds": seconds, "claims": [dataclasses.asdict(c) for c in part.claims(results)],
+            "figures": [str(out / f) for f in part.figures if (out / f).exists()], "note": part.note}
+
+
+def run_part(part: Part, cfg: Config) -> dict:
+    """Run (or reuse) every harness run of ``part``; return its report entry."""
+    runs = plan(part, cfg)
+    train(runs, cfg)
+    return part_entry(part, runs)
 
 
 # --- the report ------------------------------------------------------------------------------------------
@@ -138,26 +240,36 @@ def report_table(entries: List[dict]) -> str:
     return "\n".join(rows) + "\n"
 
 
-def report_markdown(entries: List[dict], cfg: Config, wall: float) -> str:
+def wall_line(report: dict) -> str:
+    """``Wall time: 84.2 min for the whole command (2 runs side by side); the runs' own wall times sum to ...``
+    (the command's time is that of its last invocation that trained anything)."""
+    alone = f"the runs' own wall times sum to {report['wall_seconds'] / 60:.1f} min"
+    if report.get("command_seconds") is None:
+        return f"Wall time: {alone}"
+    together = f"{report['side_by_side']} runs side by side" if report["side_by_side"] > 1 else "one run at a time"
+    return f"Wall time: {report['command_seconds'] / 60:.1f} min for the whole command ({together}); {alone}"
+
+
+def report_markdown(entries: List[dict], cfg: Config, report: dict) -> str:
     held = sum(c["holds"] is True for e in entries for c in e["claims"])
     total = sum(len(e["claims"]) for e in entries)
     noise = sum(c["holds"] is None for e in entries for c in e["claims"])
     parts = [f"# Reproduction report ({cfg.scale} scale{', smoke' if cfg.smoke else ''})\n",
              f"Command: `{command_line(PROG, config_to_argv(cfg, skip=('progress', 'resume', 'docs', 'report_only')))}`  ",
-             f"Wall time: {wall / 60:.1f} min (sum of the parts' runs)  ",
+             f"{wall_line(report)}  ",
              f"The paper's direction holds for {held} of {total} claims ({noise} within noise: the mean difference "
              f"is less than one standard error over seeds).\n", report_table(entries)]
     for e in entries:
         parts.append(f"\n## {e['title']} ({e['paper']})\n")
         if e["note"]:
             parts.append(e["note"] + "\n")
-        parts.append(f"Wall time: {e['wall_seconds'] / 60:.1f} min\n")
+        parts.append(f"Wall time of its runs: {e['wall_seconds'] / 60:.1f} min\n")
         parts += [f"```bash\n{cmd}\n```\n" for cmd in e["commands"].values()]
         parts += [f"![{Path(f).name}]({Path(f).relative_to(Path(cfg.out))})\n" for f in e["figures"]]
     return "\n".join(parts)
 
 
-def report_html(markdown_entries: List[dict], cfg: Config, wall: float) -> str:
+def report_html(markdown_entries: List[dict], cfg: Config, report: dict) -> str:
     """A static page: the table, each part's commands and its figures inline (base64), no server needed."""
     def img(path: str) -> str:
         data = base64.b64encode(Path(path).read_bytes()).decode()
@@ -171,7 +283,7 @@ def report_html(markdown_entries: List[dict], cfg: Config, wall: float) -> str:
     sections = "".join(
         f"<h2>{html.escape(e['title'])} <small>({html.escape(e['paper'])})</small></h2>"
         + (f"<p>{html.escape(e['note'])}</p>" if e["note"] else "")
-        + f"<p>Wall time {e['wall_seconds'] / 60:.1f} min</p>"
+        + f"<p>Wall time of its runs: {e['wall_seconds'] / 60:.1f} min</p>"
         + "".join(f"<pre>{html.escape(c)}</pre>" for c in e["commands"].values())
         + "".join(img(f) for f in e["figures"]) for e in markdown_entries)
     style = ("body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
@@ -179,7 +291,7 @@ def report_html(markdown_entries: List[dict], cfg: Config, wall: float) -> str:
              "pre{background:#f4f4f4;padding:6px;white-space:pre-wrap}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>Modular Zoo reproduction</title>"
             f"<style>{style}</style></head><body><h1>Reproduction report ({cfg.scale} scale)</h1>"
-            f"<p>Wall time {wall / 60:.1f} min</p><table><tr><th>result</th><th>paper's claim</th><th>paper</th>"
+            f"<p>{html.escape(wall_line(report))}</p><table><tr><th>result</th><th>paper's claim</th><th>paper</th>"
             f"<th>ours</th><th>direction holds</th></tr>{rows}</table>{sections}</body></html>")
 
 
@@ -200,29 +312,38 @@ def run(cfg: Config, command: Optional[str] = None) -> dict:
     if cfg.list:
         for part in cfg.parts():                       # the commands each part runs at this scale
             print(f"{part.id:22s} {part.title} ({part.paper})")
-            for name, run_cfg in part.runs(cfg.scale, cfg.smoke).items():
-                run_cfg = dataclasses.replace(run_cfg, **{**run_overrides(cfg), "resume": False},
-                                              out=str(Path(cfg.out) / part.id / name))
-                print(f"    {_harness_command(run_cfg)}")
+            for r in plan(part, cfg):
+                print(f"    {r.command}")
         return {}
     out = Path(cfg.out)
     RunLock(out, command).acquire()
     try:
         t0 = time.perf_counter()
-        entries = [run_part(part, cfg) for part in cfg.parts()]
-        wall = sum(e["wall_seconds"] for e in entries) or time.perf_counter() - t0
-        report = {"scale": cfg.scale, "smoke": cfg.smoke, "wall_seconds": wall, "parts": entries,
+        plans = {part.id: plan(part, cfg) for part in cfg.parts()}
+        try:
+            slots = train([r for runs in plans.values() for r in runs], cfg)
+        except Interrupted:
+            raise Interrupted(f"interrupted: checkpoints are saved under {out}; continue with: {command}") from None
+        entries = [part_entry(part, plans[part.id]) for part in cfg.parts()]
+        timing: Dict[str, Any] = {"command_seconds": time.perf_counter() - t0, "side_by_side": slots}
+        if not slots:                                  # nothing trained now: keep the timing of the run that did
+            try:
+                before = json.loads((out / "report.json").read_text())
+                timing = {k: before[k] for k in timing}
+            except (OSError, KeyError, json.JSONDecodeError):
+                timing = {"command_seconds": None, "side_by_side": None}
+        wall = sum(e["wall_seconds"] for e in entries)
+        report = {"scale": cfg.scale, "smoke": cfg.smoke, "wall_seconds": wall, **timing, "parts": entries,
                   "config": config_to_dict(cfg, include_run_control=False)}
         write_json(out / "report.json", report)
-        md = report_markdown(entries, cfg, wall)
-        write_text(out / "report.md", md)
-        write_text(out / "report.html", report_html(entries, cfg, wall))
+        write_text(out / "report.md", report_markdown(entries, cfg, report))
+        write_text(out / "report.html", report_html(entries, cfg, report))
         if cfg.docs:
             write_docs(Path(cfg.docs), report_table(entries), command)
     finally:
         RunLock(out).release()
     print("\n" + report_table(entries))
-    print(f"wall time {wall / 60:.1f} min; wrote {out / 'report.md'}, {out / 'report.json'}, {out / 'report.html'}")
+    print(f"{wall_line(report)}; wrote {out / 'report.md'}, {out / 'report.json'}, {out / 'report.html'}")
     return report
 
 

@@ -37,6 +37,16 @@ def test_smoke_run_writes_a_complete_report_and_reruns_reuse_finished_runs(tmp_p
     assert text.startswith("# Results\n\nhand-written intro") and reproduce.DOCS_BEGIN in text
     reproduce.main(args + ["--report-only", "--docs", str(docs)])           # the block is replaced, not appended
     assert docs.read_text().count(reproduce.DOCS_BEGIN) == 1
+    assert json.loads((out / "report.json").read_text())["side_by_side"] == 1  # kept from the run that trained
+
+    # the same runs side by side (two processes, each run's output in its log): the same results, byte for byte
+    out2 = tmp_path / "rep2"
+    report2 = reproduce.main([*args[:-5], "--workers", "2", "--no-progress", "--out", str(out2)])
+    assert report2["side_by_side"] == 2 and report2["command_seconds"] > 0
+    for run in ("copying/main", "nfm_random_attention/main"):
+        assert (out2 / run / "results.json").read_bytes() == (out / run / "results.json").read_bytes(), run
+        assert "wall time" in (out2 / f"{run}.log").read_text()
+    assert [p["claims"] for p in report2["parts"]] == [p["claims"] for p in report["parts"]]
 
 
 @pytest.mark.slow
@@ -99,12 +109,14 @@ def test_run_part_hands_the_shared_options_to_the_harness(tmp_path, monkeypatch)
     import json
     import types
     from tasks import copying
+    from zoo.engine import config_to_dict
     seen = []
 
     def fake_run(run_cfg, command):
         seen.append((run_cfg, command))
         (tmp_path / "p" / "main").mkdir(parents=True, exist_ok=True)
-        (tmp_path / "p" / "main" / "results.json").write_text(json.dumps({}))
+        meta = {"_meta": {"config": config_to_dict(run_cfg, include_run_control=False)}}
+        (tmp_path / "p" / "main" / "results.json").write_text(json.dumps(meta))
 
     monkeypatch.setattr(reproduce.importlib, "import_module", lambda name: types.SimpleNamespace(run=fake_run))
     part = paper_results.Part(id="p", title="t", paper="x", runs=lambda scale, smoke: {"main": copying.Config(steps=5)},
@@ -113,6 +125,34 @@ def test_run_part_hands_the_shared_options_to_the_harness(tmp_path, monkeypatch)
     (run_cfg, command), = seen
     assert (run_cfg.seeds, run_cfg.seed, run_cfg.threads, run_cfg.steps) == (4, 2, 2, 5)
     assert "--seeds 4" in command and run_cfg.out == str(tmp_path / "p" / "main")
+
+
+def _fake_part(tmp_path, name: str, minutes: float, fail: bool = False) -> "paper_results.Part":
+    from tasks import copying
+    return paper_results.Part(id=name, title=name, paper="x", runs=lambda scale, smoke: {"main": copying.Config(steps=5)},
+                              claims=lambda results: [], cpu_minutes=minutes)
+
+
+def test_runs_are_scheduled_longest_first_and_go_one_per_core():
+    """LPT: the long runs start first, so the two cores finish together instead of one idling at the end."""
+    cfg = reproduce.Config(out="/tmp/x")
+    runs = [r for m in (3.0, 26.0, 9.0) for r in reproduce.plan(_fake_part(None, f"p{m:g}", m), cfg)]
+    assert [r.part.id for r in reproduce.schedule(runs)] == ["p26", "p9", "p3"]
+    assert reproduce.side_by_side(reproduce.Config(workers=2), 13) == 2
+    assert reproduce.side_by_side(reproduce.Config(workers=2, backend="ray"), 13) == 1   # Ray schedules the jobs
+    assert reproduce.side_by_side(reproduce.Config(workers=0, device="cpu"), 1) == 1
+
+
+def test_a_failing_run_is_named_in_one_line(tmp_path, monkeypatch):
+    import types
+    from zoo.engine import RunError
+
+    def fake_run(run_cfg, command):
+        raise RunError("loss is nan at step 3")
+
+    monkeypatch.setattr(reproduce.importlib, "import_module", lambda name: types.SimpleNamespace(run=fake_run))
+    with pytest.raises(RunError, match=r"^p/main: loss is nan at step 3$"):
+        reproduce.run_part(_fake_part(tmp_path, "p", 1.0), reproduce.Config(out=str(tmp_path)))
 
 
 def test_a_win_smaller_than_the_seed_noise_is_not_reported_as_the_papers_direction():
