@@ -33,7 +33,7 @@ class Part:
     claims: Callable[[Dict[str, dict]], List[Claim]]           # {run name: results.json} -> claims
     figures: Tuple[str, ...] = ()                              # files under out/<part>/ to show
     note: str = ""
-    cpu_minutes: float = 1.0          # one run's single-core minutes at CPU scale (measured); orders the schedule
+    cpu_minutes: float = 1.0          # one run's minutes in one process at CPU scale (measured); orders the schedule
 
 
 PARTS: Dict[str, Part] = {}
@@ -127,7 +127,7 @@ def _copying_claims(results: Dict[str, dict]) -> List[Claim]:
 
 
 register(Part("copying", "Copying: train T=50, test T=200", "thesis Table 1 (left), Fig. 2", _copying_runs,
-              _copying_claims, figures=("main/activations.png", "main/curves.png"), cpu_minutes=14))
+              _copying_claims, figures=("main/activations.png", "main/curves.png"), cpu_minutes=11.4))
 
 
 # --- Manifold Mixup (thesis ch. 4, Tables 1-2, 7) --------------------------------------------------------
@@ -169,7 +169,7 @@ def _mixup_claims(results: Dict[str, dict]) -> List[Claim]:
 register(Part("manifold_mixup", "Manifold Mixup vs Input Mixup vs none", "thesis ch. 4, Tables 1, 2, 7",
               _mixup_runs, _mixup_claims, figures=("main/robustness.png",),
               note="CPU scale: test_resnet on the 5,000 embedded digits, 1,000 SGD steps; paper scale: "
-                   "PreActResNet-18 on CIFAR-10 (`--data-root` with CIFAR-10 or `--download`).", cpu_minutes=9))
+                   "PreActResNet-18 on CIFAR-10 (`--data-root` with CIFAR-10 or `--download`).", cpu_minutes=7.9))
 
 
 # --- ICT (thesis ch. 6, Table 1) ---------------------------------------------------------------------------
@@ -197,7 +197,7 @@ def _ict_claims(results: Dict[str, dict]) -> List[Claim]:
 
 register(Part("ict", "Interpolation Consistency Training, few labels", "thesis ch. 6, Table 1", _ict_runs,
               _ict_claims, note="CPU scale: 10 labels per class of the embedded digits, the rest unlabeled.",
-              cpu_minutes=10))
+              cpu_minutes=8.4))
 
 
 # --- IRL and DAI (IRL paper Table 1; DAI paper Figs. 2-4) -------------------------------------------------
@@ -263,7 +263,7 @@ def _lipschitz_claims(results: Dict[str, dict]) -> List[Claim]:
 
 
 register(Part("lipschitz", "Lipschitz continuity training", "Lipschitz paper Tables 3-5", _lipschitz_runs,
-              _lipschitz_claims, cpu_minutes=8))
+              _lipschitz_claims, cpu_minutes=7.1))
 
 
 # --- semantic noise modeling (SNM paper Table 1) -----------------------------------------------------------
@@ -285,7 +285,7 @@ def _snm_claims(results: Dict[str, dict]) -> List[Claim]:
 
 
 register(Part("semantic_noise", "Semantic noise modeling, 20 labels per class", "SNM paper Table 1", _snm_runs,
-              _snm_claims, cpu_minutes=3.5))
+              _snm_claims, cpu_minutes=3.2))
 
 
 # --- NFM: random-attention ablation (thesis 10.4) ----------------------------------------------------------
@@ -307,7 +307,7 @@ def _nfm_ablation_claims(results: Dict[str, dict]) -> List[Claim]:
 
 register(Part("nfm_random_attention", "NFM random-attention ablation", "thesis 10.4", _nfm_ablation_runs,
               _nfm_ablation_claims, figures=("main/nfm_attention.png",),
-              note="CPU scale: nfm_mnist_convnet on the embedded digits.", cpu_minutes=5))
+              note="CPU scale: nfm_mnist_convnet on the embedded digits.", cpu_minutes=4.6))
 
 
 
@@ -354,7 +354,7 @@ def _seq_mnist_claims(results: Dict[str, dict]) -> List[Claim]:
 
 
 register(Part("seq_mnist", "Sequential MNIST: train 14x14, test 16/19/24", "thesis Table 1 (right)", _seq_mnist_runs,
-              _seq_mnist_claims, figures=("main/accuracy.png", "main/activity.png"), cpu_minutes=23))
+              _seq_mnist_claims, figures=("main/accuracy.png", "main/activity.png"), cpu_minutes=23.8))
 
 
 # --- bouncing balls (thesis Fig. 3) -------------------------------------------------------------------------
@@ -390,7 +390,7 @@ def _balls_claims(results: Dict[str, dict]) -> List[Claim]:
 
 
 register(Part("bouncing_balls", "Bouncing balls: rollouts on 4, 6-8 balls and behind a curtain", "thesis Fig. 3",
-              _balls_runs, _balls_claims, figures=("main/curves.png", "main/filmstrip.png"), cpu_minutes=22))
+              _balls_runs, _balls_claims, figures=("main/curves.png", "main/filmstrip.png"), cpu_minutes=23.3))
 
 
 # --- Sort-of-CLEVR (thesis ch. 10, Table 6 / 7) -------------------------------------------------------------
@@ -428,7 +428,7 @@ def _clevr_claims(results: Dict[str, dict]) -> List[Claim]:
 
 
 register(Part("sort_of_clevr", "Sort-of-CLEVR: relational questions, held-out colour-shape pairs", "thesis ch. 10.4",
-              _clevr_runs, _clevr_claims, figures=("main/samples.png",), cpu_minutes=17))
+              _clevr_runs, _clevr_claims, figures=("main/samples.png",), cpu_minutes=17.2))
 
 
 # --- multi-digit MNIST (thesis ch. 10) ---------------------------------------------------------------------
@@ -462,7 +462,7 @@ def _digits_claims(results: Dict[str, dict]) -> List[Claim]:
 
 
 register(Part("multi_digit", "Multi-digit MNIST: train on some digit counts, test on others", "thesis ch. 10.4",
-              _digits_runs, _digits_claims, figures=("main/accuracy_vs_count.png",), cpu_minutes=15))
+              _digits_runs, _digits_claims, figures=("main/accuracy_vs_count.png",), cpu_minutes=15.3))
 
 
 # --- RL: RIMs with novel distractors (thesis ch. 8, MiniGrid) ----------------------------------------------
@@ -490,4 +490,4 @@ def _distractor_claims(results: Dict[str, dict]) -> List[Claim]:
 
 
 register(Part("distractors", "RL: a red ball among distractors of novel colours", "thesis ch. 8 (RL)",
-              _distractor_runs, _distractor_claims, figures=("main/curves.png",), cpu_minutes=26))
+              _distractor_runs, _distractor_claims, figures=("main/curves.png",), cpu_minutes=25.8))

@@ -65,6 +65,8 @@ class Config(RunConfig):
     docs: str = arg("", help="replace the generated block of this markdown file with the report's table",
                     path="out_file", allow_empty=True)
     out: str = arg("runs/reproduce", help="output folder", path="out_dir")
+    workers: int = arg(0, help="harness runs side by side, one process each, longest first (0: one per CPU core; "
+                               "one at a time on a GPU or with --backend ray)", ge=0, run_control=True)
     seeds: int = arg(0, help="seeds per model in every part (0: each part's own default, 3 for most)", ge=0)
     log_every: int = arg(0, help="log training metrics every this many steps (0: each harness's default)", ge=0)
     checkpoint_every: int = arg(0, help="checkpoint every this many steps, or env steps for RL (0: each harness's "
