@@ -206,6 +206,7 @@ def test_a_diverging_run_fails_in_one_line_without_results(tmp_path, args):
     assert "Traceback" not in res.stderr
     (line,) = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
     assert "diverged" in line and ("loss became" in line or "non-finite" in line)
+    assert line.startswith(("error: erm/seed0: ", "error: lstm_seq_small/seed0: ")), line   # names the run
     assert not (tmp_path / "results.json").exists() and not (tmp_path / "results.md").exists()
 
 

@@ -218,6 +218,18 @@ def run_jobs(fn: Callable[..., Any], jobs: Sequence[tuple], workers: int = 1, th
 
 
 # --- the grid and the report -----------------------------------------------------------------------------
+def _named_job(fn: Callable[..., Any], label: str, *job: Any) -> Any:
+    """``fn(*job)``; a :class:`RunError` (a diverged loss, a bad checkpoint) names the run it came from, so a
+    grid's one-line error says which model and seed failed."""
+    try:
+        return fn(*job)
+    except Interrupted:
+        raise
+    except RunError as e:
+        e.args = (f"{label}: {e}",) + e.args[1:]
+        raise
+
+
 def command_line(prog: str, argv: Optional[Sequence[str]] = None) -> str:
     """The command that reproduces a run, for results files: ``"python -m tasks.x --a 1"``.
 
@@ -256,7 +268,7 @@ def run_grid(cfg: Any, fn: Callable[..., Any], names: Sequence[str], label: str,
             clean_stale_tmp(out)
             write_json(out / "config.json", config_to_dict(cfg, include_run_control=False))
         runs = [(cfg, name, cfg.seed + s) for name in names for s in range(cfg.seeds)]
-        jobs = [job + (i,) for i, job in enumerate(runs)]
+        jobs = [(fn, f"{name}/seed{seed}", *job, i) for i, job in enumerate(runs) for _, name, seed in [job]]
         workers = 1 if distributed else (cfg.workers or default_workers(len(jobs), device))
         where = f"{dist_utils.world_size()} processes (torchrun)" if distributed else f"{workers} worker(s)"
         if main_process:
@@ -265,9 +277,9 @@ def run_grid(cfg: Any, fn: Callable[..., Any], names: Sequence[str], label: str,
         if getattr(cfg, "backend", "local") == "ray" and not distributed:
             from .ray_backend import run_jobs_ray
 
-            runs = run_jobs_ray(fn, jobs, threads=cfg.threads, address=getattr(cfg, "ray_address", ""))
+            runs = run_jobs_ray(_named_job, jobs, threads=cfg.threads, address=getattr(cfg, "ray_address", ""))
         else:
-            runs = run_jobs(fn, jobs, workers=workers, threads=cfg.threads)
+            runs = run_jobs(_named_job, jobs, workers=workers, threads=cfg.threads)
         if distributed and not main_process:                     # rank 0 writes the report and the plots
             raise SystemExit(0)
         return runs, time.perf_counter() - t0, out
