@@ -74,7 +74,7 @@ def _stat(entry: dict, key: str, n: int) -> Stat:
     return float(entry[key]), float(entry[f"{key}_std"]), n
 
 
-def _classify_stat(results: dict, method: str, metric: str) -> Tuple[float, float, int]:
+def _classify_stat(results: dict, method: str, metric: str) -> Stat:
     r = results[method]
     return float(r[metric]), float(r["_std"][metric]), len(r["_per_seed"])
 

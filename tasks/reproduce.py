@@ -29,7 +29,6 @@ import dataclasses
 import html
 import importlib
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,8 @@ from typing import Any, Dict, List, Optional
 from zoo.engine import (ConfigError, Interrupted, RunConfig, RunError, RunLock, arg, command_line, config_to_argv,
                         config_to_dict, default_workers, parse_config, resolve_device, run_cli, run_jobs, write_json,
                         write_text)
+
+from zoo.engine.distributed import world_size
 
 from .paper_results import PARTS, Claim, Part
 
@@ -147,7 +148,7 @@ def side_by_side(cfg: Config, n_runs: int) -> int:
     """How many harness runs go at once: one per CPU core (``--workers``, 0: all cores), each a single process,
     so a harness's tail (its last seeds, its evaluation and plots) never leaves a core idle. One at a time on
     an accelerator, with ``--backend ray`` (the cluster schedules the runs' jobs) and under ``torchrun``."""
-    if cfg.backend != "local" or "WORLD_SIZE" in os.environ:
+    if cfg.backend != "local" or world_size() > 1:
         return 1
     return cfg.workers or default_workers(n_runs, resolve_device(cfg.device))
 
@@ -220,13 +221,6 @@ def part_entry(part: Part, runs: List[Run]) -> dict:
     return {"id": part.id, "title": part.title, "paper": part.paper, "commands": {r.name: r.command for r in runs},
             "wall_seconds": seconds, "claims": [dataclasses.asdict(c) for c in part.claims(results)],
             "figures": [str(out / f) for f in part.figures if (out / f).exists()], "note": part.note}
-
-
-def run_part(part: Part, cfg: Config) -> dict:
-    """Run (or reuse) every harness run of ``part``; return its report entry."""
-    runs = plan(part, cfg)
-    train(runs, cfg)
-    return part_entry(part, runs)
 
 
 # --- the report ------------------------------------------------------------------------------------------

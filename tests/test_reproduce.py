@@ -104,8 +104,8 @@ def test_shared_options_reach_every_harness_run_and_zero_keeps_each_parts_defaul
                 (run_cfg.seeds, run_cfg.log_every, run_cfg.checkpoint_every), part.id
 
 
-def test_run_part_hands_the_shared_options_to_the_harness(tmp_path, monkeypatch):
-    """What ``run_part`` passes to the harness's ``run`` (a fake harness module records it)."""
+def test_train_hands_the_shared_options_to_the_harness(tmp_path, monkeypatch):
+    """What ``train`` passes to the harness's ``run`` (a fake harness module records it)."""
     import json
     import types
     from tasks import copying
@@ -121,13 +121,16 @@ def test_run_part_hands_the_shared_options_to_the_harness(tmp_path, monkeypatch)
     monkeypatch.setattr(reproduce.importlib, "import_module", lambda name: types.SimpleNamespace(run=fake_run))
     part = paper_results.Part(id="p", title="t", paper="x", runs=lambda scale, smoke: {"main": copying.Config(steps=5)},
                               claims=lambda results: [])
-    reproduce.run_part(part, reproduce.Config(out=str(tmp_path), seeds=4, seed=2, threads=2))
+    cfg = reproduce.Config(out=str(tmp_path), seeds=4, seed=2, threads=2)
+    runs = reproduce.plan(part, cfg)
+    reproduce.train(runs, cfg)
+    reproduce.part_entry(part, runs)
     (run_cfg, command), = seen
     assert (run_cfg.seeds, run_cfg.seed, run_cfg.threads, run_cfg.steps) == (4, 2, 2, 5)
     assert "--seeds 4" in command and run_cfg.out == str(tmp_path / "p" / "main")
 
 
-def _fake_part(tmp_path, name: str, minutes: float, fail: bool = False) -> "paper_results.Part":
+def _fake_part(name: str, minutes: float) -> "paper_results.Part":
     from tasks import copying
     return paper_results.Part(id=name, title=name, paper="x", runs=lambda scale, smoke: {"main": copying.Config(steps=5)},
                               claims=lambda results: [], cpu_minutes=minutes)
@@ -136,7 +139,7 @@ def _fake_part(tmp_path, name: str, minutes: float, fail: bool = False) -> "pape
 def test_runs_are_scheduled_longest_first_and_go_one_per_core():
     """LPT: the long runs start first, so the two cores finish together instead of one idling at the end."""
     cfg = reproduce.Config(out="/tmp/x")
-    runs = [r for m in (3.0, 26.0, 9.0) for r in reproduce.plan(_fake_part(None, f"p{m:g}", m), cfg)]
+    runs = [r for m in (3.0, 26.0, 9.0) for r in reproduce.plan(_fake_part(f"p{m:g}", m), cfg)]
     assert [r.part.id for r in reproduce.schedule(runs)] == ["p26", "p9", "p3"]
     assert reproduce.side_by_side(reproduce.Config(workers=2), 13) == 2
     assert reproduce.side_by_side(reproduce.Config(workers=2, backend="ray"), 13) == 1   # Ray schedules the jobs
@@ -152,7 +155,8 @@ def test_a_failing_run_is_named_in_one_line(tmp_path, monkeypatch):
 
     monkeypatch.setattr(reproduce.importlib, "import_module", lambda name: types.SimpleNamespace(run=fake_run))
     with pytest.raises(RunError, match=r"^p/main: loss is nan at step 3$"):
-        reproduce.run_part(_fake_part(tmp_path, "p", 1.0), reproduce.Config(out=str(tmp_path)))
+        cfg = reproduce.Config(out=str(tmp_path))
+        reproduce.train(reproduce.plan(_fake_part("p", 1.0), cfg), cfg)
 
 
 def test_a_win_smaller_than_the_seed_noise_is_not_reported_as_the_papers_direction():

@@ -268,7 +268,7 @@ def run_grid(cfg: Any, fn: Callable[..., Any], names: Sequence[str], label: str,
             clean_stale_tmp(out)
             write_json(out / "config.json", config_to_dict(cfg, include_run_control=False))
         runs = [(cfg, name, cfg.seed + s) for name in names for s in range(cfg.seeds)]
-        jobs = [(fn, f"{name}/seed{seed}", *job, i) for i, job in enumerate(runs) for _, name, seed in [job]]
+        jobs = [(fn, f"{name}/seed{seed}", c, name, seed, i) for i, (c, name, seed) in enumerate(runs)]
         workers = 1 if distributed else (cfg.workers or default_workers(len(jobs), device))
         where = f"{dist_utils.world_size()} processes (torchrun)" if distributed else f"{workers} worker(s)"
         if main_process:
