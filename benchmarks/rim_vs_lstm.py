@@ -10,7 +10,8 @@ from other jobs hits all of them alike; the script prints the median time of eac
 ``nn.LSTM`` at the same thread count. Goals (issue 17): at most 1.2x at 1 and 2 threads on the default
 preset, at most 1.5x on ``--preset demo``, activation memory at most ``nn.LSTM``'s. ``compiled`` is
 ``compile=True`` (``torch.compile`` of the RIM's time step; compiling takes a minute or two the first time,
-before the timed rounds, and is cached on disk by torch afterwards). Memory is the bytes autograd saves for
+before the timed rounds, and is cached on disk by torch afterwards); ``chunked`` adds ``compile_chunk=8`` (8 steps
+per compiled graph, a longer first compile). Memory is the bytes autograd saves for
 backward (a device-independent measure of activation memory), from ``torch.autograd.graph.saved_tensors_hooks``.
 """
 from __future__ import annotations
@@ -26,7 +27,7 @@ from torch import nn
 import zoo
 from zoo.engine import resolve_device
 
-VARIANTS = ("eager", "compiled", "gru", "official")
+VARIANTS = ("eager", "compiled", "chunked", "gru", "official")
 
 
 def saved_bytes(run, *args) -> int:
@@ -57,6 +58,7 @@ def build(args, device):
         make = {"nn.LSTM": lambda: zoo.create_model("lstm_seq_small"),
                 "eager": lambda: zoo.create_model("rim_lstm_seq_small"),
                 "compiled": lambda: zoo.create_model("rim_lstm_seq_small", compile=True),
+                "chunked": lambda: zoo.create_model("rim_lstm_seq_small", compile=True, compile_chunk=8),
                 "gru": lambda: zoo.create_model("rim_lstm_seq_small", cell="gru", compile=True),
                 "official": lambda: zoo.create_model("rim_lstm_seq_official", hidden_size=192, embed_dim=64)}
 
@@ -77,6 +79,7 @@ def build(args, device):
         make = {"nn.LSTM": lambda: nn.LSTM(args.input, args.hidden),
                 "eager": lambda: zoo.RIM(args.input, args.hidden, **rim_kw),
                 "compiled": lambda: zoo.RIM(args.input, args.hidden, compile=True, **rim_kw),
+                "chunked": lambda: zoo.RIM(args.input, args.hidden, compile=True, compile_chunk=8, **rim_kw),
                 "gru": lambda: zoo.RIM(args.input, args.hidden, cell="gru", compile=True, **rim_kw),
                 "official": lambda: zoo.RIM(args.input, args.hidden, official=True, **rim_kw)}
 
@@ -95,6 +98,7 @@ def build(args, device):
 
 
 NAMES = {"nn.LSTM": "nn.LSTM", "eager": "RIM (lstm units, eager)", "compiled": "RIM (lstm units, compiled)",
+         "chunked": "RIM (lstm units, compiled, chunks of 8 steps)",
          "gru": "RIM (gru units, compiled)", "official": "RIM (official numerics, eager)"}
 
 

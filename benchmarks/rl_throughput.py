@@ -9,8 +9,9 @@ Every variant trains on ``--env`` (default ``zoo/CartPoleNoVel-v0``) with Recurr
 (``n_steps=128``, ``batch_size=128``, 10 epochs, actor and critic cores) after one warm-up update; variants
 are interleaved over ``--repeats`` rounds (every hidden size and thread count in the same rounds) and each
 reports its median steps/s and the ratio to sb3-contrib's stock ``MlpLstmPolicy`` at the same hidden size and
-thread count. ``rim`` runs the RIM's time step through ``torch.compile`` (``--compile``, the default; the
-warm-up update compiles it, a minute or two the first time), ``rim_eager`` without. Goal (issue 16):
+thread count. ``rim`` runs the RIM's time step through ``torch.compile``, ``--compile-chunk`` steps per graph
+(default 8; the warm-up update compiles, a few minutes the first time, then torch's on-disk cache loads it),
+``rim_eager`` without. Goal (issue 16):
 ``rim`` >= 1.0x the stock policy at hidden 32, 64, 128 and 256, 1 and 2 threads. Numbers on a shared machine
 are noisy.
 """
@@ -44,12 +45,15 @@ class Bench:
     """RecurrentPPO throughput: stock MlpLstmPolicy vs RecurrentCorePolicy cores, interleaved, median steps/s."""
 
     env: str = arg("zoo/CartPoleNoVel-v0", help="gymnasium env id")
-    variants: List[str] = arg(["stock", "rim"], help="stock (sb3-contrib MlpLstmPolicy), rim (compiled step), "
-                              "rim_eager, lstm, gru, rim_stepped (RIM in sb3-contrib's time loop)")
+    variants: List[str] = arg(["stock", "rim"], help="stock (sb3-contrib MlpLstmPolicy), rim (compiled in chunks of "
+                              "--compile-chunk steps), rim_step (compiled, one graph per step), rim_eager, lstm, gru, "
+                              "rim_stepped (RIM in sb3-contrib's time loop)")
     threads: List[int] = arg([1, 2], help="torch thread counts to compare")
     hidden: List[int] = arg([32, 64, 128, 256], help="hidden sizes of every core (RIM: num_units * unit size)")
     num_units: int = arg(4, help="RIM units")
     k_active: int = arg(2, help="RIM active units")
+    compile_chunk: int = arg(8, help="rim: time steps per compiled graph (zoo.RIM compile_chunk; 1: one per step)",
+                             ge=1)
     n_envs: int = arg(4, help="envs")
     n_steps: int = arg(128, help="rollout length per env (RecurrentPPO default)")
     batch_size: int = arg(128, help="minibatch size (RecurrentPPO default)")
@@ -67,14 +71,16 @@ def build(b: Bench, variant: str, hidden: int) -> RecurrentPPO:
     elif variant == "rim_stepped":
         policy, kw = SteppedRIMPolicy, dict(core="rim", lstm_hidden_size=hidden, num_units=b.num_units,
                                             k_active=b.k_active)
-    elif variant in CORES or variant == "rim_eager":
-        core = "rim" if variant == "rim_eager" else variant
+    elif variant in CORES or variant in ("rim_eager", "rim_step"):
+        core = "rim" if variant.startswith("rim") else variant
         policy, kw = RecurrentCorePolicy, dict(core=core, lstm_hidden_size=hidden)
         if core == "rim":
-            kw.update(num_units=b.num_units, k_active=b.k_active, core_kwargs=dict(compile=variant == "rim"))
+            chunk = {"rim": b.compile_chunk, "rim_step": 1}.get(variant)
+            kw.update(num_units=b.num_units, k_active=b.k_active,
+                      core_kwargs={} if chunk is None else dict(compile=True, compile_chunk=chunk))
     else:
-        raise ValueError(f"variant={variant!r} is not supported; allowed values: stock, rim, rim_eager, lstm, gru, "
-                         "rim_stepped")
+        raise ValueError(f"variant={variant!r} is not supported; allowed values: stock, rim, rim_step, rim_eager, "
+                         "lstm, gru, rim_stepped")
     env = make_vec_env(b.env, n_envs=b.n_envs, seed=b.seed)
     return RecurrentPPO(policy, env, n_steps=b.n_steps, batch_size=b.batch_size, n_epochs=b.n_epochs,
                         learning_rate=b.lr, policy_kwargs=kw, seed=b.seed, verbose=0)
@@ -104,7 +110,8 @@ def main(argv=None) -> None:
     print(f"{b.env}, {b.n_envs} envs x {b.n_steps} steps, batch {b.batch_size}, {b.n_epochs} epochs, lr {b.lr}, "
           f"{b.updates} updates x {b.repeats} interleaved repeats (median); warm-up {warm:.0f} s")
     print("| policy | hidden | threads | steps/s | x stock |\n|---|---|---|---|---|")
-    names = {"stock": "sb3-contrib MlpLstmPolicy", "rim": f"RIM ({b.num_units} units, k={b.k_active}), compiled",
+    names = {"stock": "sb3-contrib MlpLstmPolicy", "rim": f"RIM ({b.num_units} units, k={b.k_active}), compiled in chunks of {b.compile_chunk}",
+             "rim_step": f"RIM ({b.num_units} units, k={b.k_active}), compiled, one graph per step",
              "rim_eager": f"RIM ({b.num_units} units, k={b.k_active}), eager",
              "lstm": "RecurrentCorePolicy lstm", "gru": "RecurrentCorePolicy gru",
              "rim_stepped": "RIM stepped by sb3-contrib's loop"}

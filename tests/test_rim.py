@@ -294,6 +294,8 @@ def test_drop_in_replacement_for_nn_lstm_in_user_code():
     (dict(readout="x"), "readout"),
     (dict(comm_residual="x"), "comm_residual"),
     (dict(comm_topk=9), "comm_topk"),
+    (dict(compile_chunk=0), "compile_chunk must be a positive integer"),
+    (dict(compile_chunk=2.5), "compile_chunk must be a positive integer"),
 ])
 def test_bad_configurations_raise_value_error(kwargs, match):
     base = dict(input_size=8, hidden_size=24, num_units=4, k_active=2)

@@ -370,6 +370,19 @@ def _fast_step(st: _Static, g: torch.Tensor, p_in: torch.Tensor, h: torch.Tensor
     return h_next, c_next, out, mask, logit, comm_probs
 
 
+def _fast_steps(st: _Static, gs: Tuple[torch.Tensor, ...], ps: Tuple[torch.Tensor, ...], h: torch.Tensor,
+                c: torch.Tensor, w: _Weights, keeps: Tuple[Optional[torch.Tensor], ...], training: bool):
+    """``len(gs)`` consecutive steps of :func:`_fast_step` in one call (a list of their results): compiled,
+    one graph and one autograd node for the whole chunk instead of one per step, whose per-call cost (guards,
+    wrappers, the autograd engine) is most of a small RIM's step on CPU."""
+    results = []
+    for g, p_in, keep in zip(gs, ps, keeps):
+        res = _fast_step(st, g, p_in, h, c, w, keep, training)
+        h, c = res[0], res[1]
+        results.append(res)
+    return results
+
+
 def _single_step(st: _Static, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, P: _Params,
                  keep: Optional[torch.Tensor], training: bool):
     """A whole one-row call of one step, from the raw parameters: x (B, F), h, c (U, B, d). What RL rollouts
@@ -418,6 +431,11 @@ class RIMCell(nn.Module):
             the official code), default 0.
         compile: run the one-row step through ``torch.compile`` (faster on CPU for long runs; the first
             call compiles, about a minute; eager is the fallback where compiling is not possible).
+        compile_chunk: with ``compile``, the time steps of a sequence compiled as one graph (the rest of a
+            sequence runs step by step). ``1`` (default): one graph per step. ``8``: one call, graph and
+            autograd node per 8 steps, whose per-call cost dominates small RIMs on CPU (RecurrentPPO at
+            hidden 32: 25 % less time per update; copying at hidden 192: 11 % less per step), for a first
+            compile several times longer (1-4 minutes). Same forward bit for bit, gradients to rounding.
         options: a :class:`RIMOptions`, or pass its fields as keyword arguments.
 
     Shapes:
@@ -451,6 +469,7 @@ class RIMCell(nn.Module):
         input_dropout: float = 0.0,
         comm_dropout: float = 0.0,
         compile: bool = False,
+        compile_chunk: int = 1,
         options: Optional[RIMOptions] = None,
         **option_kwargs,
     ) -> None:
@@ -505,6 +524,10 @@ class RIMCell(nn.Module):
         self.comm_value_size = comm_value_size
         # not `self.compile`: that would shadow nn.Module.compile()
         self.compile_step = bool(compile)
+        if not isinstance(compile_chunk, int) or isinstance(compile_chunk, bool) or compile_chunk < 1:
+            raise ValueError(f"compile_chunk must be a positive integer (time steps per compiled graph), "
+                             f"got {compile_chunk!r}")
+        self.compile_chunk = compile_chunk
 
         # Input attention: per-unit queries, shared keys/values over [null ; rows] (eq. 8.2).
         self.input_query = GroupedLinear(num_units, d, input_heads * input_key_size, bias=False)
@@ -739,14 +762,23 @@ class RIMCell(nn.Module):
                 gs, ps = (t.unbind(1) for t in _fast_inputs(st, rows.squeeze(2), P))
                 w = _step_weights(st, P, fast=True)
                 steps_out = []
-                for t in range(steps):
-                    args = (gs[t], ps[t], h, c, w, keeps[t], self.training)
+                t = 0
+                while t < steps:
                     if compiling and not (t == 0 and first_eager):
-                        res = self._call_compiled(_fast_step, _fast_step, st, *args)
+                        chunk = self.compile_chunk if steps - t >= self.compile_chunk else 1
+                        if chunk > 1:
+                            res_list = self._call_compiled(
+                                _fast_steps, _fast_steps, st, tuple(gs[t:t + chunk]), tuple(ps[t:t + chunk]), h, c,
+                                w, tuple(keeps[t:t + chunk]), self.training)
+                        else:
+                            res_list = [self._call_compiled(_fast_step, _fast_step, st, gs[t], ps[t], h, c, w,
+                                                            keeps[t], self.training)]
                     else:
-                        res = _fast_step(st, *args)
-                    h, c = res[0], res[1]
-                    steps_out.append(res)
+                        chunk = 1
+                        res_list = [_fast_step(st, gs[t], ps[t], h, c, w, keeps[t], self.training)]
+                    h, c = res_list[-1][0], res_list[-1][1]
+                    steps_out.extend(res_list)
+                    t += chunk
             for h, c, out, mask, logit, comm_probs in steps_out:
                 outs.append(out)
                 if return_info:
@@ -810,7 +842,7 @@ class RIMCell(nn.Module):
     def extra_repr(self) -> str:
         return (f"input_size={self.input_size}, hidden_size={self.hidden_size}, num_units={self.num_units}, "
                 f"k_active={self.k_active}, cell={self.cell!r}, comm={self.comm}, compile={self.compile_step}, "
-                f"{self.options}")
+                + (f"compile_chunk={self.compile_chunk}, " if self.compile_chunk > 1 else "") + f"{self.options}")
 
 
 class RIM(nn.Module):
