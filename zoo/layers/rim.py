@@ -433,9 +433,9 @@ class RIMCell(nn.Module):
             call compiles, about a minute; eager is the fallback where compiling is not possible).
         compile_chunk: with ``compile``, the time steps of a sequence compiled as one graph (the rest of a
             sequence runs step by step). ``1`` (default): one graph per step. ``8``: one call, graph and
-            autograd node per 8 steps, whose per-call cost dominates small RIMs on CPU (RecurrentPPO at
-            hidden 32: 25 % less time per update; copying at hidden 192: 11 % less per step), for a first
-            compile several times longer (1-4 minutes). Same forward bit for bit, gradients to rounding.
+            autograd node per 8 steps, whose per-call cost dominates small RIMs on CPU, for a first compile
+            several times longer (1-4 minutes); measured in ``docs/rims.md`` ("Speed"). Same forward bit
+            for bit, gradients to rounding.
         options: a :class:`RIMOptions`, or pass its fields as keyword arguments.
 
     Shapes:
