@@ -110,9 +110,9 @@ def main(argv=None) -> None:
     print(f"{b.env}, {b.n_envs} envs x {b.n_steps} steps, batch {b.batch_size}, {b.n_epochs} epochs, lr {b.lr}, "
           f"{b.updates} updates x {b.repeats} interleaved repeats (median); warm-up {warm:.0f} s")
     print("| policy | hidden | threads | steps/s | x stock |\n|---|---|---|---|---|")
-    names = {"stock": "sb3-contrib MlpLstmPolicy", "rim": f"RIM ({b.num_units} units, k={b.k_active}), compiled in chunks of {b.compile_chunk}",
-             "rim_step": f"RIM ({b.num_units} units, k={b.k_active}), compiled, one graph per step",
-             "rim_eager": f"RIM ({b.num_units} units, k={b.k_active}), eager",
+    rim = f"RIM ({b.num_units} units, k={b.k_active})"
+    names = {"stock": "sb3-contrib MlpLstmPolicy", "rim": f"{rim}, compiled in chunks of {b.compile_chunk}",
+             "rim_step": f"{rim}, compiled, one graph per step", "rim_eager": f"{rim}, eager",
              "lstm": "RecurrentCorePolicy lstm", "gru": "RecurrentCorePolicy gru",
              "rim_stepped": "RIM stepped by sb3-contrib's loop"}
     for r in runs:

@@ -1,6 +1,7 @@
 """``compile=True``: the RIM's time step through ``torch.compile`` (``compile_chunk=8``: chunks of 8 steps per
-graph, single steps for the rest) equals the eager step (float64, outputs, states, masks and gradients), and falls back to eager where compiling fails. The comparisons compile, a
-minute or two on a cold cache: they are marked slow; the fallback test is fast."""
+graph, single steps for the rest) equals the eager step (float64, outputs, states, masks and gradients), and
+falls back to eager where compiling fails. The comparisons compile, a few minutes on a cold cache: they are
+marked slow; the fallback test is fast."""
 import pytest
 import torch
 
