@@ -27,12 +27,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))      # run from a c
 
 import zoo  # noqa: E402
 from tasks.copying import NUM_RECALL, NUM_TOKENS, copying_batches  # noqa: E402
-from zoo.engine import lr_schedule, seed_everything  # noqa: E402
+from zoo.engine import ConfigError, lr_schedule, per_model_kwargs, seed_everything  # noqa: E402
 
 
 def run(name: str, kwargs: dict, args: argparse.Namespace) -> None:
     seed_everything(args.seed)
-    model = zoo.create_model(name, num_tokens=NUM_TOKENS, num_classes=NUM_TOKENS, **kwargs)
+    try:
+        model = zoo.create_model(name, num_tokens=NUM_TOKENS, num_classes=NUM_TOKENS, **kwargs)
+    except (TypeError, ValueError, RuntimeError) as e:                  # unknown model or kwargs: one line
+        raise SystemExit(f"error: {name} with {json.dumps(kwargs)}: {e}") from None
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     scheduler = lr_schedule(optimizer, "cosine", args.schedule_steps, args.warmup)
     batches = copying_batches(args.train_len, args.batch_size, args.seed, NUM_RECALL)
@@ -62,7 +65,8 @@ def run(name: str, kwargs: dict, args: argparse.Namespace) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["rim_gru_seq", "gru_seq"], help="registered sequence models")
-    p.add_argument("--model-kwargs", default="{}", help="JSON kwargs for every RIM model (e.g. comm_residual)")
+    p.add_argument("--model-kwargs", default="{}", help="JSON model kwargs, shared or per model, as the harnesses' "
+                   "--model-kwargs (e.g. '{\"comm_residual\": \"linear\"}')")
     p.add_argument("--steps", type=int, default=900, help="steps to run")
     p.add_argument("--schedule-steps", type=int, default=6000, help="length of the cosine schedule")
     p.add_argument("--warmup", type=int, default=100, help="linear warm-up steps")
@@ -76,13 +80,12 @@ def main() -> None:
                    help="compile the RIM's time step (as --compile of tasks.copying)")
     args = p.parse_args()
     try:
-        rim_kwargs = json.loads(args.model_kwargs)
-    except json.JSONDecodeError as e:
-        raise SystemExit(f"--model-kwargs is not JSON: {e}") from None
+        kwargs = per_model_kwargs(args.model_kwargs, args.models)
+    except ConfigError as e:
+        raise SystemExit(f"error: {e}") from None
     torch.set_num_threads(1)
     for name in args.models:
-        is_rim = name.startswith("rim_")
-        run(name, {"compile": args.compile, **rim_kwargs} if is_rim else {}, args)
+        run(name, {"compile": args.compile, **kwargs[name]}, args)       # compile: a no-op for nn.LSTM / nn.GRU
 
 
 if __name__ == "__main__":

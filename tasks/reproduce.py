@@ -37,7 +37,6 @@ from typing import Any, Dict, List, Optional
 from zoo.engine import (ConfigError, Interrupted, RunConfig, RunError, RunLock, arg, command_line, config_to_argv,
                         config_to_dict, default_workers, parse_config, resolve_device, run_cli, run_jobs, write_json,
                         write_text)
-
 from zoo.engine.distributed import world_size
 
 from .paper_results import PARTS, Claim, Part

@@ -154,8 +154,8 @@ def test_a_failing_run_is_named_in_one_line(tmp_path, monkeypatch):
         raise RunError("loss is nan at step 3")
 
     monkeypatch.setattr(reproduce.importlib, "import_module", lambda name: types.SimpleNamespace(run=fake_run))
+    cfg = reproduce.Config(out=str(tmp_path))
     with pytest.raises(RunError, match=r"^p/main: loss is nan at step 3$"):
-        cfg = reproduce.Config(out=str(tmp_path))
         reproduce.train(reproduce.plan(_fake_part("p", 1.0), cfg), cfg)
 
 

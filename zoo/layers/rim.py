@@ -764,17 +764,16 @@ class RIMCell(nn.Module):
                 steps_out = []
                 t = 0
                 while t < steps:
-                    if compiling and not (t == 0 and first_eager):
-                        chunk = self.compile_chunk if steps - t >= self.compile_chunk else 1
-                        if chunk > 1:
-                            res_list = self._call_compiled(
-                                _fast_steps, _fast_steps, st, tuple(gs[t:t + chunk]), tuple(ps[t:t + chunk]), h, c,
-                                w, tuple(keeps[t:t + chunk]), self.training)
-                        else:
-                            res_list = [self._call_compiled(_fast_step, _fast_step, st, gs[t], ps[t], h, c, w,
-                                                            keeps[t], self.training)]
+                    compiled_step = compiling and not (t == 0 and first_eager)
+                    chunk = self.compile_chunk if compiled_step and steps - t >= self.compile_chunk else 1
+                    if chunk > 1:                                    # compile_chunk steps in one graph
+                        res_list = self._call_compiled(
+                            _fast_steps, _fast_steps, st, tuple(gs[t:t + chunk]), tuple(ps[t:t + chunk]), h, c, w,
+                            tuple(keeps[t:t + chunk]), self.training)
+                    elif compiled_step:
+                        res_list = [self._call_compiled(_fast_step, _fast_step, st, gs[t], ps[t], h, c, w, keeps[t],
+                                                        self.training)]
                     else:
-                        chunk = 1
                         res_list = [_fast_step(st, gs[t], ps[t], h, c, w, keeps[t], self.training)]
                     h, c = res_list[-1][0], res_list[-1][1]
                     steps_out.extend(res_list)
