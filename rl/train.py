@@ -89,6 +89,8 @@ class Config:
     hidden_size: int = arg(192, help="recurrent state size (RIM: num_units x unit size)", ge=1)
     num_units: int = arg(6, help="RIM units (paper k_T)", ge=1)
     k_active: int = arg(4, help="active RIM units per step (paper k_A)", ge=1)
+    compile: bool = arg(False, help="RIM core: its time step through torch.compile, 8 steps per graph (the first "
+                                    "compile takes 1-4 min; docs/rims.md#speed)")
     frame_stack: int = arg(4, help="frames stacked per observation", ge=1, le=64)
     sticky: float = arg(-1.0, help="sticky-action probability (-1: the game's default, 0.25 for v5)", check=_sticky)
     max_episode_frames: int = arg(0, help="cap on raw frames per episode (0: the game's default, 108000)", ge=0)
@@ -122,6 +124,8 @@ class Config:
                 raise ConfigError(f"--k-active {self.k_active} exceeds --num-units {self.num_units}")
             if self.hidden_size % self.num_units:
                 raise ConfigError(f"--hidden-size {self.hidden_size} is not a multiple of --num-units {self.num_units}")
+        elif self.compile:
+            raise ConfigError(f"--compile applies to the RIM core only (--core {self.core} runs torch's fused kernels)")
 
     def run_dir(self) -> Path:
         if self.out:
@@ -148,13 +152,17 @@ def linear_schedule(start: float) -> Callable[[float], float]:
     return lambda progress: progress * start
 
 
-def recurrent_policy(core: str, hidden_size: int, num_units: int, k_active: int) -> Tuple[Any, Dict[str, Any]]:
-    """The RecurrentPPO policy class and its kwargs for ``core`` (``lstm``, ``gru`` or ``rim``)."""
+def recurrent_policy(core: str, hidden_size: int, num_units: int, k_active: int,
+                     compile: bool = False) -> Tuple[Any, Dict[str, Any]]:
+    """The RecurrentPPO policy class and its kwargs for ``core`` (``lstm``, ``gru`` or ``rim``); ``compile``
+    (RIM only) runs the RIM's time step through ``torch.compile`` in chunks of 8 steps."""
     from .policies import RecurrentCorePolicy
 
     kw: Dict[str, Any] = dict(core=core, lstm_hidden_size=hidden_size, enable_critic_lstm=False)
     if core == "rim":
         kw.update(num_units=num_units, k_active=k_active)
+        if compile:
+            kw.update(core_kwargs=dict(compile=True, compile_chunk=8))
     return RecurrentCorePolicy, kw
 
 
@@ -173,7 +181,7 @@ def build_model(cfg: Config, env) -> BaseAlgorithm:
     elif cfg.core in CORES:
         from sb3_contrib import RecurrentPPO
 
-        policy, extra = recurrent_policy(cfg.core, cfg.hidden_size, cfg.num_units, cfg.k_active)
+        policy, extra = recurrent_policy(cfg.core, cfg.hidden_size, cfg.num_units, cfg.k_active, cfg.compile)
         model = RecurrentPPO(policy, env, policy_kwargs={**policy_kwargs, **extra}, **common)
     else:
         raise ValueError(f"core={cfg.core!r} is not supported; allowed values: {', '.join(CORES)}")

@@ -130,6 +130,8 @@ class Config(RunConfig):
                                          "over the first K steps (empty: none, --train-len from the start)",
                                 allow_empty=True, ge=1)
     clip_grad: float = arg(1.0, help="gradient-norm clip (paper: 1.0; 0: none)", ge=0)
+    skip_spikes: float = arg(0.0, help="skip an optimizer step whose gradient norm exceeds this many times the median "
+                                       "of the last 100 steps' (0: never; docs/engine.md)", ge=0)
     compile: bool = arg(False, help="run the RIM time step through torch.compile (about 1.8x faster per step at "
                                     "the default size; the first run compiles for about a minute, later runs load "
                                     "the cache; eager where compiling fails)")
@@ -179,7 +181,7 @@ def train_one(cfg: Config, model_name: str, seed: int, position: int = 0) -> dic
     eval_seed = 10_000 + seed
     result = fit(model, optimizer, copying_batches(cfg.train_len, cfg.batch_size, seed, cfg.symbols, cfg.curriculum),
                  step_fn, steps=cfg.steps, device=device, out_dir=_run_dir(cfg, model_name, seed),
-                 clip_grad=cfg.clip_grad, log_every=cfg.log_every,
+                 clip_grad=cfg.clip_grad, skip_spikes=cfg.skip_spikes or None, log_every=cfg.log_every,
                  scheduler=lr_schedule(optimizer, cfg.schedule, cfg.steps, int(cfg.warmup * cfg.steps)),
                  eval_fn=lambda m: evaluate(m, cfg.train_len, min(cfg.eval_size, 500), eval_seed, device,
                                             cfg.symbols),

@@ -113,6 +113,75 @@ def test_fit_stops_on_non_finite_loss(tmp_path):
             lambda m, b: (m(b).sum() * float("nan"), {}), steps=3, progress=False)
 
 
+def _spiky_run(out_dir, steps, skip_spikes, stop_at=None, resume=False, rise_at=None):
+    """Linear regression by plain SGD (no momentum: a step that is not taken leaves the weights as they were);
+    one batch in ten scales its loss by 1e6 (a gradient spike), drawn from the stream, so the spikes fall on
+    the same steps in a resumed run. ``rise_at``: from this step on every batch is scaled by 100 (a lasting
+    rise). Returns ``(steps_that_spiked, steps_that_moved_the_weights, model)``."""
+    from zoo.engine import Interrupted, SeededStream, request_stop
+
+    seed_everything(0)
+    model = torch.nn.Linear(4, 1)
+    spiked, moved, last = [], [], [p.detach().clone() for p in model.parameters()]
+
+    def batch(g):
+        x = torch.randn(16, 4, generator=g)
+        y = x.sum(1, keepdim=True) + torch.randn(16, 1, generator=g)     # noise: the gradient never vanishes
+        return x, y, torch.rand((), generator=g) < 0.1
+
+    def step_fn(m, b):
+        x, y, spike = b
+        step = len(seen) + 1 + start[0]
+        seen.append(step)
+        scale = 1e6 if spike else 100.0 if rise_at is not None and step >= rise_at else 1.0
+        if spike:
+            spiked.append(step)
+        return torch.nn.functional.mse_loss(m(x), y) * scale, {}
+
+    def after(step, m):
+        now = [p.detach().clone() for p in m.parameters()]
+        if any(not torch.equal(a, b) for a, b in zip(now, last)):
+            moved.append(step)
+        last[:] = now
+        if step == stop_at:
+            request_stop()
+
+    seen: list = []
+    start = [load_checkpoint(out_dir / "checkpoint.pt")["step"] if resume else 0]
+    try:
+        fit(model, torch.optim.SGD(model.parameters(), 1e-3), SeededStream(batch, seed=4), step_fn, steps=steps,
+            out_dir=out_dir, resume=resume, progress=False, log_every=1, skip_spikes=skip_spikes, clip_grad=1.0, divergence=None,
+            callbacks=(after,))
+    except Interrupted:
+        pass
+    return spiked, moved, model
+
+
+def test_skip_spikes_skips_exactly_the_spiking_steps_after_the_warm_up(tmp_path):
+    from zoo.engine.loop import SPIKE_WARMUP
+
+    spiked, moved, _ = _spiky_run(tmp_path / "skip", 80, skip_spikes=10.0)
+    late = [s for s in spiked if s > SPIKE_WARMUP]
+    assert late and any(s <= SPIKE_WARMUP for s in spiked)          # the seed puts spikes on both sides
+    assert sorted(set(range(1, 81)) - set(moved)) == late          # every late spike skipped, nothing else
+    rows = list(csv.DictReader(open(tmp_path / "skip" / "metrics.csv")))
+    assert [int(r["step"]) for r in rows if r.get("train/skipped") == "1.0"] == late
+    _, moved_all, _ = _spiky_run(tmp_path / "off", 80, skip_spikes=None)
+    assert moved_all == list(range(1, 81))                           # off: every step moves the weights
+
+
+def test_skip_spikes_resumes_exactly_and_lets_a_lasting_rise_through(tmp_path):
+    _, _, ref = _spiky_run(tmp_path / "full", 60, skip_spikes=10.0)
+    _spiky_run(tmp_path / "split", 60, skip_spikes=10.0, stop_at=30)
+    spiked, _, resumed = _spiky_run(tmp_path / "split", 60, skip_spikes=10.0, resume=True)
+    assert any(30 < s <= 50 for s in spiked)      # a spike within the warm-up a resume without the window would have
+    for a, b in zip(ref.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
+    spiked, moved, _ = _spiky_run(tmp_path / "rise", 200, skip_spikes=10.0, rise_at=40)
+    held = [s for s in range(40, 201) if s not in moved and s not in spiked]
+    assert held and max(held) < 120                  # the norm rose 100x for good: held back for a while, not forever
+
+
 @dataclass
 class _Cfg:
     """A test config."""

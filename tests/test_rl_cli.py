@@ -68,6 +68,7 @@ BAD_TRAIN = [
     (["--n-envs", "1", "--n-steps", "4", "--n-minibatches", "4"], "minibatches of 1 step", "at least 2"),
     (["--core", "rim", "--num-units", "4", "--k-active", "5", "--hidden-size", "64"], "--k-active 5", "--num-units 4"),
     (["--core", "rim", "--hidden-size", "100"], "--hidden-size 100", "multiple"),
+    (["--core", "lstm", "--compile"], "--compile", "RIM core only"),
     (["--core", "transformer"], "--core", "invalid choice"),
 ]
 
@@ -97,6 +98,20 @@ def test_config_in_code_is_validated_too():
         Config(sticky=2.0)
     assert Config(sticky=-1).atari_spec().repeat_action_probability is None
     assert Config(sticky=0.0).atari_spec().repeat_action_probability == 0.0
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_compile_reaches_the_rim_cores(compile):
+    """``--compile`` gives both RIM cores (actor and critic) the compiled step in chunks of 8; without it they
+    stay eager (the agent's options, hence ``--resume``, do not change)."""
+    cfg = Config(env="ALE/Pong-v5", core="rim", compile=compile, hidden_size=48, num_units=4, k_active=2,
+                 n_envs=1, n_steps=8, n_minibatches=1, progress=False)
+    env = make_atari(cfg.atari_spec(), 1, seed=0)
+    policy = build_model(cfg, env).policy
+    env.close()
+    cells = [c for core in (policy.lstm_actor, policy.lstm_critic) if core is not None for c in core.cells]
+    assert cells and all(c.compile_step == compile and c.compile_chunk == (8 if compile else 1) for c in cells)
+    assert "compile" not in cfg.agent_options()
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -14,12 +14,14 @@ from __future__ import annotations
 import math
 import random
 import signal
+import statistics
 import threading
 import time
+from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -39,6 +41,8 @@ StepFn = Callable[[nn.Module, Any], Tuple[torch.Tensor, Dict[str, float]]]
 
 #: written into every checkpoint; a file without it is not one of ours
 CHECKPOINT_FORMAT = "zoo.engine.fit/2"
+#: ``fit(skip_spikes=...)``: gradient norms in the running median, and steps before any step may be skipped
+SPIKE_WINDOW, SPIKE_WARMUP = 100, 20
 
 
 class NonFiniteError(RunError, FloatingPointError):
@@ -153,6 +157,7 @@ def fit(
     extra_state: Optional[Dict[str, Any]] = None,
     run_meta: Optional[Dict[str, Any]] = None,
     divergence: Optional[float] = 1e6,
+    skip_spikes: Optional[float] = None,
     desc: str = "train",
     progress: bool = True,
     position: int = 0,
@@ -178,6 +183,14 @@ def fit(
             checkpoint written under other options is refused on resume (:class:`CheckpointError`).
         divergence: a finite loss above ``divergence * max(|first loss|, 1)`` also counts as diverged (a
             learning rate of 1e30 gives finite losses of 1e31 and garbage results); ``None`` disables it.
+        skip_spikes: skip the optimizer step (the schedule still advances) when the gradient norm, before
+            clipping, exceeds ``skip_spikes`` times the median of the last :data:`SPIKE_WINDOW` steps' norms (or is
+            not finite); the first :data:`SPIKE_WARMUP` steps are never skipped. A skipped step's norm enters the
+            window too, so a lasting rise of the norm lifts the median and training goes on. Why:
+            a rare gradient spike, even clipped to ``clip_grad``, points where Adam's second moment has seen
+            little gradient, so the update along it is up to ``~3 lr`` per coordinate and the first moment keeps
+            pushing that way for ~10 more steps; skipping the spike costs one step. Logged as
+            ``train/skipped`` (fraction of steps skipped); the window is saved in checkpoints. ``None``: off.
 
     Under ``torchrun`` (``WORLD_SIZE > 1``) the same call trains data-parallel: each process takes its shard
     of every global batch, gradients are averaged, rank 0 alone writes files (:mod:`zoo.engine.distributed`).
@@ -203,6 +216,7 @@ def fit(
     running: Dict[str, float] = {}
     count, last = 0, {}
     first_loss: Optional[float] = None
+    norms: Deque[float] = deque(maxlen=SPIKE_WINDOW)       # the last steps' gradient norms (skip_spikes)
     if resume and ckpt is not None and ckpt.exists():
         payload = load_checkpoint(ckpt, map_location=device)
         if payload.get("format") != CHECKPOINT_FORMAT:
@@ -227,6 +241,7 @@ def fit(
         history, running, count, last = (list(payload["history"]), dict(payload["running"]),
                                          int(payload["count"]), dict(payload["last"]))
         first_loss = payload.get("first_loss")
+        norms.extend(payload.get("grad_norms") or [])
         _set_rng_state(payload["rng"])
         restore_stream(batches, payload.get("data"), start)
         if payload.get("finished"):
@@ -250,7 +265,8 @@ def fit(
             scheduler=scheduler.state_dict() if scheduler is not None else None,
             extra={k: v.state_dict() for k, v in extra_state.items()}, step=step, finished=finished,
             seconds=seconds_before + time.perf_counter() - t0, rng=_rng_state(), data=stream_state(batches),
-            running=running, count=count, last=last, history=history, meta=run_meta, first_loss=first_loss)
+            running=running, count=count, last=last, history=history, meta=run_meta, first_loss=first_loss,
+            grad_norms=list(norms))
 
     def evaluate(step: int) -> Dict[str, float]:
         model.eval()
@@ -297,9 +313,18 @@ def fit(
             loss.backward()
             if distributed:
                 dist_utils.average_gradients(model)
-            if clip_grad:
-                metrics = {**metrics, "grad_norm": float(nn.utils.clip_grad_norm_(model.parameters(), clip_grad))}
-            optimizer.step()
+            skip = False
+            if clip_grad or skip_spikes:
+                norm = float(nn.utils.clip_grad_norm_(model.parameters(), clip_grad or math.inf))
+                metrics = {**metrics, "grad_norm": norm}
+                if skip_spikes:
+                    limit = skip_spikes * statistics.median(norms) if len(norms) >= SPIKE_WARMUP else math.inf
+                    skip = not norm <= limit                 # NaN and inf norms are spikes too
+                    if math.isfinite(norm):
+                        norms.append(norm)
+                    metrics = {**metrics, "skipped": float(skip)}
+            if not skip:
+                optimizer.step()
             if scheduler is not None:
                 scheduler.step()
             for cb in callbacks:
