@@ -38,9 +38,10 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import CSVOutputFormat
 
-from zoo.engine import (CheckpointError, ConfigError, MetricLogger, arg, atomic_write, check_device,
-                        config_to_dict, parse_config, resolve_device, run_cli, seed_everything, validate_config,
-                        write_json)
+from zoo.engine import (CheckpointError, ConfigError, Interrupted, MetricLogger, arg, atomic_write, check_device,
+                        config_to_dict, parse_config, resolve_device, run_cli, seed_everything, stop_requested,
+                        validate_config, write_json)
+from zoo.engine.loop import clear_stop, stop_handlers
 
 from .encoders import encoder_policy_kwargs
 from .envs import AtariSpec, check_atari_id, game_name, make_atari
@@ -360,7 +361,7 @@ class _EvalAndCheckpoint(BaseCallback):
         self.next_eval, self.next_ckpt = every(self.cfg.eval_every), every(self.cfg.checkpoint_every)
 
     def _on_step(self) -> bool:
-        return True
+        return not stop_requested()          # Ctrl-C / SIGTERM: stop after this env step; train() saves
 
     def evaluate(self) -> None:
         from .evaluate import evaluate_agent
@@ -487,8 +488,17 @@ def train(cfg: Config) -> Dict[str, Any]:
         evals.evaluate()                                              # the untrained agent: the curve's start
     t0 = time.time()
     remaining = max(cfg.steps - model.num_timesteps, 0)
-    model.learn(remaining, callback=[_Progress(cfg.steps, cfg.progress, episodes), evals], reset_num_timesteps=not resuming)
+    with stop_handlers():
+        model.learn(remaining, callback=[_Progress(cfg.steps, cfg.progress, episodes), evals],
+                    reset_num_timesteps=not resuming)
     seconds = time.time() - t0
+    if stop_requested():
+        save_agent(model, ckpt)
+        for f in (log, episodes, env, eval_env):
+            f.close()
+        clear_stop()
+        raise Interrupted(f"interrupted at step {model.num_timesteps} of {cfg.steps}: checkpoint saved in {ckpt}; "
+                          f"continue with the same command and --resume", step=model.num_timesteps)
     if not evals.history or evals.history[-1]["step"] != model.num_timesteps:
         evals.evaluate()                                              # the final agent's score
     save_agent(model, ckpt)

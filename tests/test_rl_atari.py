@@ -186,6 +186,41 @@ def test_train_command_writes_logs_checkpoint_and_plot(trained_run):
 
 
 @pytest.mark.slow
+def test_train_saves_a_checkpoint_on_sigterm_and_resumes(tmp_path):
+    """SIGTERM (what Ctrl-C sends the foreground job as SIGINT) while training: the agent of the step reached is
+    saved (periodic checkpoints are off here, so nothing else writes it), exit 130 with one line naming
+    ``--resume``, and ``--resume`` finishes the run from that step."""
+    import signal
+    import time
+
+    from rl.train import read_agent_data
+
+    out = tmp_path / "pong"
+    cmd = [sys.executable, "-m", "rl.train", "--env", "ALE/Pong-v5", "--core", "none", "--n-envs", "1",
+           "--n-steps", "16", "--n-epochs", "1", "--n-minibatches", "1", "--eval-every", "0", "--eval-episodes", "1",
+           "--random-episodes", "0", "--max-episode-frames", "200", "--checkpoint-every", "0", "--no-progress",
+           "--out", str(out)]
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen(cmd + ["--steps", "1000000"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(_rows(out / "progress.csv") if (out / "progress.csv").exists() else []) < 2:
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    lines = [ln for ln in (stdout + stderr).splitlines() if "interrupted" in ln]
+    assert len(lines) == 1 and "--resume" in lines[0] and "checkpoint.zip" in lines[0], stdout + stderr
+    saved = int(read_agent_data(out / "checkpoint.zip")["num_timesteps"])
+    assert saved >= 32 and not (out / "results.json").exists()
+    done = subprocess.run(cmd + ["--steps", str(saved + 32), "--resume"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((out / "results.json").read_text())["steps"] == saved + 32
+
+
+@pytest.mark.slow
 def test_train_recurrent_rim_nfm_runs(tmp_path):
     """The recurrent path: RecurrentPPO with a RIM core and the NFM encoder, no frame stacking."""
     from rl import RecurrentCorePolicy

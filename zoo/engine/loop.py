@@ -66,6 +66,11 @@ def stop_requested() -> bool:
     return _STOP.is_set()
 
 
+def clear_stop() -> None:
+    """Forget a stop request once the run it stopped has saved (loops that are not :func:`fit`, e.g. rl.train)."""
+    _STOP.clear()
+
+
 @contextmanager
 def stop_handlers():
     """While active, SIGINT and SIGTERM set the stop flag instead of raising (main thread only)."""
