@@ -4,8 +4,9 @@
     python benchmarks/invariance_overhead.py --model test_resnet --chans 1 --size 28   # the digits setting
 
 One full training step each (augmentation / noise, forward, loss, backward, optimizer step) on the same
-batch, all variants interleaved in this process, each a fresh copy of the same initial weights; prints the
-median step time and the ratio to its baseline:
+batch, all variants and thread counts (``--threads``, default 1 2) interleaved round by round in this
+process, each a fresh copy of the same initial weights; prints the median step time and the ratio to its
+baseline at the same thread count:
 
 * ``dai`` (M = 2, alpha = 0.1) vs ``dai`` with ``alpha = 0``: in-batch augmentation of the same ``M * B``
   images without the invariance loss (goal <= 1.10x, the paper's "about 10 %");
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import copy
 
-from timing import image_batch, image_parser, interleave, medians, method_step, prepare
+from timing import at_threads, image_batch, image_parser, interleave, medians, method_step, prepare, thread_key
 
 import zoo
 from zoo.engine import markdown_table
@@ -33,7 +34,7 @@ VARIANTS = {
 
 
 def main() -> None:
-    a = image_parser(__doc__, repeats=15).parse_args()
+    a = image_parser(__doc__, repeats=15, thread_list=True).parse_args()
     device = prepare(a)
     base = zoo.create_model(a.model, in_chans=a.chans, num_classes=a.classes).to(device)
     batch = image_batch(a, device)
@@ -43,14 +44,15 @@ def main() -> None:
         method = create_method(name, **kw)
         method.setup(model)
         steps[label] = method_step(model, method, batch)
-    med = medians(interleave(steps, a.repeats, device, warmup=3))
+    med = medians(interleave(at_threads(steps, a.threads), a.repeats, device, warmup=3))
     rows = []
-    for label, (_, _, ref, goal) in VARIANTS.items():
-        ratio = f"{med[label] / med[ref]:.3f}x" if ref else "-"
-        rows.append([label, f"{1000 * med[label]:.1f}", ref or "-", ratio, f"<= {goal:.2f}x" if goal else "-"])
-    print(f"{a.model}, batch {a.batch}x{a.chans}x{a.size}x{a.size}, {device}, threads {a.threads or 'default'}, "
-          f"median of {a.repeats} steps")
-    print(markdown_table(["variant", "step ms", "baseline", "ratio", "goal"], rows))
+    for n in a.threads:
+        for label, (_, _, ref, goal) in VARIANTS.items():
+            t = med[thread_key(n, label)]
+            ratio = f"{t / med[thread_key(n, ref)]:.3f}x" if ref else "-"
+            rows.append([label, str(n), f"{1000 * t:.1f}", ref or "-", ratio, f"<= {goal:.2f}x" if goal else "-"])
+    print(f"{a.model}, batch {a.batch}x{a.chans}x{a.size}x{a.size}, {device}, median of {a.repeats} interleaved steps")
+    print(markdown_table(["variant", "threads", "step ms", "baseline", "ratio", "goal"], rows))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping
+from typing import Callable, Dict, List, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -20,33 +20,41 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))      # run from a c
 
 from zoo.engine import resolve_device  # noqa: E402
 
-__all__ = ["image_parser", "prepare", "timed", "interleave", "medians", "method_step", "image_batch"]
+__all__ = ["image_parser", "prepare", "timed", "interleave", "at_threads", "thread_key", "medians", "method_step", "image_batch"]
 
 
 def image_parser(doc: str, model: str = "resnet18", model_flag: str = "--model", repeats: int = 15,
-                 model_help: str = "registry name (zoo or timm)") -> argparse.ArgumentParser:
-    """The options of an image benchmark: model, batch shape, repeats, threads, device."""
+                 model_help: str = "registry name (zoo or timm)", thread_list: bool = False) -> argparse.ArgumentParser:
+    """The options of an image benchmark: model, batch shape, repeats, threads, device (``thread_list``:
+    ``--threads`` takes several counts, default 1 2, for :func:`at_threads`)."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(model_flag, default=model, help=model_help)
     p.add_argument("--batch", type=int, default=64, help="images per step")
     p.add_argument("--chans", type=int, default=3)
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--classes", type=int, default=10)
-    add_run_options(p, repeats)
+    add_run_options(p, repeats, thread_list)
     return p
 
 
-def add_run_options(p: argparse.ArgumentParser, repeats: int) -> None:
+def add_run_options(p: argparse.ArgumentParser, repeats: int, thread_list: bool = False) -> None:
     """``--repeats``, ``--threads``, ``--device``: the options of every benchmark."""
     p.add_argument("--repeats", type=int, default=repeats, help="timed rounds (after the warm-up rounds)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    if thread_list:
+        p.add_argument("--threads", type=int, nargs="+", default=[1, 2],
+                       help="torch thread counts, interleaved round by round")
+    else:
+        p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
 
 
 def prepare(a: argparse.Namespace, seed: int = 0) -> torch.device:
-    """Apply ``--threads``, seed torch and resolve ``--device``."""
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    """Apply ``--threads`` (the first of a list), seed torch and resolve ``--device``."""
+    threads = a.threads[0] if isinstance(a.threads, list) else a.threads
+    if isinstance(a.threads, list) and min(a.threads) < 1:
+        raise SystemExit(f"--threads must be >= 1, got {' '.join(map(str, a.threads))}")
+    if threads:
+        torch.set_num_threads(threads)
     torch.manual_seed(seed)
     return resolve_device(a.device)
 
@@ -80,6 +88,24 @@ def interleave(steps: Mapping[str, Callable[[int], object]], repeats: int, devic
             if i >= warmup:
                 times[name].append(t)
     return times
+
+
+def at_threads(steps: Mapping[str, Callable[[int], object]], counts: Sequence[int]) -> Dict[str, Callable[[int], object]]:
+    """Every step at every torch thread count, as variants (:func:`thread_key`) for :func:`interleave`: each
+    call sets its count first (microseconds, inside the timed call), so one round times every pair and load
+    hits 1 and 2 threads alike."""
+    def at(n: int, fn: Callable[[int], object]) -> Callable[[int], object]:
+        def step(i: int) -> object:
+            torch.set_num_threads(n)
+            return fn(i)
+        return step
+
+    return {thread_key(n, name): at(n, fn) for n in counts for name, fn in steps.items()}
+
+
+def thread_key(threads: int, name: str) -> str:
+    """The name of step ``name`` at ``threads`` threads in :func:`at_threads`' variants."""
+    return f"{threads}\0{name}"
 
 
 def medians(times: Mapping[str, List[float]]) -> Dict[str, float]:
