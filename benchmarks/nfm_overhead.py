@@ -92,20 +92,14 @@ def saved_bytes(fn: Callable[[], torch.Tensor], params) -> int:
 
 def main() -> None:
     p = image_parser(__doc__, model="preactresnet18", model_flag="--backbone", repeats=7,
-                     model_help="plain backbone; its NFM version is nfm_<name>")
-    for act in p._actions:                                   # --threads takes a list here: one table per count
-        if "--threads" in act.option_strings:
-            act.nargs, act.default, act.help = "+", [1, 2], "torch thread counts, one table each (default: 1 2)"
+                     model_help="plain backbone; its NFM version is nfm_<name>", thread_list=True)  # a table per count
     p.add_argument("--variants", nargs="+", default=["p1", "p2"],
                    help="p<passes>[:key=value ...][:+flag ...] (see above); default: the 1- and 2-pass models")
     p.add_argument("--warmup", type=int, default=2, help="untimed rounds first (more with +compile)")
     p.add_argument("--compile-backbone", action="store_true", help="also time torch.compile(backbone)")
     a = p.parse_args()
-    for t in a.threads:
-        if t < 1:
-            raise SystemExit(f"--threads must be >= 1, got {t}")
-    a_threads, a.threads = a.threads, 0
-    device = prepare(a)
+    device = prepare(a)                                          # checks --threads
+    a_threads = a.threads
     kw = dict(in_chans=a.chans, num_classes=a.classes)
     batch = image_batch(a, device)
 

@@ -26,7 +26,7 @@ __all__ = ["image_parser", "prepare", "timed", "interleave", "at_threads", "thre
 def image_parser(doc: str, model: str = "resnet18", model_flag: str = "--model", repeats: int = 15,
                  model_help: str = "registry name (zoo or timm)", thread_list: bool = False) -> argparse.ArgumentParser:
     """The options of an image benchmark: model, batch shape, repeats, threads, device (``thread_list``:
-    ``--threads`` takes several counts, default 1 2, for :func:`at_threads`)."""
+    ``--threads`` takes several counts, default 1 2, e.g. for :func:`at_threads`)."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(model_flag, default=model, help=model_help)
     p.add_argument("--batch", type=int, default=64, help="images per step")
@@ -41,8 +41,7 @@ def add_run_options(p: argparse.ArgumentParser, repeats: int, thread_list: bool 
     """``--repeats``, ``--threads``, ``--device``: the options of every benchmark."""
     p.add_argument("--repeats", type=int, default=repeats, help="timed rounds (after the warm-up rounds)")
     if thread_list:
-        p.add_argument("--threads", type=int, nargs="+", default=[1, 2],
-                       help="torch thread counts, interleaved round by round")
+        p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts to compare")
     else:
         p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")

@@ -36,7 +36,7 @@ from . import distributed as dist_utils
 from .checkpoint import clean_stale_tmp, write_json, write_text
 from .cli import config_to_dict
 from .errors import Interrupted, RunError
-from .loop import _STOP, IN_WORKER, NonFiniteError, request_stop
+from .loop import IN_WORKER, NonFiniteError, clear_stop, request_stop
 from .seed import resolve_device
 
 __all__ = ["run_jobs", "default_workers", "run_grid", "command_line", "write_report", "RunLock",
@@ -292,7 +292,7 @@ def run_grid(cfg: Any, fn: Callable[..., Any], names: Sequence[str], label: str,
             lock.release()
         if main_process and not existed and out.exists() and not any(out.iterdir()):
             out.rmdir()
-        _STOP.clear()
+        clear_stop()
         if isinstance(e, (Interrupted, KeyboardInterrupt)):
             raise Interrupted(f"interrupted: checkpoints are saved under {out}; continue with: {command} --resume") from None
         raise

@@ -67,7 +67,7 @@ def stop_requested() -> bool:
 
 
 def clear_stop() -> None:
-    """Forget a stop request once the run it stopped has saved (loops that are not :func:`fit`, e.g. rl.train)."""
+    """Forget a stop request once the run it stopped has saved (fit, the job runner, rl.train)."""
     _STOP.clear()
 
 
@@ -358,7 +358,7 @@ def fit(
             if logger is not None:
                 logger.close()
             if not IN_WORKER["value"]:
-                _STOP.clear()
+                clear_stop()
             where = f" (checkpoint {ckpt})" if ckpt is not None else " (no out_dir: nothing saved)"
             raise Interrupted(f"interrupted at step {done} of {steps}{where}", step=done)
     bad = _first_non_finite(model)
