@@ -149,7 +149,7 @@ def side_by_side(cfg: Config, n_runs: int) -> int:
     an accelerator, with ``--backend ray`` (the cluster schedules the runs' jobs) and under ``torchrun``."""
     if cfg.backend != "local" or world_size() > 1:
         return 1
-    return cfg.workers or default_workers(n_runs, resolve_device(cfg.device))
+    return cfg.workers or default_workers(n_runs, resolve_device(cfg.device), cfg.threads)
 
 
 def run_one(run: Run, log: Optional[Path] = None) -> float:

@@ -277,3 +277,34 @@ def test_per_run_keys_each_run_by_name_and_seed_and_skips_runs_without_the_value
             {"model": "b", "seed": 0}]
     assert per_run(runs) == {"a/seed0": 1.5, "a/seed1": 2.0}
     assert per_run([{"core": "rim", "seed": 3, "cpu": 4}], "cpu", key="core") == {"rim/seed3": 4}
+
+
+def test_default_workers_share_the_cores_among_a_grids_single_threaded_runs(monkeypatch):
+    from zoo.engine import jobs
+    monkeypatch.setattr(jobs, "cpu_cores", lambda: 2)
+    cpu = torch.device("cpu")
+    assert jobs.default_workers(6, cpu, share_cores=True) == 6        # 3 slow + 3 fast seeds: all at once
+    assert jobs.default_workers(3, cpu, share_cores=True) == 3        # not 2 rounds of 2 + 1
+    assert jobs.default_workers(9, cpu, share_cores=True) == 2 * jobs.RUNS_PER_CORE
+    assert jobs.default_workers(6, cpu, threads=2, share_cores=True) == 1    # multi-threaded runs never share
+    assert jobs.default_workers(6, cpu) == 2                          # reproduce: one per core, longest first
+    assert jobs.default_workers(6, cpu, threads=2) == 1
+    assert jobs.default_workers(6, torch.device("cuda"), share_cores=True) == 1
+
+
+def test_a_harness_grid_runs_every_run_at_once_by_default(monkeypatch, tmp_path):
+    from tasks import copying
+    from zoo.engine import jobs
+    seen = {}
+
+    def in_process(fn, job_list, workers=1, threads=1):
+        seen["workers"], seen["jobs"] = workers, len(job_list)
+        return [fn(*job) for job in job_list]
+
+    monkeypatch.setattr(jobs, "cpu_cores", lambda: 2)
+    monkeypatch.setattr(jobs, "run_jobs", in_process)
+    copying.main(["--models", "lstm_seq_small", "--model-kwargs", '{"hidden_size": 8, "embed_dim": 4}',
+                  "--seeds", "3", "--steps", "2", "--train-len", "3", "--test-lens", "3", "--symbols", "2",
+                  "--batch-size", "4", "--eval-size", "8", "--eval-every", "0", "--no-progress",
+                  "--out", str(tmp_path / "c")])
+    assert seen == {"workers": 3, "jobs": 3}                          # one per core would be 2

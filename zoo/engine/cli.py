@@ -348,7 +348,8 @@ class RunConfig:
     out: str = arg("runs/run", help="output folder", path="out_dir")
     device: str = arg("auto", help="'auto' (CUDA if present), 'cpu', 'cuda', 'cuda:1', ...",
                       check=check_device)
-    workers: int = arg(0, help="parallel training processes (0: one per CPU core, one on a GPU)", ge=0,
+    workers: int = arg(0, help="parallel training processes (0: with --threads 1 every run at once, up to 3 per "
+                               "CPU core, sharing the cores; else one per --threads cores; one on a GPU)", ge=0,
                        run_control=True)
     threads: int = arg(1, help="torch threads per training process (results are reproducible for a fixed "
                                "thread count)", ge=1)
