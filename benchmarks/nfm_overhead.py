@@ -99,7 +99,6 @@ def main() -> None:
     p.add_argument("--compile-backbone", action="store_true", help="also time torch.compile(backbone)")
     a = p.parse_args()
     device = prepare(a)                                          # checks --threads
-    a_threads = a.threads
     kw = dict(in_chans=a.chans, num_classes=a.classes)
     batch = image_batch(a, device)
 
@@ -180,7 +179,7 @@ def main() -> None:
     mem_cols = ["saved for backward (MiB)"] + (["CUDA peak train (MiB)", "CUDA peak eval (MiB)"]
                                                 if device.type == "cuda" else [])
     cpu_clock = device.type == "cpu"
-    for threads in a_threads:
+    for threads in a.threads:
         if device.type == "cpu":
             torch.set_num_threads(threads)
         wall: Dict[str, List[float]] = {}

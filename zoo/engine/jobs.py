@@ -67,8 +67,8 @@ def default_workers(num_jobs: int, device: torch.device, threads: int = 1, share
     ``share_cores`` (a harness's grid of runs): single-threaded runs go all at once, up to :data:`RUNS_PER_CORE`
     per core, and the OS shares the cores among them to the end. One process per core would run them in rounds,
     and a last round that does not fill the cores leaves some idle: 3 seeds of a slow model and 3 of a fast one
-    on 2 cores took two rounds of the slow run (Sort-of-CLEVR: 663 s), where sharing takes about the total CPU
-    time over the cores. Results do not depend on it: every run has its own fixed thread count."""
+    on 2 cores take two rounds of the slow run, where sharing takes about the total CPU time over the cores
+    (``docs/sort_of_clevr.md``). Results do not depend on it: every run has its own fixed thread count."""
     if device.type != "cpu":
         return 1
     cores = cpu_cores()
