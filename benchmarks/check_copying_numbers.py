@@ -12,6 +12,7 @@ reproducible only at the same thread count and on the same kind of CPU, so the t
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -32,7 +33,9 @@ def documented(table: str) -> Tuple[str, Dict[Tuple[str, str], Dict[str, float]]
     start = text.index(heading)
     section = text[start:text.find("\n## ", start + len(heading))]
     command = re.search(r"```bash\n(python -m tasks\.copying[^\n]*)\n", section).group(1).split("#")[0].strip()
-    rows = [line for line in section.splitlines() if line.startswith("|")]
+    lines = section.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    rows = list(itertools.takewhile(lambda line: line.startswith("|"), lines[first:]))   # the first table only
     header = [h.strip() for h in rows[0].strip("|").split("|")]
     col = {name: header.index(name) for name in ("model", "T", "CE recall", "acc recall")}
     values = {}

@@ -1,7 +1,8 @@
 """RIM vs ``torch.nn.LSTM``: time and activation memory, same total hidden size, interleaved in one process.
 
     python benchmarks/rim_vs_lstm.py                     # fwd+bwd, T=100, B=64, in 32, H=600, 6 units, k=4; 1 and 2 threads
-    python benchmarks/rim_vs_lstm.py --preset demo       # one Adam step of rim_lstm_seq_small vs lstm_seq_small
+    python benchmarks/rim_vs_lstm.py --preset demo       # one Adam step of rim_lstm_seq_small vs lstm_seq_small (the
+                                                         # copying demo's models until 2026-12-01)
                                                          # on a T=50 copying batch (70 steps), batch 64
     python benchmarks/rim_vs_lstm.py --threads 1 --repeats 9 --variants eager compiled gru official
 

@@ -4,7 +4,12 @@ Train at dormant length ``T = 50``, test at ``T = 200``: RIMs keep recalling, an
 
     python -m tasks.copying                      # the embedded default: RIM vs LSTM, ~10 min on 2 CPU cores
     python -m tasks.copying --help               # every option
-    python -m tasks.copying --models rim_lstm_seq lstm_seq --steps 20000 --seeds 3   # the paper's sizes
+    python -m tasks.copying --models rim_lstm_seq lstm_seq --steps 20000 --seeds 3 \
+        --lr 1e-3 --schedule constant --warmup 0                                      # the paper's sizes and rate
+
+The default: ``rim_gru_seq_small`` (6 GRU units of 64, the gated residual) against ``lstm_seq_small``, 2,000
+steps, each family at its own best rate and schedule in ``docs/copying.md``'s sweep (:data:`DEFAULT_LR`,
+:data:`DEFAULT_SCHEDULE`), the RIM compiled.
 
 Data format (``anirudh9119/RIMs`` ``event_based/copying_data.py``; ``shared/docs/tasks.md``): symbols
 1..8, blank 0, marker 9. Input: 10 random symbols, ``T-1`` blanks, the marker, 10 blanks (``T+20``
@@ -24,10 +29,10 @@ import torch
 import torch.nn.functional as F
 
 import zoo
-from zoo.engine import (SCHEDULES, ConfigError, RunConfig, SeededStream, arg, command_line, config_to_dict, fit,
-                        fmt_mean_std, lr_schedule, markdown_table, parse_config, per_model_kwargs, per_run,
-                        resolve_device, run_cli, run_grid, seed_everything, summarize_seeds, warmup_arg,
-                        write_report)
+from zoo.engine import (SCHEDULES, ConfigError, RunConfig, SeededStream, arg, check_per_model, command_line,
+                        config_to_dict, fit, fmt_mean_std, lr_schedule, markdown_table, parse_config, per_model_kwargs,
+                        per_model_value, per_run, resolve_device, run_cli, run_grid, seed_everything, summarize_seeds,
+                        warmup_arg, write_report)
 
 BLANK, MARKER, NUM_TOKENS = 0, 9, 10
 NUM_RECALL = 10
@@ -114,7 +119,7 @@ def _check_model(name: str) -> Optional[str]:
 class Config(RunConfig):
     """Copying task (thesis ch. 8, Table 1): train at dormant length T, test at longer T, RIMs vs LSTM."""
 
-    models: List[str] = arg(["rim_lstm_seq_small", "lstm_seq_small"],
+    models: List[str] = arg(["rim_gru_seq_small", "lstm_seq_small"],
                             help="registered sequence models to compare (zoo.list_models('*seq*'))",
                             check=lambda names: next(filter(None, map(_check_model, names)), None))
     train_len: int = arg(50, help="dormant length T in training (sequence length T+20)", ge=1)
@@ -122,19 +127,23 @@ class Config(RunConfig):
     symbols: int = arg(NUM_RECALL, help="symbols to copy per sequence (paper: 10)", ge=1)
     steps: int = arg(2000, help="optimizer steps per model and seed", ge=1)
     batch_size: int = arg(64, help="training batch size", ge=1)
-    lr: float = arg(3e-3, help="peak Adam learning rate (paper: 1e-3 for hidden 600)", gt=0)
-    schedule: str = arg("constant", choices=SCHEDULES, help="learning-rate schedule: constant, or cosine decay to 0 at "
-                                                    "--steps (after --warmup)")
-    warmup: float = warmup_arg()
+    lr: List[float] = arg([], help="peak Adam learning rate: one for every model, or one per --models entry in the "
+                                   "same order; none (the default): 2e-3 for RIM models, 3e-3 for the others (each "
+                                   "family's best in docs/copying.md's sweep; paper: 1e-3)", gt=0, allow_empty=True)
+    schedule: List[str] = arg([], choices=SCHEDULES, help="learning-rate schedule, cosine (decay to 0 at --steps "
+                                                          "after --warmup) or constant (paper): one for every model or "
+                                                          "one per --models entry; none (the default): cosine for RIM "
+                                                          "models, constant for the others", allow_empty=True)
+    warmup: float = warmup_arg(0.05)
     curriculum: List[int] = arg([], help="T0 K: the training dormant length grows linearly from T0 to --train-len "
                                          "over the first K steps (empty: none, --train-len from the start)",
                                 allow_empty=True, ge=1)
     clip_grad: float = arg(1.0, help="gradient-norm clip (paper: 1.0; 0: none)", ge=0)
     skip_spikes: float = arg(0.0, help="skip an optimizer step whose gradient norm exceeds this many times the median "
                                        "of the last 100 steps' (0: never; docs/engine.md)", ge=0)
-    compile: bool = arg(False, help="run the RIM time step through torch.compile (about 1.8x faster per step at "
-                                    "the default size; the first run compiles for about a minute, later runs load "
-                                    "the cache; eager where compiling fails)")
+    compile: bool = arg(True, help="run the RIM time step through torch.compile (--no-compile: eager; the first run "
+                                   "compiles for about a minute, later runs load the cache; eager where compiling "
+                                   "fails)")
     eval_size: int = arg(1000, help="test sequences per dormant length", ge=1)
     eval_every: int = arg(250, help="evaluate at train_len every this many steps (0: only at the end)", ge=0)
     model_kwargs: str = arg("{}", help='JSON object of extra model kwargs, shared (\'{"k_active": 3}\') or per '
@@ -142,6 +151,8 @@ class Config(RunConfig):
     out: str = arg("runs/copying", help="output folder", path="out_dir")
 
     def check(self) -> None:
+        check_per_model(self.lr, self.models, "--lr")
+        check_per_model(self.schedule, self.models, "--schedule")
         if self.curriculum and len(self.curriculum) != 2:
             raise ConfigError(f"--curriculum takes two numbers, T0 K (start length, steps), got "
                               f"{' '.join(map(str, self.curriculum))}")
@@ -159,6 +170,27 @@ def model_kwargs(cfg: Config, name: str) -> dict:
     return {"compile": cfg.compile, **per_model_kwargs(cfg.model_kwargs, cfg.models)[name]}
 
 
+#: the defaults without ``--lr`` / ``--schedule``, by family (RIM models, and the LSTM / GRU baselines): each
+#: family's best at the default budget in ``docs/copying.md``'s sweep (the LSTM falls behind under cosine decay)
+DEFAULT_LR = {"rim": 2e-3, "baseline": 3e-3}
+DEFAULT_SCHEDULE = {"rim": "cosine", "baseline": "constant"}
+
+
+def _family(name: str) -> str:
+    return "rim" if name.startswith("rim_") else "baseline"
+
+
+def model_lr(cfg: Config, name: str) -> float:
+    """The peak learning rate of model ``name``: the single ``--lr``, the one at ``name``'s place in
+    ``--models``, or without ``--lr`` :data:`DEFAULT_LR` of its family."""
+    return per_model_value(cfg.lr, cfg.models, name, DEFAULT_LR[_family(name)])
+
+
+def model_schedule(cfg: Config, name: str) -> str:
+    """The learning-rate schedule of model ``name``, as :func:`model_lr` (:data:`DEFAULT_SCHEDULE`)."""
+    return per_model_value(cfg.schedule, cfg.models, name, DEFAULT_SCHEDULE[_family(name)])
+
+
 def _run_dir(cfg: Config, model_name: str, seed: int) -> Path:
     return Path(cfg.out) / model_name / f"seed{seed}"
 
@@ -170,7 +202,7 @@ def train_one(cfg: Config, model_name: str, seed: int, position: int = 0) -> dic
     model = zoo.create_model(model_name, num_tokens=NUM_TOKENS, num_classes=NUM_TOKENS,
                              **model_kwargs(cfg, model_name)).to(device)
     run_meta = {**config_to_dict(cfg, include_run_control=False), "model": model_name, "seed": seed}
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=model_lr(cfg, model_name))
 
     def step_fn(m, batch):
         x, y = batch
@@ -182,7 +214,8 @@ def train_one(cfg: Config, model_name: str, seed: int, position: int = 0) -> dic
     result = fit(model, optimizer, copying_batches(cfg.train_len, cfg.batch_size, seed, cfg.symbols, cfg.curriculum),
                  step_fn, steps=cfg.steps, device=device, out_dir=_run_dir(cfg, model_name, seed),
                  clip_grad=cfg.clip_grad, skip_spikes=cfg.skip_spikes or None, log_every=cfg.log_every,
-                 scheduler=lr_schedule(optimizer, cfg.schedule, cfg.steps, int(cfg.warmup * cfg.steps)),
+                 scheduler=lr_schedule(optimizer, model_schedule(cfg, model_name), cfg.steps,
+                                       int(cfg.warmup * cfg.steps)),
                  eval_fn=lambda m: evaluate(m, cfg.train_len, min(cfg.eval_size, 500), eval_seed, device,
                                             cfg.symbols),
                  eval_every=cfg.eval_every, ckpt_every=cfg.checkpoint_every, resume=cfg.resume, run_meta=run_meta,

@@ -34,10 +34,10 @@ import torch.nn.functional as F
 import zoo
 from zoo.data import dataset_missing
 from zoo.data.seq_mnist import INPUTS, SEQ_DATASETS, pixel_sequences, seq_mnist_batches, seq_mnist_splits
-from zoo.engine import (SCHEDULES, ConfigError, RunConfig, RunError, arg, command_line, config_to_dict, fit,
-                        fmt_mean_std, lr_schedule, markdown_table, parse_config, per_model_kwargs, per_run,
-                        resolve_device, run_cli, run_grid, seed_everything, summarize_seeds, warmup_arg,
-                        write_report)
+from zoo.engine import (SCHEDULES, ConfigError, RunConfig, RunError, arg, check_per_model, command_line,
+                        config_to_dict, fit, fmt_mean_std, lr_schedule, markdown_table, parse_config, per_model_kwargs,
+                        per_model_value, per_run, resolve_device, run_cli, run_grid, seed_everything, summarize_seeds,
+                        warmup_arg, write_report)
 from zoo.models.rim_seq import SequenceModel
 
 __all__ = ["Config", "run", "main", "model_kwargs", "model_lr", "DEFAULT_LR", "build_model", "classify", "accuracy",
@@ -107,9 +107,7 @@ class Config(RunConfig):
 
     def check(self) -> None:
         super().check()
-        if len(self.lr) not in (0, 1, len(self.models)):
-            raise ConfigError(f"--lr takes one learning rate for every model or one per model ({len(self.models)} "
-                              f"for --models {' '.join(self.models)}), got {len(self.lr)}")
+        check_per_model(self.lr, self.models, "--lr")
         for name in self.models:                   # build on the meta device: no memory, no time
             try:
                 with torch.device("meta"):
@@ -216,9 +214,7 @@ DEFAULT_LR = {"rim": 4e-3, "baseline": 2e-3}
 def model_lr(cfg: Config, name: str) -> float:
     """The peak learning rate of model ``name``: the single ``--lr``, the one at ``name``'s place in
     ``--models``, or without ``--lr`` :data:`DEFAULT_LR` of its family."""
-    if not cfg.lr:
-        return DEFAULT_LR["rim" if name.startswith("rim_") else "baseline"]
-    return cfg.lr[0] if len(cfg.lr) == 1 else cfg.lr[cfg.models.index(name)]
+    return per_model_value(cfg.lr, cfg.models, name, DEFAULT_LR["rim" if name.startswith("rim_") else "baseline"])
 
 
 def train_one(cfg: Config, model_name: str, seed: int, position: int = 0) -> dict:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from tasks import copying
+from zoo.engine import ConfigError
 
 
 def test_batch_follows_reference_format():
@@ -50,11 +51,30 @@ def test_curriculum_grows_the_dormant_length_linearly_then_holds_it():
 
 def test_compile_option_reaches_the_rim_and_model_kwargs_override_it():
     cfg = copying.Config(models=["rim_lstm_seq_small", "lstm_seq_small"], model_kwargs='{"hidden_size": 96}')
-    assert copying.model_kwargs(cfg, "rim_lstm_seq_small") == {"compile": False, "hidden_size": 96}
-    cfg = copying.Config(models=["rim_lstm_seq_small"], compile=True)
-    assert copying.model_kwargs(cfg, "rim_lstm_seq_small") == {"compile": True}
+    assert copying.model_kwargs(cfg, "rim_lstm_seq_small") == {"compile": True, "hidden_size": 96}   # the default
+    cfg = copying.Config(models=["rim_lstm_seq_small"], compile=False)
+    assert copying.model_kwargs(cfg, "rim_lstm_seq_small") == {"compile": False}
     cfg = copying.Config(models=["rim_lstm_seq_small"], compile=True, model_kwargs='{"compile": false}')
     assert copying.model_kwargs(cfg, "rim_lstm_seq_small")["compile"] is False
+
+
+def test_each_model_gets_its_familys_learning_rate_or_its_own():
+    """Issue 17: the LSTM baseline gets its own best learning rate (docs/copying.md's sweep), not the RIM's."""
+    cfg = copying.Config()
+    assert [copying.model_lr(cfg, m) for m in cfg.models] == [copying.DEFAULT_LR["rim"], copying.DEFAULT_LR["baseline"]]
+    assert copying.DEFAULT_LR["rim"] != copying.DEFAULT_LR["baseline"]
+    cfg = copying.Config(models=["rim_gru_seq_small", "lstm_seq_small"], lr=[1e-3])
+    assert [copying.model_lr(cfg, m) for m in cfg.models] == [1e-3, 1e-3]
+    cfg = copying.Config(models=["lstm_seq_small", "rim_gru_seq_small"], lr=[1e-3, 5e-3])
+    assert [copying.model_lr(cfg, m) for m in cfg.models] == [1e-3, 5e-3]
+    with pytest.raises(ConfigError, match="--lr takes one value for every model or one per model"):
+        copying.Config(models=["lstm_seq_small", "rim_gru_seq_small"], lr=[1e-3, 2e-3, 3e-3])
+    cfg = copying.Config()                    # schedules the same way: cosine for the RIM, constant for the LSTM
+    assert [copying.model_schedule(cfg, m) for m in cfg.models] == ["cosine", "constant"]
+    cfg = copying.Config(models=["rim_gru_seq_small", "lstm_seq_small"], schedule=["constant", "cosine"])
+    assert [copying.model_schedule(cfg, m) for m in cfg.models] == ["constant", "cosine"]
+    with pytest.raises(ConfigError, match="--schedule takes one value"):
+        copying.Config(models=["lstm_seq_small"], schedule=["cosine", "constant"])
 
 
 def test_schedule_warmup_and_curriculum_reach_the_training_loop(tmp_path, monkeypatch):
@@ -102,3 +122,27 @@ def test_short_run_learns_and_writes_results(tmp_path):
     run = out / "rim_lstm_seq_small" / "seed0"
     assert (run / "checkpoint.pt").exists() and (run / "metrics.csv").exists()
     assert not list(run.glob("*.tmp"))                                # atomic writes left no temp files
+
+
+def test_the_documented_default_table_is_the_default_commands_and_drift_fails(tmp_path):
+    """``benchmarks/check_copying_numbers.py`` (issue 17: a check that fails when a documented default command's
+    numbers drift) reads the first table of ``docs/results.md#copying``: it must be the default command's, with
+    a row for every default model and tested T; the documented numbers pass, one moved number fails."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "check_copying_numbers.py"
+    spec = importlib.util.spec_from_file_location("check_copying_numbers", path)
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    command, rows = check.documented("default")
+    cfg = copying.Config()
+    assert command == "python -m tasks.copying"
+    assert set(rows) == {(m, str(T)) for m in cfg.models for T in cfg.test_lens}
+    results = {m: {T: dict(rows[(m, T)]) for (mm, T) in rows if mm == m} for m in cfg.models}
+    out = tmp_path / "results.json"
+    out.write_text(json.dumps(results))
+    assert check.main(["--results", str(out)]) == 0
+    results[cfg.models[0]]["200"]["acc_recall"] -= 0.05
+    out.write_text(json.dumps(results))
+    assert check.main(["--results", str(out)]) == 1

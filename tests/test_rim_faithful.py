@@ -384,11 +384,11 @@ def test_kept_state_communication_is_bounded_only_by_a_bounded_residual():
     assert _lstm_state_growth(comm_residual="linear", comm_source="candidate") < 10.0
 
 
-def _rim_gru_seq_growth(**kw) -> float:
-    """Largest |h| of the registered ``rim_gru_seq`` (small) over 300 tokens, communication maps of gain 4."""
+def _rim_gru_seq_growth(name: str = "rim_gru_seq", **kw) -> float:
+    """Largest |h| of the registered ``name`` (made small) over 300 tokens, communication maps of gain 4."""
     import zoo
     torch.manual_seed(0)
-    m = zoo.create_model("rim_gru_seq", hidden_size=24, embed_dim=8, num_units=4, k_active=2, **kw)
+    m = zoo.create_model(name, hidden_size=24, embed_dim=8, num_units=4, k_active=2, **kw)
     with torch.no_grad():
         for name, p in m.core.named_parameters():
             if ".comm" in name and p.dim() > 1:
@@ -397,13 +397,14 @@ def _rim_gru_seq_growth(**kw) -> float:
     return features.abs().nan_to_num(float("inf")).max().item()
 
 
-def test_rim_gru_seq_keeps_its_state_bounded():
-    """``rim_gru_seq`` uses the official code's gated residual: the paper-size model with the linear one
-    diverged on the copying task at lr 3e-3 (|h| 8 -> 1.2e3 at step 750, where nn.GRU of hidden 600 had
-    reached loss 0.012; docs/copying.md), the kept-state compounding of docs/rims.md. Gated: |h| <= |c| + 1
-    <= 2 whatever the communication maps."""
-    assert _rim_gru_seq_growth() <= 2.0
-    assert _rim_gru_seq_growth(comm_residual="linear") > 1e3
+@pytest.mark.parametrize("name", ["rim_gru_seq", "rim_gru_seq_small"])
+def test_rim_gru_seq_keeps_its_state_bounded(name):
+    """``rim_gru_seq`` (and the copying demo's ``rim_gru_seq_small``) use the official code's gated residual:
+    the paper-size model with the linear one diverged on the copying task at lr 3e-3 (|h| 8 -> 1.2e3 at step
+    750, where nn.GRU of hidden 600 had reached loss 0.012; docs/copying.md), the kept-state compounding of
+    docs/rims.md. Gated: |h| <= |c| + 1 <= 2 whatever the communication maps."""
+    assert _rim_gru_seq_growth(name) <= 2.0
+    assert _rim_gru_seq_growth(name, comm_residual="linear") > 1e3
 
 
 @pytest.mark.slow

@@ -6,7 +6,8 @@ the reference.
 """
 from .checkpoint import atomic_write, clean_stale_tmp, load_checkpoint, save_checkpoint, write_json, write_text
 from .cli import (ConfigError, RunConfig, arg, warmup_arg, check_device, check_writable_dir, check_writable_file,
-                  config_to_argv, config_to_dict, parse_config, parse_json_object, per_model_kwargs, validate_config)
+                  check_per_model, config_to_argv, config_to_dict, parse_config, parse_json_object, per_model_kwargs,
+                  per_model_value, validate_config)
 from .errors import CheckpointError, Interrupted, RunError, run_cli
 from .jobs import RunLock, check_finite, command_line, default_workers, per_run, run_grid, run_jobs, write_report
 from .logger import MetricLogger
@@ -20,7 +21,8 @@ __all__ = [
     "atomic_write", "clean_stale_tmp", "load_checkpoint", "save_checkpoint", "write_json", "write_text",
     # configs and errors
     "ConfigError", "RunConfig", "arg", "warmup_arg", "check_device", "check_writable_dir", "check_writable_file",
-    "config_to_argv", "config_to_dict", "parse_config", "parse_json_object", "per_model_kwargs", "validate_config",
+    "check_per_model", "config_to_argv", "config_to_dict", "parse_config", "parse_json_object", "per_model_kwargs",
+    "per_model_value", "validate_config",
     "CheckpointError", "Interrupted", "RunError", "NonFiniteError", "run_cli",
     # training
     "FitResult", "cycle", "fit", "lr_schedule", "SCHEDULES", "request_stop", "stop_requested", "to_device", "MetricLogger",

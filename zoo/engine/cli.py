@@ -66,10 +66,10 @@ def arg(default: Any = dataclasses.MISSING, help: str = "", choices: Optional[Se
     return dataclasses.field(default=default, metadata=meta, **kw)
 
 
-def warmup_arg() -> Any:
+def warmup_arg(default: float = 0.0) -> Any:
     """The ``--warmup`` field of every harness with a learning-rate schedule: a fraction of ``--steps``
     (``lr_schedule(..., warmup=int(cfg.warmup * cfg.steps))``)."""
-    return arg(0.0, help="linear learning-rate warm-up from 0 over this fraction of --steps (0: none)", ge=0, lt=1)
+    return arg(default, help="linear learning-rate warm-up from 0 over this fraction of --steps (0: none)", ge=0, lt=1)
 
 
 def _flag(name: str) -> str:
@@ -180,6 +180,25 @@ def per_model_kwargs(text: str, models: Sequence[str], option: str = "--model-kw
         if text != default:
             raise ConfigError(f"{option} names {key!r}, which is not in --models {' '.join(models)}")
     return {m: {**spec.get("*", {}), **spec.get(m, {})} for m in models}
+
+
+def check_per_model(values: Sequence[Any], models: Sequence[str], option: str) -> None:
+    """Check a list option that takes one value for every model or one per ``--models`` entry (``--lr``).
+
+    Raises:
+        ConfigError (one line) when ``values`` has another length than 0, 1 or ``len(models)``.
+    """
+    if len(values) not in (0, 1, len(models)):
+        raise ConfigError(f"{option} takes one value for every model or one per model ({len(models)} for "
+                          f"--models {' '.join(models)}), got {len(values)}")
+
+
+def per_model_value(values: Sequence[Any], models: Sequence[str], name: str, default: Any) -> Any:
+    """Model ``name``'s entry of a :func:`check_per_model` list: the single value, the one at ``name``'s place
+    in ``models``, or ``default`` when the list is empty."""
+    if not values:
+        return default
+    return values[0] if len(values) == 1 else values[list(models).index(name)]
 
 
 def _describe_bounds(meta: Mapping[str, Any]) -> str:
