@@ -33,6 +33,7 @@ from zoo.engine import (SCHEDULES, ConfigError, RunConfig, SeededStream, arg, ch
                         config_to_dict, fit, fmt_mean_std, lr_schedule, markdown_table, parse_config, per_model_kwargs,
                         per_model_value, per_run, resolve_device, run_cli, run_grid, seed_everything, summarize_seeds,
                         warmup_arg, write_report)
+from zoo.models.rim_seq import model_family
 
 BLANK, MARKER, NUM_TOKENS = 0, 9, 10
 NUM_RECALL = 10
@@ -176,19 +177,15 @@ DEFAULT_LR = {"rim": 2e-3, "baseline": 3e-3}
 DEFAULT_SCHEDULE = {"rim": "cosine", "baseline": "constant"}
 
 
-def _family(name: str) -> str:
-    return "rim" if name.startswith("rim_") else "baseline"
-
-
 def model_lr(cfg: Config, name: str) -> float:
     """The peak learning rate of model ``name``: the single ``--lr``, the one at ``name``'s place in
     ``--models``, or without ``--lr`` :data:`DEFAULT_LR` of its family."""
-    return per_model_value(cfg.lr, cfg.models, name, DEFAULT_LR[_family(name)])
+    return per_model_value(cfg.lr, cfg.models, name, DEFAULT_LR[model_family(name)])
 
 
 def model_schedule(cfg: Config, name: str) -> str:
     """The learning-rate schedule of model ``name``, as :func:`model_lr` (:data:`DEFAULT_SCHEDULE`)."""
-    return per_model_value(cfg.schedule, cfg.models, name, DEFAULT_SCHEDULE[_family(name)])
+    return per_model_value(cfg.schedule, cfg.models, name, DEFAULT_SCHEDULE[model_family(name)])
 
 
 def _run_dir(cfg: Config, model_name: str, seed: int) -> Path:

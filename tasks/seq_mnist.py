@@ -38,7 +38,7 @@ from zoo.engine import (SCHEDULES, ConfigError, RunConfig, RunError, arg, check_
                         config_to_dict, fit, fmt_mean_std, lr_schedule, markdown_table, parse_config, per_model_kwargs,
                         per_model_value, per_run, resolve_device, run_cli, run_grid, seed_everything, summarize_seeds,
                         warmup_arg, write_report)
-from zoo.models.rim_seq import SequenceModel
+from zoo.models.rim_seq import SequenceModel, model_family
 
 __all__ = ["Config", "run", "main", "model_kwargs", "model_lr", "DEFAULT_LR", "build_model", "classify", "accuracy",
            "BestWeights", "unit_activity", "PAPER", "NUM_CLASSES"]
@@ -214,7 +214,7 @@ DEFAULT_LR = {"rim": 4e-3, "baseline": 2e-3}
 def model_lr(cfg: Config, name: str) -> float:
     """The peak learning rate of model ``name``: the single ``--lr``, the one at ``name``'s place in
     ``--models``, or without ``--lr`` :data:`DEFAULT_LR` of its family."""
-    return per_model_value(cfg.lr, cfg.models, name, DEFAULT_LR["rim" if name.startswith("rim_") else "baseline"])
+    return per_model_value(cfg.lr, cfg.models, name, DEFAULT_LR[model_family(name)])
 
 
 def train_one(cfg: Config, model_name: str, seed: int, position: int = 0) -> dict:

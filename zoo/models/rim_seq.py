@@ -194,6 +194,12 @@ default_cfgs = generate_default_cfgs({
 })
 
 
+def model_family(name: str) -> str:
+    """``"rim"`` for the registered RIM sequence models (``rim_*``), ``"baseline"`` for the LSTM / GRU ones: the
+    key of the harnesses' per-family defaults (``tasks.copying.DEFAULT_LR``, ``tasks.seq_mnist.DEFAULT_LR``)."""
+    return "rim" if name.startswith("rim_") else "baseline"
+
+
 def _create(variant: str, pretrained: bool = False, **kwargs) -> SequenceModel:
     if kwargs.get("num_tokens") is None and kwargs.get("input_size") is None:
         kwargs["num_tokens"] = 10  # the copying task's alphabet: blank, 8 symbols, marker
