@@ -2,18 +2,21 @@
 :class:`RecurrentCorePolicy` against sb3-contrib's stock ``MlpLstmPolicy``, same env, same hidden size,
 same PPO settings, in one process.
 
-    python benchmarks/rl_throughput.py                                  # rim vs stock LSTM, hidden 32..256, threads 1 2
+    python benchmarks/rl_throughput.py --lr 0                           # issue 16's table: speed alone (same episodes)
+    python benchmarks/rl_throughput.py                                  # the same at RecurrentPPO's default rate
     python benchmarks/rl_throughput.py --variants stock rim lstm gru --hidden 64 --threads 1
 
 Every variant trains on ``--env`` (default ``zoo/CartPoleNoVel-v0``) with RecurrentPPO's default settings
-(``n_steps=128``, ``batch_size=128``, 10 epochs, actor and critic cores) after one warm-up update; variants
-are interleaved over ``--repeats`` rounds (every hidden size and thread count in the same rounds) and each
-reports its median steps/s and the ratio to sb3-contrib's stock ``MlpLstmPolicy`` at the same hidden size and
-thread count. ``rim`` runs the RIM's time step through ``torch.compile``, ``--compile-chunk`` steps per graph
-(default 8; the warm-up update compiles, a few minutes the first time, then torch's on-disk cache loads it),
-``rim_eager`` without. Goal (issue 16):
-``rim`` >= 1.0x the stock policy at hidden 32, 64, 128 and 256, 1 and 2 threads. Numbers on a shared machine
-are noisy.
+(``n_steps=128``, ``batch_size=128``, 10 epochs, actor and critic cores) after a warm-up update at each thread
+count; variants are interleaved over ``--repeats`` rounds (every hidden size and thread count in the same
+rounds) and each reports its median steps/s and the ratio to sb3-contrib's stock ``MlpLstmPolicy`` at the same
+hidden size and thread count. ``rim`` runs the RIM's time step through ``torch.compile``, ``--compile-chunk``
+steps per graph (default 8; the warm-up updates compile, a few minutes the first time, then torch's on-disk
+cache loads it), ``rim_eager`` without. Goal (issue 16): ``rim`` >= 1.0x the stock policy at hidden 32, 64, 128
+and 256, 1 and 2 threads. ``--lr 0`` measures speed alone: every policy stays at its initial behaviour, so every
+variant sees episodes of the same length distribution; with the default rate a policy that learns faster gets
+longer episodes, longer training sequences and slower updates (docs/rl.md). Numbers on a shared machine are
+noisy.
 """
 from __future__ import annotations
 
@@ -95,8 +98,12 @@ def main(argv=None) -> None:
     models = {(v, h): build(b, v, h) for h in b.hidden for v in b.variants}
     steps = b.updates * b.n_envs * b.n_steps
     t0 = time.perf_counter()
-    for model in models.values():
-        model.learn(b.n_envs * b.n_steps)                             # warm-up update (compiles the RIM's step)
+    for i, threads in enumerate(b.threads):
+        # a warm-up update at every thread count: torch.compile guards on the thread count, so the RIM's graphs
+        # compile once per count, outside the timed rounds
+        torch.set_num_threads(threads)
+        for model in models.values():
+            model.learn(b.n_envs * b.n_steps, reset_num_timesteps=i == 0)
     warm = time.perf_counter() - t0
     runs = list(itertools.product(b.hidden, b.threads, b.variants))
     times = {r: [] for r in runs}
