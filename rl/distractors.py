@@ -50,7 +50,7 @@ class Config(RunConfig):
     """RIM vs LSTM RecurrentPPO agents: train with seen distractors, evaluate with seen and novel ones."""
 
     out: str = arg("runs/rl_distractors", help="output folder", path="out_dir")
-    cores: List[str] = arg(["rim", "lstm"], choices=list(CORES), help="recurrent cores to compare")
+    cores: List[str] = arg(["rim", "lstm"], choices=list(CORES), unique=True, help="recurrent cores to compare")
     seeds: int = arg(3, help="seeds per core (seed, seed+1, ...); tables show mean ± std", ge=1)
     steps: int = arg(200_000, help="environment steps per run", ge=1)
     num_distractors: int = arg(4, help="distractors per room (training and evaluation)", ge=0, le=30)
@@ -99,8 +99,6 @@ class Config(RunConfig):
         if self.num_distractors > (self.room_size - 2) ** 2 - 2:
             raise ConfigError(f"--num-distractors {self.num_distractors} does not fit a --room-size "
                               f"{self.room_size} room")
-        if len(set(self.cores)) != len(self.cores):
-            raise ConfigError(f"--cores {' '.join(self.cores)} lists a core twice")
 
 
 def env_kwargs(cfg: Config) -> Dict[str, Any]:

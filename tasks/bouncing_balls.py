@@ -177,7 +177,7 @@ class Config(RunConfig):
     """Bouncing balls (thesis ch. 8.4.2, Fig. 3): train on 4 balls, roll out on 4, 6-8 balls and behind a curtain."""
 
     models: List[str] = arg(["rim_lstm_balls_small", "lstm_balls_small"],
-                            help="registered bouncing-balls models to compare (zoo.list_models('*balls*'))")
+                            unique=True, help="registered bouncing-balls models to compare (zoo.list_models('*balls*'))")
     generate_only: bool = arg(False, help="only write one data set (--balls, --sequences, --curtain, ...) to "
                                           "--out as .npz, then stop")
     balls: List[int] = arg([4], help="balls per training sequence, or a range LOW HIGH (with --generate-only: "

@@ -121,7 +121,7 @@ class Config(RunConfig):
     """Copying task (thesis ch. 8, Table 1): train at dormant length T, test at longer T, RIMs vs LSTM."""
 
     models: List[str] = arg(["rim_gru_seq_small", "lstm_seq_small"],
-                            help="registered sequence models to compare (zoo.list_models('*seq*'))",
+                            unique=True, help="registered sequence models to compare (zoo.list_models('*seq*'))",
                             check=lambda names: next(filter(None, map(_check_model, names)), None))
     train_len: int = arg(50, help="dormant length T in training (sequence length T+20)", ge=1)
     test_lens: List[int] = arg([50, 200], help="dormant lengths to test", ge=1)

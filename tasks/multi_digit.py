@@ -70,7 +70,7 @@ class Config(RunConfig):
     """Multi-digit MNIST (thesis 10.4.2): train on some digit counts, test exact-set accuracy on others."""
 
     models: List[str] = arg(["mnist_convnet", "nfm_mnist_convnet"],
-                            help="registered image models (in_chans=1, num_classes=10): mnist_convnet, "
+                            unique=True, help="registered image models (in_chans=1, num_classes=10): mnist_convnet, "
                                  "nfm_mnist_convnet, or any timm model")
     model_kwargs: str = arg(json.dumps(CPU_KWARGS),
                             help='JSON: keyword arguments per model name ("*": every model); entries of models '
@@ -102,8 +102,6 @@ class Config(RunConfig):
 
     def check(self) -> None:
         super().check()
-        if len(set(self.models)) != len(self.models):
-            raise ConfigError(f"--models lists a model twice: {' '.join(self.models)}")
         kwargs = {m: {"num_classes": NUM_CLASSES, "in_chans": 1, **kw}
                   for m, kw in per_model_kwargs(self.model_kwargs, self.models, default=json.dumps(CPU_KWARGS)).items()}
         check_models(self.models, kwargs, lambda m: None)

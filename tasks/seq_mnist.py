@@ -67,7 +67,7 @@ class Config(RunConfig):
 
     seeds: int = arg(3, help="seeds per model (seed, seed+1, ...); tables show mean ± std", ge=1)
     models: List[str] = arg(["rim_lstm_seq_small", "lstm_seq_small"],
-                            help="registered sequence models to compare (zoo.list_models('*seq*'))",
+                            unique=True, help="registered sequence models to compare (zoo.list_models('*seq*'))",
                             check=lambda names: next(filter(None, map(_check_model, names)), None))
     dataset: str = arg("digits", help="digits = 5,000 embedded MNIST digits (offline, fixed 4,000/1,000 split); "
                                       "mnist = full MNIST from --data-root (torchvision layout or MNIST/raw IDX files)",

@@ -96,7 +96,7 @@ class Config(RunConfig):
     """Sort-of-CLEVR (thesis 10.4.3): CNN+MLP vs NFM(CNN) on relational and non-relational questions."""
 
     models: List[str] = arg(["sortclevr_cnn", "nfm_sortclevr_cnn"],
-                            help="registered models taking (image, question): sortclevr_cnn, nfm_sortclevr_cnn, "
+                            unique=True, help="registered models taking (image, question): sortclevr_cnn, nfm_sortclevr_cnn, "
                                  "sortclevr_rn")
     model_kwargs: str = arg(json.dumps(CPU_KWARGS),
                             help='JSON: keyword arguments per model name ("*": every model); entries of models '
@@ -133,8 +133,6 @@ class Config(RunConfig):
         kwargs = per_model_kwargs(self.model_kwargs, self.models, default=json.dumps(CPU_KWARGS))
         check_models(self.models, kwargs, lambda m: None if hasattr(m, "question_dim") else
                      "takes no question; use a Sort-of-CLEVR model (sortclevr_cnn, nfm_sortclevr_cnn, sortclevr_rn)")
-        if len(set(self.models)) != len(self.models):
-            raise ConfigError(f"--models lists a model twice: {' '.join(self.models)}")
 
 
 # -- data -----------------------------------------------------------------------------------------------

@@ -241,6 +241,11 @@ BAD_OPTIONS = [
     (copying, ["--device", "bogus"], "--device 'bogus'"),
     (copying, ["--device", "cuda:7"], "--device 'cuda:7'"),
     (copying, ["--models", "rim_lstm_seq_smal"], "registered sequence model"),
+    # a repeated model would share a run folder, and its per-model --lr is looked up by name (arg(unique=True))
+    (copying, ["--models", "lstm_seq_small", "lstm_seq_small", "--lr", "1e-3", "2e-3"],
+     "--models lists lstm_seq_small twice"),
+    (seq_mnist, ["--models", "lstm_seq_small", "rim_lstm_seq_small", "lstm_seq_small"],
+     "--models lists lstm_seq_small twice"),
     (copying, ["--model-kwargs", '{"k_active": 3'], "--model-kwargs '{\"k_active\": 3' is not valid JSON"),
     (copying, ["--model-kwargs", '[1, 2]'], "must be a JSON object"),
     (copying, ["--model-kwargs", '{"k_activ": 3}'], "k_activ"),

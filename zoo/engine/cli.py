@@ -39,7 +39,7 @@ class ConfigError(ValueError):
 
 def arg(default: Any = dataclasses.MISSING, help: str = "", choices: Optional[Sequence] = None, *,
         ge: Optional[float] = None, gt: Optional[float] = None, le: Optional[float] = None,
-        lt: Optional[float] = None, path: Optional[str] = None, allow_empty: bool = False,
+        lt: Optional[float] = None, path: Optional[str] = None, allow_empty: bool = False, unique: bool = False,
         check: Optional[Callable[[Any], Optional[str]]] = None, run_control: bool = False, **kw) -> Any:
     """A dataclass field with CLI help text and validation metadata.
 
@@ -50,13 +50,15 @@ def arg(default: Any = dataclasses.MISSING, help: str = "", choices: Optional[Se
             ``"in_file"`` / ``"in_dir"`` / ``"in_any"`` (must exist). Empty strings skip the check when
             ``allow_empty``.
         allow_empty: lists may be empty / paths may be ``""`` (default: not allowed).
+        unique: no value may appear twice in the list (``--models``: one run folder per name, and per-model
+            options such as ``--lr`` are looked up by name).
         check: ``check(value) -> None | "what is allowed"`` for anything else.
         run_control: the field controls how a run executes, not what it computes (``resume``, ``progress``,
             ``workers``): left out of ``results.json`` so that a resumed run writes the same file. Output
             paths (``path="out_dir"``/``"out_file"``) count as run control too.
     """
     meta = {"help": help, "choices": choices, "ge": ge, "gt": gt, "le": le, "lt": lt, "path": path,
-            "allow_empty": allow_empty, "check": check, "run_control": run_control}
+            "allow_empty": allow_empty, "unique": unique, "check": check, "run_control": run_control}
     if path is not None and path not in _PATH_KINDS:
         raise ValueError(f"path={path!r}; allowed: {_PATH_KINDS}")
     if isinstance(default, (list, dict)):
@@ -242,6 +244,9 @@ def validate_config(cfg: Any) -> None:
                 raise ConfigError(f"{flag} needs at least one value")
             for v in value:
                 _check_value(flag, v, meta)
+            repeated = sorted({str(v) for v in value if value.count(v) > 1})
+            if meta.get("unique") and repeated:
+                raise ConfigError(f"{flag} lists {', '.join(repeated)} twice; give each value once")
         else:
             _check_value(flag, value, meta)
         kind = meta.get("path")
