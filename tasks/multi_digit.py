@@ -13,7 +13,7 @@ Metric (the paper did not publish its own): **exact-set accuracy**, the share of
 predicted set ``{c : sigmoid_c > 0.5}`` equals the set of digits on the canvas; also ``topk_acc`` (the
 ``k`` highest scores are the ``k`` digits, with ``k`` given), macro ``f1`` over the 10 labels, and per-label F1.
 Writes ``results.json`` (per model and count: ``exact_acc``, ``exact_acc_std``, ``exact_acc_per_seed``, the
-same for ``topk_acc`` and ``f1``, and ``f1_per_label``), ``results.md``, ``accuracy_vs_count.png`` (seen
+same for ``topk_acc``, ``f1`` and the miscount shares ``fewer`` / ``more``, and ``f1_per_label``), ``results.md``, ``accuracy_vs_count.png`` (seen
 counts marked), ``samples.png`` and, for NFM models, ``attention_<model>.png``.
 """
 from __future__ import annotations
@@ -121,12 +121,16 @@ class SetMetrics(TypedDict):
     exact_acc: float
     topk_acc: float
     f1: float
+    fewer: float
+    more: float
     f1_per_label: List[float]
 
 
 def exact_set_metrics(logits: torch.Tensor, y: torch.Tensor, threshold: float = 0.5) -> SetMetrics:
     """``exact_acc`` (thresholded set == true set), ``topk_acc`` (the ``|y|`` top scores == true set), macro
-    ``f1`` and ``f1_per_label`` (labels absent from both truth and prediction count as F1 = 1)."""
+    ``f1`` and ``f1_per_label`` (labels absent from both truth and prediction count as F1 = 1); ``fewer`` and
+    ``more``: the share of canvases whose thresholded set holds fewer / more digits than the canvas (a
+    miscount, as opposed to naming the wrong digits)."""
     pred = torch.sigmoid(logits) > threshold
     truth = y > 0.5
     exact = (pred == truth).all(1).float().mean()
@@ -136,7 +140,10 @@ def exact_set_metrics(logits: torch.Tensor, y: torch.Tensor, threshold: float = 
     tp = (pred & truth).sum(0).float()
     denom = pred.sum(0).float() + truth.sum(0).float()
     f1 = torch.where(denom > 0, 2 * tp / denom.clamp_min(1), torch.ones_like(tp))
-    return {"exact_acc": float(exact), "topk_acc": float(topk), "f1": float(f1.mean()), "f1_per_label": f1.tolist()}
+    size = pred.sum(1)
+    return {"exact_acc": float(exact), "topk_acc": float(topk), "f1": float(f1.mean()),
+            "fewer": float((size < k).float().mean()), "more": float((size > k).float().mean()),
+            "f1_per_label": f1.tolist()}
 
 
 @torch.no_grad()
@@ -218,7 +225,7 @@ def summarize(cfg: Config, runs: List[dict]) -> dict:
         mine = [r for r in runs if r["model"] == name]
         results[name] = {}
         for k in map(str, cfg.counts):
-            scalars = [{m: r["tests"][k][m] for m in ("exact_acc", "topk_acc", "f1")} for r in mine]
+            scalars = [{m: r["tests"][k][m] for m in ("exact_acc", "topk_acc", "f1", "fewer", "more")} for r in mine]
             entry = seed_summary(scalars)
             entry["f1_per_label"] = np.mean([r["tests"][k]["f1_per_label"] for r in mine], axis=0).tolist()
             entry["seen"] = int(k) in cfg.train_counts
@@ -315,6 +322,9 @@ def run(cfg: Config, command: Optional[str] = None) -> dict:
     extra = ("\nTop-k set accuracy (the k highest scores are the k digits; k given):\n\n"
              + results_table(cfg, runs, "topk_acc")
              + "\nMacro F1 over the 10 labels:\n\n" + results_table(cfg, runs, "f1")
+             + "\nMiscounts: share of canvases whose predicted set has fewer digits than the canvas:\n\n"
+             + results_table(cfg, runs, "fewer")
+             + "\n... and more digits than the canvas:\n\n" + results_table(cfg, runs, "more")
              + "\nTraining time per run (s, this machine): "
              + ", ".join(f"{n} {np.mean([r['seconds'] for r in runs if r['model'] == n]):.0f}" for n in cfg.models)
              + "\n")

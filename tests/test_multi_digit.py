@@ -100,9 +100,15 @@ def test_exact_set_metrics_by_hand():
     assert m["topk_acc"] == 1.0                                   # with k given, the top-1 of row 2 is right
     assert m["f1_per_label"][3] == 0.0 and m["f1_per_label"][0] == 1.0 and m["f1_per_label"][9] == 1.0
     assert m["f1"] == pytest.approx(0.9)
+    assert (m["fewer"], m["more"]) == (0.0, 0.5)                  # row 2 names one digit too many
     logits[0, 1] = -0.5                                           # digit 1 now below the threshold
     assert harness.exact_set_metrics(logits, y)["exact_acc"] == 0.0
     assert harness.exact_set_metrics(logits, y, threshold=0.3)["exact_acc"] == 0.5
+    m = harness.exact_set_metrics(logits, y)
+    assert (m["fewer"], m["more"]) == (0.5, 0.5)                  # row 1 now one short, row 2 one over
+    logits[0, 1], logits[0, 2] = -5.0, 0.5                        # row 1: digit 2 named instead of digit 1
+    m = harness.exact_set_metrics(logits, y)
+    assert m["exact_acc"] == 0.0 and (m["fewer"], m["more"]) == (0.0, 0.5)   # wrong digit, right count
 
 
 @pytest.mark.parametrize("argv, message", [
