@@ -126,6 +126,17 @@ class SetMetrics(TypedDict):
     f1_per_label: List[float]
 
 
+#: The per-count scalars of :class:`SetMetrics` that :func:`summarize` averages over seeds, with the caption
+#: of each one's table in ``results.md`` (``exact_acc`` is the main table, without a caption).
+SCALARS: Dict[str, str] = {
+    "exact_acc": "",
+    "topk_acc": "Top-k set accuracy (the k highest scores are the k digits; k given):",
+    "f1": "Macro F1 over the 10 labels:",
+    "fewer": "Miscounts: share of canvases whose predicted set has fewer digits than the canvas:",
+    "more": "... and more digits than the canvas:",
+}
+
+
 def exact_set_metrics(logits: torch.Tensor, y: torch.Tensor, threshold: float = 0.5) -> SetMetrics:
     """``exact_acc`` (thresholded set == true set), ``topk_acc`` (the ``|y|`` top scores == true set), macro
     ``f1`` and ``f1_per_label`` (labels absent from both truth and prediction count as F1 = 1); ``fewer`` and
@@ -225,7 +236,7 @@ def summarize(cfg: Config, runs: List[dict]) -> dict:
         mine = [r for r in runs if r["model"] == name]
         results[name] = {}
         for k in map(str, cfg.counts):
-            scalars = [{m: r["tests"][k][m] for m in ("exact_acc", "topk_acc", "f1", "fewer", "more")} for r in mine]
+            scalars = [{m: r["tests"][k][m] for m in SCALARS} for r in mine]
             entry = seed_summary(scalars)
             entry["f1_per_label"] = np.mean([r["tests"][k]["f1_per_label"] for r in mine], axis=0).tolist()
             entry["seen"] = int(k) in cfg.train_counts
@@ -319,12 +330,7 @@ def run(cfg: Config, command: Optional[str] = None) -> dict:
                                f"; train counts {cfg.train_counts}, test counts {cfg.counts}, {cfg.steps} steps each", command=command)
     results = summarize(cfg, runs)
     table = results_table(cfg, runs)
-    extra = ("\nTop-k set accuracy (the k highest scores are the k digits; k given):\n\n"
-             + results_table(cfg, runs, "topk_acc")
-             + "\nMacro F1 over the 10 labels:\n\n" + results_table(cfg, runs, "f1")
-             + "\nMiscounts: share of canvases whose predicted set has fewer digits than the canvas:\n\n"
-             + results_table(cfg, runs, "fewer")
-             + "\n... and more digits than the canvas:\n\n" + results_table(cfg, runs, "more")
+    extra = ("".join(f"\n{caption}\n\n{results_table(cfg, runs, m)}" for m, caption in SCALARS.items() if caption)
              + "\nTraining time per run (s, this machine): "
              + ", ".join(f"{n} {np.mean([r['seconds'] for r in runs if r['model'] == n]):.0f}" for n in cfg.models)
              + "\n")

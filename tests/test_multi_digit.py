@@ -111,6 +111,18 @@ def test_exact_set_metrics_by_hand():
     assert m["exact_acc"] == 0.0 and (m["fewer"], m["more"]) == (0.0, 0.5)   # wrong digit, right count
 
 
+def test_summarize_averages_every_scalar_over_seeds_miscounts_included():
+    cfg = harness.Config(models=["mnist_convnet"], train_counts=[1], test_counts=[2], seeds=2)
+    def run(seed, fewer, more):
+        tests = {k: {"exact_acc": 0.5, "topk_acc": 0.6, "f1": 0.7, "fewer": fewer, "more": more,
+                     "f1_per_label": [1.0] * 10} for k in ("1", "2")}
+        return {"model": "mnist_convnet", "seed": seed, "tests": tests}
+    res = harness.summarize(cfg, [run(0, 0.2, 0.0), run(1, 0.4, 0.1)])["mnist_convnet"]["2"]
+    assert res["fewer"] == pytest.approx(0.3) and res["fewer_per_seed"] == [0.2, 0.4]
+    assert res["more"] == pytest.approx(0.05) and res["more_std"] > 0
+    assert res["exact_acc"] == pytest.approx(0.5) and not res["seen"]
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--train-counts", "0", "3"], "--train-counts 0 is out of range"),
     (["--test-counts", "11"], "--test-counts 11 is out of range"),
