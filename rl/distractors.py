@@ -8,18 +8,24 @@ Picking up a distractor ends the episode with no reward.
 
 Every core gets the same agent and the same PPO settings (the paper changed only the recurrent core):
 sb3-contrib's ``RecurrentPPO`` with :class:`rl.policies.RecurrentCorePolicy` (``core="rim" | "lstm" |
-"gru"``), one-hot view -> core -> 64-unit ReLU heads; the value head reads the view directly
-(``enable_critic_lstm=False``), as in ``rl.train``.
+"gru"``), one-hot view -> ReLU layer -> core -> 64-unit ReLU heads; the value head reads the features
+directly (``enable_critic_lstm=False``), as in ``rl.train``. ``--encoder cells`` replaces the ReLU layer by
+:class:`rl.encoders.CellEncoder` (one embedding per view cell): the RIM's input attention then chooses among
+the 49 cells (``--rim-rows one``: it reads them concatenated, as the LSTM always does).
 
     python -m rl.distractors                               # RIM vs LSTM, 3 seeds (the default)
     python -m rl.distractors --cores rim lstm gru --seeds 3
     python -m rl.distractors --steps 300000 --seeds 5      # longer
+    python -m rl.distractors --encoder cells               # cores read one embedding per view cell; the RIM
+                                                           # attends over the 49 cells (input rows)
 
 Outputs in ``--out`` (default ``runs/rl_distractors``): ``results.json`` (per core: ``seen`` and ``novel``,
 each with ``success``, ``success_std``, ``return``, ``return_std`` over seeds and ``per_seed``; plus
 the curves), ``results.md``, ``curves.png`` (success on seen and novel distractors during training, mean ±
 std over seeds), ``episode-<core>.gif`` (one evaluation episode with novel distractors per core, first
-seed), and one folder per run (``<core>-s<seed>/``: ``run.json``, ``agent.zip``, ``checkpoint.zip``).
+seed), and one folder per run (``<core>-s<seed>/``: ``run.json``, ``agent.zip``, ``checkpoint.zip``). With
+``--encoder cells`` also ``attention.md`` / ``attention.json``: where the RIM's input attention goes, per
+kind of view cell (:mod:`rl.attention`).
 """
 from __future__ import annotations
 
@@ -38,7 +44,7 @@ from zoo.engine import (per_run, CheckpointError, ConfigError, RunConfig, arg, a
 from zoo.engine.results import fmt_mean_std
 
 from .cores import CORES
-from .gridworld import NOVEL_COLORS, SEEN_COLORS, SPLITS, make_distractor_env
+from .gridworld import NOVEL_COLORS, SEEN_COLORS, SPLITS, OneHotView, make_distractor_env
 
 __all__ = ["Config", "train_one", "evaluate_split", "summarize", "main"]
 
@@ -73,6 +79,14 @@ class Config(RunConfig):
     head_size: int = arg(64, help="units of the policy and value heads' hidden layer", ge=1)
     features: int = arg(128, help="units of the ReLU layer between the one-hot view and the core (0: the core "
                                   "reads the view itself)", ge=0)
+    encoder: str = arg("mlp", choices=["mlp", "cells"],
+                       help="what the core reads: 'mlp', one ReLU layer of --features units over the whole view; "
+                            "'cells', one embedding of --cell-dim per view cell (rl.encoders.CellEncoder): the RIM "
+                            "attends over the 49 cells as input rows, the LSTM reads them concatenated")
+    cell_dim: int = arg(16, help="with --encoder cells: features per cell embedding", ge=1)
+    rim_rows: str = arg("cells", choices=["cells", "one"],
+                        help="with --encoder cells: the RIM attends over the cells as input rows ('cells') or reads "
+                             "them concatenated as one row, as the LSTM does ('one')")
     eval_every: int = arg(25_000, help="evaluate on seen and novel distractors every this many env steps "
                                        "(learning curves; 0: only at the end)", ge=0)
     curve_episodes: int = arg(50, help="episodes per split at each curve point", ge=1)
@@ -96,6 +110,10 @@ class Config(RunConfig):
             if self.hidden_size % self.num_units:
                 raise ConfigError(f"--hidden-size {self.hidden_size} is not a multiple of --num-units "
                                   f"{self.num_units} (RIM: num_units x unit size)")
+        if self.encoder == "cells" and self.features != 128:
+            raise ConfigError("--features sets the 'mlp' encoder's layer; with --encoder cells use --cell-dim")
+        if self.encoder != "cells" and (self.cell_dim != 16 or self.rim_rows != "cells"):
+            raise ConfigError("--cell-dim and --rim-rows apply only with --encoder cells")
         if self.num_distractors > (self.room_size - 2) ** 2 - 2:
             raise ConfigError(f"--num-distractors {self.num_distractors} does not fit a --room-size "
                               f"{self.room_size} room")
@@ -123,7 +141,15 @@ def build_agent(cfg: Config, core: str, env, seed: int):
                                          activation_fn=torch.nn.ReLU)
     if core == "rim":
         policy_kwargs.update(num_units=cfg.num_units, k_active=cfg.k_active)
-    if cfg.features:
+    if cfg.encoder == "cells":
+        from .encoders import CellEncoder
+
+        cells = env.observation_space.shape[0] // sum(OneHotView.SIZES)            # 7 x 7 view cells
+        policy_kwargs.update(features_extractor_class=CellEncoder,
+                             features_extractor_kwargs=dict(cells=cells, cell_dim=cfg.cell_dim))
+        if core == "rim" and cfg.rim_rows == "one":
+            policy_kwargs.update(input_rows=1)
+    elif cfg.features:
         from .encoders import MLPEncoder
 
         policy_kwargs.update(features_extractor_class=MLPEncoder,
@@ -307,6 +333,7 @@ def plot_curves(cfg: Config, results: Dict[str, Any], path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
     for ax, split in zip(axes, SPLITS):
@@ -320,10 +347,13 @@ def plot_curves(cfg: Config, results: Dict[str, Any], path: Path) -> Path:
             ax.fill_between(steps, m - s, m + s, color=f"C{i}", alpha=0.2)
         colours = SEEN_COLORS if split == "seen" else NOVEL_COLORS
         ax.set(title=f"{split} distractors ({', '.join(colours)})", xlabel="environment steps", ylim=(-0.02, 1.02))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1000:g}k"))      # 50k, not 50000
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("success rate")
     axes[0].legend(loc="lower right", fontsize=8)
-    fig.suptitle("Pick up the red ball: RecurrentPPO, trained with seen distractors", fontsize=10)
+    reads = "" if cfg.encoder == "mlp" else (
+        f"; cores read {cfg.cell_dim}-d cell embeddings" + (", RIM over them as a set" if cfg.rim_rows == "cells" else ""))
+    fig.suptitle(f"Pick up the red ball: RecurrentPPO, trained with seen distractors{reads}", fontsize=10)
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
     plt.close(fig)
@@ -347,6 +377,11 @@ def run(cfg: Config, command: Optional[str] = None) -> Dict[str, Any]:
         f"novel: the same types in {', '.join(NOVEL_COLORS)}. {cfg.num_distractors} distractors, "
         f"{cfg.eval_episodes} evaluation episodes per split, {'greedy' if cfg.deterministic_eval else 'sampled'} "
         f"actions.\n")
+    if cfg.encoder == "cells" and cfg.rim_rows == "cells" and "rim" in cfg.cores:
+        from .attention import summarize_folder
+
+        summarize_folder(out, episodes=min(50, cfg.eval_episodes))      # attention.md / attention.json
+        extra += "\n" + (out / "attention.md").read_text().split("\n", 4)[-1]
     timing = {"train_seconds": per_run(runs, key="core")}
     write_report(out, cfg, results, wall, "Distractors: RIM vs LSTM RecurrentPPO, seen and novel distractors",
                  command, table, extra=extra, figures=[curves, *gifs], timing=timing)

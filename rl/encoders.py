@@ -31,7 +31,7 @@ from torch import nn
 
 from zoo.layers.nfm import NFM
 
-__all__ = ["NFMNatureCNN", "MLPEncoder", "nature_convs", "ENCODERS", "encoder_policy_kwargs"]
+__all__ = ["NFMNatureCNN", "MLPEncoder", "CellEncoder", "nature_convs", "ENCODERS", "encoder_policy_kwargs"]
 
 
 def nature_convs(in_chans: int) -> Tuple[nn.Sequential, ...]:
@@ -95,6 +95,39 @@ class MLPEncoder(BaseFeaturesExtractor):
 
     def forward(self, observations: torch.Tensor) -> torch.Tensor:
         return self.net(observations.float())
+
+
+class CellEncoder(BaseFeaturesExtractor):
+    """One embedding per cell of a grid view, for cores that read a *set* of inputs (RIM input attention).
+
+    ``(B, N * C)`` (``N`` cells of ``C`` features each, cell-major, as :class:`rl.gridworld.OneHotView`
+    lays them out) -> ``(B, N * cell_dim)``: cell ``i`` becomes ``ReLU(W x_i + p_i)`` with ``W`` shared by
+    all cells and ``p_i`` a learned embedding of the cell's position in the view. ``rows = N`` tells
+    :class:`rl.policies.RecurrentCorePolicy` to hand a RIM core the ``N`` embeddings as ``N`` input rows,
+    so its input attention (thesis 8.2, eq. 8.1: each unit attends over ``[null; x_1 .. x_N]``) can pick
+    the cells it reads; an LSTM or GRU core reads the same embeddings concatenated (one memory flow).
+
+    Args:
+        observation_space: a flat ``Box`` of ``cells * C`` features.
+        cells: ``N`` (default: a square view of 7 x 7, MiniGrid's ``agent_view_size``).
+        cell_dim: features per cell embedding.
+    """
+
+    def __init__(self, observation_space: gym.spaces.Box, cells: int = 49, cell_dim: int = 16) -> None:
+        n_in = int(torch.tensor(observation_space.shape).prod())
+        if cells < 1 or cell_dim < 1:
+            raise ValueError(f"cells and cell_dim must be positive, got cells={cells}, cell_dim={cell_dim}")
+        if n_in % cells:
+            raise ValueError(f"CellEncoder: an observation of {n_in} features is not {cells} cells of equal size")
+        super().__init__(observation_space, cells * cell_dim)
+        self.rows, self.cell_features = cells, n_in // cells
+        self.embed = nn.Linear(self.cell_features, cell_dim)
+        self.position = nn.Parameter(torch.zeros(cells, cell_dim))
+        nn.init.normal_(self.position, std=0.1)
+
+    def forward(self, observations: torch.Tensor) -> torch.Tensor:
+        x = observations.float().reshape(observations.shape[0], self.rows, self.cell_features)   # (B, N, C)
+        return torch.relu(self.embed(x) + self.position).flatten(1)                               # (B, N * E)
 
 
 ENCODERS: Dict[str, Type[BaseFeaturesExtractor]] = {"nature": NatureCNN, "nfm": NFMNatureCNN}

@@ -61,6 +61,10 @@ class RecurrentCorePolicy(RecurrentActorCriticPolicy):
         num_units, k_active: RIM units and active units per step (thesis: 6 and 4; RL section 8.4 also 5).
         features_extractor_class: default ``CombinedExtractor`` for ``Dict`` observations, else
             ``FlattenExtractor`` (sb3's defaults for its multi-input and MLP policies).
+        input_rows: give a RIM core each step's features as this many input rows (a set it attends over,
+            thesis eq. 8.1) instead of one vector: ``features_dim`` must be a multiple. ``None`` (default): the
+            features extractor's ``rows`` attribute if it has one (:class:`rl.encoders.CellEncoder`), else 1.
+            LSTM and GRU cores always read the features as one vector.
         core_kwargs: more :class:`zoo.RIM` keywords (``cell="gru"``, ``comm_topk=2``, ``official=True``,
             ...) or ``nn.LSTM`` / ``nn.GRU`` keywords. ``lstm_kwargs`` (sb3's name) is merged into it.
 
@@ -69,7 +73,7 @@ class RecurrentCorePolicy(RecurrentActorCriticPolicy):
 
     def __init__(self, observation_space: spaces.Space, action_space: spaces.Space, lr_schedule: Schedule,
                  *args: Any, core: str = "rim", lstm_hidden_size: Optional[int] = None, num_units: int = 6,
-                 k_active: int = 4, core_kwargs: Optional[Dict[str, Any]] = None,
+                 k_active: int = 4, input_rows: Optional[int] = None, core_kwargs: Optional[Dict[str, Any]] = None,
                  lstm_kwargs: Optional[Dict[str, Any]] = None, **kwargs: Any) -> None:
         if core not in CORES:
             raise ValueError(f"core={core!r} is not supported; allowed values: {', '.join(map(repr, CORES))}")
@@ -87,6 +91,10 @@ class RecurrentCorePolicy(RecurrentActorCriticPolicy):
             raise ValueError(f"num_units / k_active are RIM options; core={core!r} takes neither")
         if lstm_hidden_size is None:
             lstm_hidden_size = DEFAULT_HIDDEN if core != "rim" else num_units * max(1, DEFAULT_HIDDEN // num_units)
+        if input_rows is not None and (isinstance(input_rows, bool) or not isinstance(input_rows, int) or input_rows < 1):
+            raise ValueError(f"input_rows must be a positive int or None, got {input_rows!r}")
+        if core != "rim" and input_rows not in (None, 1):
+            raise ValueError(f"input_rows is a RIM option (a set of input rows); core={core!r} reads one vector")
         self.core_name = core
         self.core_options = dict(num_units=num_units, k_active=k_active, **(lstm_kwargs or {}), **(core_kwargs or {}))
         if core != "rim":
@@ -96,6 +104,11 @@ class RecurrentCorePolicy(RecurrentActorCriticPolicy):
         super().__init__(observation_space, action_space, lr_schedule, *args,  # type: ignore[misc]
                          lstm_hidden_size=lstm_hidden_size, **kwargs)
         layers = self.lstm_actor.num_layers
+        rows = input_rows if input_rows is not None else int(getattr(self.features_extractor, "rows", 1))
+        self.input_rows = rows if core == "rim" else 1
+        if self.features_dim % self.input_rows:
+            raise ValueError(f"input_rows={self.input_rows} does not divide the features extractor's "
+                             f"features_dim={self.features_dim}")
         # the cores stand in for the parent's nn.LSTM attributes (same call interface, see rl.cores)
         self.lstm_actor = self._make_core(layers, lstm_hidden_size)  # type: ignore[assignment]
         if self.lstm_critic is not None:
@@ -114,7 +127,8 @@ class RecurrentCorePolicy(RecurrentActorCriticPolicy):
         return super().evaluate_actions(obs, actions, lstm_states, episode_starts)
 
     def _make_core(self, num_layers: int, hidden_size: int) -> nn.Module:
-        return make_core(self.core_name, self.features_dim, hidden_size, num_layers, **self.core_options)
+        return make_core(self.core_name, self.features_dim // self.input_rows, hidden_size, num_layers,
+                         **self.core_options)
 
     # sb3-contrib annotates the new states as one tensor; they are the (h, c) pair, as here
     def _process_sequence(self, features: torch.Tensor,  # type: ignore[override]
@@ -124,10 +138,13 @@ class RecurrentCorePolicy(RecurrentActorCriticPolicy):
 
         features ``(n_seq * T, F)`` (sequence-major, as sb3 lays it out), lstm_states each ``(L, n_seq, H)``,
         episode_starts ``(n_seq * T,)`` -> output ``(n_seq * T, H)``, new states each ``(L, n_seq, H)``.
+        With ``input_rows = N > 1`` the RIM core gets ``(T, n_seq, N, F / N)``.
         """
         n_seq = lstm_states[0].shape[1]
         input_size = cast(int, lstm.input_size)                                    # every core has one
-        x = features.reshape(n_seq, -1, input_size).transpose(0, 1)               # (T, n_seq, F)
+        rows = self.input_rows
+        x = features.reshape(n_seq, -1, rows, input_size).transpose(0, 1)         # (T, n_seq, N, F / N)
+        x = x.squeeze(2) if rows == 1 else x
         starts = episode_starts.reshape(n_seq, -1).transpose(0, 1)                # (T, n_seq)
         out, states = run_core(lstm, x, lstm_states, starts)
         return out.transpose(0, 1).flatten(0, 1), states

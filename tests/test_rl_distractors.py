@@ -159,6 +159,10 @@ BAD = [
     (["--n-envs", "3", "--n-steps", "5", "--n-minibatches", "2"], "not divisible"),
     (["--lr", "nan"], "--lr nan"),
     (["--seeds", "0"], "--seeds 0"),
+    (["--encoder", "pixels"], "--encoder"),
+    (["--cell-dim", "0"], "--cell-dim 0"),
+    (["--rim-rows", "one"], "only with --encoder cells"),
+    (["--encoder", "cells", "--features", "64"], "--cell-dim"),
 ]
 
 
@@ -197,6 +201,25 @@ def test_harness_rejects_bad_options(argv, what, tmp_path, capsys):
     assert not out.exists()
 
 
+def test_cells_encoder_gives_the_rim_one_row_per_view_cell():
+    """--encoder cells: both cores read the same CellEncoder; the RIM attends over the 49 cells as rows."""
+    from rl.distractors import Config, build_agent, make_vec
+
+    cfg = Config(encoder="cells", cell_dim=8, hidden_size=16, n_envs=2, n_steps=16, n_minibatches=2, n_epochs=1)
+    env = make_vec(cfg, "seen", 2, 0)
+    for core, rows, size in (("rim", 49, 8), ("lstm", 1, 49 * 8)):
+        agent = build_agent(cfg, core, env, 0)
+        policy = agent.policy
+        assert type(policy.features_extractor).__name__ == "CellEncoder"
+        assert policy.input_rows == rows and policy.lstm_actor.input_size == size
+        before = [p.detach().clone() for p in policy.lstm_actor.parameters()]
+        agent.learn(32)                                      # rollouts (T = 1) and a PPO update (T = 16) run
+        assert any(not torch.equal(a, p) for a, p in zip(before, policy.lstm_actor.parameters()))
+    one = build_agent(Config(encoder="cells", cell_dim=8, hidden_size=16, rim_rows="one"), "rim", env, 0).policy
+    assert one.input_rows == 1 and one.lstm_actor.input_size == 49 * 8
+    env.close()
+
+
 def test_config_in_code_is_validated():
     from rl.distractors import Config
 
@@ -233,3 +256,67 @@ def test_harness_end_to_end_and_resume(tmp_path, capsys):
     again = main(argv + ["--resume"])
     for core in ("rim", "lstm"):
         assert again[core]["novel"] == res[core]["novel"] and again[core]["seen"] == res[core]["seen"]
+
+
+def test_cell_kinds_of_a_hand_made_view():
+    """rl.attention sorts each view cell by what it shows: the red ball, a distractor, wall, floor, unseen."""
+    from minigrid.core.constants import COLOR_TO_IDX, OBJECT_TO_IDX
+
+    from rl.attention import KINDS, cell_kinds
+
+    image = np.zeros((7, 7, 3), np.uint8)                        # object 0 = unseen everywhere
+    cells = {(0, 0): ("ball", "red", "target"), (1, 0): ("ball", "green", "distractor"),
+             (2, 0): ("key", "red", "distractor"), (3, 0): ("box", "purple", "distractor"),
+             (4, 0): ("wall", "grey", "wall"), (5, 0): ("empty", "red", "empty")}
+    for (i, j), (obj, colour, _) in cells.items():
+        image[i, j] = (OBJECT_TO_IDX[obj], COLOR_TO_IDX[colour], 0)
+    view = OneHotView.__new__(OneHotView)
+    view.offsets = np.cumsum((0,) + OneHotView.SIZES[:-1])
+    kinds = cell_kinds(view._one_hot(image)).reshape(7, 7)
+    for (i, j), (_, _, want) in cells.items():
+        assert KINDS[kinds[i, j]] == want, (i, j)
+    assert KINDS[kinds[6, 6]] == "unseen"
+
+
+def test_attention_by_kind_on_an_untrained_cells_agent():
+    """An untrained RIM's input attention is near uniform (1/50 per row) for every kind of cell, exactly so with
+    zero keys; an agent whose RIM reads one row has nothing to measure."""
+    from rl.attention import KINDS, attention_by_kind
+    from rl.distractors import Config, build_agent, make_vec
+
+    torch.manual_seed(0)
+    cfg = Config(encoder="cells", cell_dim=8, hidden_size=16, n_envs=2)
+    env = make_vec(cfg, "seen", 2, 0)
+    play = make_distractor_env("novel", num_distractors=4, size=7, max_steps=10)
+    agent = build_agent(cfg, "rim", env, 0)
+    res = attention_by_kind(agent, play, [0, 1])
+    assert 0 <= res["success"] <= 1 and res["steps"] >= 2
+    for kind in KINDS:
+        if not np.isnan(res[kind]):
+            assert 0.005 < res[kind] < 0.06, (kind, res[kind])
+    with torch.no_grad():                      # keys all 0 (as the null row's): exactly uniform over 1 + 49 rows
+        agent.policy.lstm_actor.cells[0].input_key.weight.zero_()
+    res = attention_by_kind(agent, play, [0, 1])
+    assert {k: round(res[k], 6) for k in ("target", "wall", "null") if not np.isnan(res[k])} == \
+        {k: 0.02 for k in ("target", "wall", "null") if not np.isnan(res[k])}
+    assert not np.isnan(res["wall"]) and not np.isnan(res["target"])
+    one = build_agent(Config(encoder="cells", cell_dim=8, hidden_size=16, n_envs=2, rim_rows="one"), "rim", env, 0)
+    with pytest.raises(ValueError, match="one input row"):
+        attention_by_kind(one, play, [0])
+    env.close()
+
+
+def test_harness_with_cells_writes_the_attention_table(tmp_path):
+    """--encoder cells: the harness measures its RIM agents' input attention (rl.attention) into the report."""
+    from rl.distractors import main
+
+    out = tmp_path / "c"
+    argv = ["--encoder", "cells", "--cell-dim", "8", "--cores", "rim", "--steps", "64", "--seeds", "1",
+            "--n-envs", "2", "--n-steps", "32", "--n-minibatches", "2", "--n-epochs", "1", "--eval-every", "0",
+            "--curve-episodes", "2", "--eval-episodes", "2", "--hidden-size", "16", "--max-steps", "8",
+            "--no-gif", "--workers", "1", "--no-progress", "--out", str(out)]
+    assert run_cli(main, argv) == 0
+    att = json.loads((out / "attention.json").read_text())
+    assert att["episodes"] == 2 and set(att) >= {"seen", "novel"}
+    assert att["novel"]["null"]["per_seed"] and 0 < att["novel"]["null"]["mean"] < 1
+    assert "| novel |" in (out / "attention.md").read_text() and "null row" in (out / "results.md").read_text()

@@ -136,6 +136,63 @@ def test_default_sizes_and_bad_configurations():
         RecurrentCorePolicy(*args, core="lstm", num_units=4)
 
 
+def _cell_policy(core: str, cells: int = 49, cell_features: int = 20, cell_dim: int = 8, **kw) -> RecurrentCorePolicy:
+    from rl.encoders import CellEncoder
+
+    obs = gym.spaces.Box(0.0, 1.0, (cells * cell_features,), np.float32)
+    extra = RIM_KW if core == "rim" else {}
+    return RecurrentCorePolicy(obs, gym.spaces.Discrete(4), lambda _: 3e-4, core=core, lstm_hidden_size=32,
+                               features_extractor_class=CellEncoder,
+                               features_extractor_kwargs=dict(cells=cells, cell_dim=cell_dim), **extra, **kw)
+
+
+def test_cell_encoder_embeds_each_cell_with_its_position():
+    """CellEncoder: cell i -> ReLU(W x_i + p_i), one W for all cells, p_i learned per position."""
+    torch.manual_seed(0)
+    policy = _cell_policy("lstm")
+    enc = policy.features_extractor
+    obs = torch.rand(3, 49 * 20)
+    with torch.no_grad():
+        enc.position.normal_()
+        got = enc(obs).reshape(3, 49, 8)
+        cells = obs.reshape(3, 49, 20)
+        for i in (0, 17, 48):
+            want = torch.relu(cells[:, i] @ enc.embed.weight.T + enc.embed.bias + enc.position[i])
+            torch.testing.assert_close(got[:, i], want)
+    assert enc.rows == 49 and policy.features_dim == 49 * 8
+
+
+def test_rim_core_reads_the_cells_as_a_set_of_input_rows():
+    """With a CellEncoder the RIM core gets (T, B, 49, cell_dim) rows (thesis eq. 8.1: attention over
+    [null; rows]), so its output does not depend on the order of the cells; an LSTM reads them concatenated."""
+    torch.manual_seed(0)
+    policy = _cell_policy("rim")
+    core = policy.lstm_actor
+    assert isinstance(core, zoo.RIM) and core.input_size == 8 and policy.input_rows == 49
+    gen = torch.Generator().manual_seed(1)
+    n_seq, steps = 3, 5
+    features = torch.randn(n_seq * steps, 49 * 8, generator=gen)
+    starts = torch.zeros(n_seq * steps)
+    states = _random_state("rim", 1, n_seq, 32, gen)
+    out, _ = policy._process_sequence(features, states, starts, core)
+    rows = features.reshape(n_seq, steps, 49, 8).transpose(0, 1)                   # (T, n_seq, 49, 8)
+    ref, _ = core(rows, states)
+    torch.testing.assert_close(out, ref.transpose(0, 1).flatten(0, 1))
+    perm = torch.randperm(49, generator=gen)
+    shuffled = features.reshape(-1, 49, 8)[:, perm].reshape(-1, 49 * 8)
+    out_perm, _ = policy._process_sequence(shuffled, states, starts, core)
+    torch.testing.assert_close(out_perm, out, rtol=1e-5, atol=1e-5)
+    lstm = _cell_policy("lstm")
+    assert lstm.input_rows == 1 and lstm.lstm_actor.input_size == 49 * 8
+    # input_rows overrides the extractor's rows (7 rows of 7 cells each)
+    assert _cell_policy("rim", input_rows=7).lstm_actor.input_size == 7 * 8
+    for bad, what in ((0, "positive int"), (3, "does not divide"), (True, "positive int")):
+        with pytest.raises(ValueError, match=what):
+            _cell_policy("rim", input_rows=bad)
+    with pytest.raises(ValueError, match="RIM option"):
+        _cell_policy("lstm", input_rows=7)
+
+
 def test_cnn_policy_on_images():
     """RIMActorCriticCnnPolicy: Nature CNN features -> RIM core (CnnLstmPolicy's equivalent)."""
     space = gym.spaces.Box(0, 255, (1, 36, 36), dtype=np.uint8)
