@@ -61,7 +61,7 @@ def attention_by_kind(model: Any, env: Any, seeds: List[int]) -> Dict[str, Any]:
         raise ValueError("the agent's RIM reads one input row per step (no cells to attend over); "
                          "train it with --encoder cells")
     captured: List[Any] = []
-    forward = core.forward
+    forward, own = core.forward, core.__dict__.get("forward")             # own: an instance-level forward
 
     def hooked(x, hx=None, episode_starts=None, return_info=False):
         out, state, info = forward(x, hx, episode_starts, return_info=True)
@@ -91,7 +91,10 @@ def attention_by_kind(model: Any, env: Any, seeds: List[int]) -> Dict[str, Any]:
                 done, start = terminated or truncated, np.zeros(1, bool)
             wins += ret > 0
     finally:
-        del core.forward                                                          # the class's forward again
+        if own is None:
+            del core.forward                                                      # the class's forward again
+        else:
+            core.forward = own
     return {"success": wins / len(seeds), "steps": len(per_kind["null"]),
             **{k: float(np.mean(v)) if v else float("nan") for k, v in per_kind.items()}}
 

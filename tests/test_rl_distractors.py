@@ -303,6 +303,7 @@ def test_attention_by_kind_on_an_untrained_cells_agent():
     one = build_agent(Config(encoder="cells", cell_dim=8, hidden_size=16, n_envs=2, rim_rows="one"), "rim", env, 0)
     with pytest.raises(ValueError, match="one input row"):
         attention_by_kind(one, play, [0])
+    assert "forward" not in vars(agent.policy.lstm_actor)        # the hook is gone: the core's own forward again
     env.close()
 
 
