@@ -29,7 +29,7 @@ from zoo.engine import (ConfigError, arg, markdown_table, parse_config, run_cli,
                         write_text)
 from zoo.engine.results import fmt_mean_std
 
-__all__ = ["KINDS", "cell_kinds", "attention_by_kind", "summarize_folder", "main"]
+__all__ = ["KINDS", "cell_kinds", "attention_by_kind", "summarize_folder", "attention_markdown", "main"]
 
 KINDS = ("target", "distractor", "wall", "empty", "unseen", "null")
 """Cell kinds, in table order: the red ball, any other key/ball/box, wall, empty floor, unseen, the null row."""
@@ -109,32 +109,42 @@ def summarize_folder(folder: Path, episodes: int = 50) -> Dict[str, Any]:
 
     raw = json.loads((folder / "config.json").read_text())
     cfg = Config(**{k: v for k, v in raw.items() if k in Config.__dataclass_fields__})
-    runs = sorted(folder.glob("rim-s*/agent.zip"), key=lambda p: int(p.parent.name.split("-s")[-1]))
+    runs = sorted(folder.glob("rim-s*/agent.zip"), key=_seed_of)
     torch.set_num_threads(1)
     per_seed: Dict[str, List[Dict[str, Any]]] = {s: [] for s in SPLITS}
     for agent in runs:
-        model = RecurrentPPO.load(agent, device="cpu")
+        model, seed = RecurrentPPO.load(agent, device="cpu"), _seed_of(agent)
         for split in SPLITS:
             env = make_distractor_env(split, **env_kwargs(cfg))
             res = attention_by_kind(model, env, [EVAL_SEED[split] + i for i in range(episodes)])
-            per_seed[split].append({"seed": int(agent.parent.name.split("-s")[-1]), **res})
+            per_seed[split].append({"seed": seed, **res})
             env.close()
     summary: Dict[str, Any] = {"episodes": episodes, "folder": str(folder)}
     for split in SPLITS:
         rows = per_seed[split]
         summary[split] = {k: {"mean": float(np.mean([r[k] for r in rows])), "std": float(np.std([r[k] for r in rows])),
                               "n": len(rows), "per_seed": [r[k] for r in rows]} for k in ("success", *KINDS)}
-    header = ["split", "seeds", "success", *(f"{k} (per cell)" if k != "null" else "null row" for k in KINDS)]
-    table = [[split, str(len(per_seed[split])),
-              *(fmt_mean_std(summary[split][k]) for k in ("success", *KINDS))]
-             for split in SPLITS]
-    text = (f"# RIM input attention per view cell ({folder})\n\nCommand: `python -m rl.attention {folder} --episodes "
-            f"{episodes}`\n\nMean input-attention probability per cell of each kind (active units; uniform = "
-            f"1/50 = 0.020), {episodes} evaluation episodes per split and seed, mean ± std over seeds:\n\n"
-            + markdown_table(header, table) + "\n")
     write_json(folder / "attention.json", summary)
-    write_text(folder / "attention.md", text)
+    write_text(folder / "attention.md", f"# RIM input attention per view cell ({folder})\n\nCommand: `python -m "
+                                        f"rl.attention {folder} --episodes {episodes}`\n\n" + attention_markdown(summary))
     return summary
+
+
+def attention_markdown(summary: Dict[str, Any]) -> str:
+    """What the numbers are, and the table (one row per split), from a :func:`summarize_folder` summary."""
+    from .gridworld import SPLITS
+
+    header = ["split", "seeds", "success", *(f"{k} (per cell)" if k != "null" else "null row" for k in KINDS)]
+    table = [[split, str(summary[split]["success"]["n"]), *(fmt_mean_std(summary[split][k]) for k in ("success", *KINDS))]
+             for split in SPLITS]
+    return (f"Mean input-attention probability per cell of each kind (active units; uniform = 1/50 = 0.020), "
+            f"{summary['episodes']} evaluation episodes per split and seed, mean ± std over seeds:\n\n"
+            + markdown_table(header, table) + "\n")
+
+
+def _seed_of(agent: Path) -> int:
+    """``<folder>/rim-s<seed>/agent.zip`` -> ``seed``."""
+    return int(agent.parent.name.split("-s")[-1])
 
 
 def _is_folder(path: str) -> Optional[str]:

@@ -29,6 +29,7 @@ kind of view cell (:mod:`rl.attention`).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -110,9 +111,10 @@ class Config(RunConfig):
             if self.hidden_size % self.num_units:
                 raise ConfigError(f"--hidden-size {self.hidden_size} is not a multiple of --num-units "
                                   f"{self.num_units} (RIM: num_units x unit size)")
-        if self.encoder == "cells" and self.features != 128:
+        changed = {f.name for f in dataclasses.fields(self) if getattr(self, f.name) != f.default}
+        if self.encoder == "cells" and "features" in changed:
             raise ConfigError("--features sets the 'mlp' encoder's layer; with --encoder cells use --cell-dim")
-        if self.encoder != "cells" and (self.cell_dim != 16 or self.rim_rows != "cells"):
+        if self.encoder != "cells" and changed & {"cell_dim", "rim_rows"}:
             raise ConfigError("--cell-dim and --rim-rows apply only with --encoder cells")
         if self.num_distractors > (self.room_size - 2) ** 2 - 2:
             raise ConfigError(f"--num-distractors {self.num_distractors} does not fit a --room-size "
@@ -378,10 +380,9 @@ def run(cfg: Config, command: Optional[str] = None) -> Dict[str, Any]:
         f"{cfg.eval_episodes} evaluation episodes per split, {'greedy' if cfg.deterministic_eval else 'sampled'} "
         f"actions.\n")
     if cfg.encoder == "cells" and cfg.rim_rows == "cells" and "rim" in cfg.cores:
-        from .attention import summarize_folder
+        from .attention import attention_markdown, summarize_folder
 
-        summarize_folder(out, episodes=min(50, cfg.eval_episodes))      # attention.md / attention.json
-        extra += "\n" + (out / "attention.md").read_text().split("\n", 4)[-1]
+        extra += "\n" + attention_markdown(summarize_folder(out, episodes=min(50, cfg.eval_episodes)))
     timing = {"train_seconds": per_run(runs, key="core")}
     write_report(out, cfg, results, wall, "Distractors: RIM vs LSTM RecurrentPPO, seen and novel distractors",
                  command, table, extra=extra, figures=[curves, *gifs], timing=timing)
