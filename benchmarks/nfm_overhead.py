@@ -24,7 +24,9 @@ entrypoints' keyword arguments: ``share_kv``, ``topk_rule``, ``scale``, ``out_la
 ``+compile`` (``compile_blocks=True``: ``torch.compile`` of the attention blocks; the first steps compile),
 ``+bf16`` (``torch.autocast`` bfloat16 for the NFM model and for its own copy of the backbone),
 ``+channels_last`` (model and input in channels-last memory format, backbone likewise).
-Goals (issue 20): 1 pass <= 1.2x, 2 passes <= 2.4x the backbone's train step.
+Goals (issue 20): 1 pass <= 1.2x, 2 passes <= 2.4x the backbone's train step. On the CPU, freed memory is
+kept in the process as :func:`zoo.engine.fit` does (``--allocator retain``, the default; ``--allocator
+default`` measures glibc's default, under which the NFM model faults its large tensors in again every step).
 """
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ import torch.nn.functional as F
 from timing import image_batch, image_parser, interleave, prepare
 
 import zoo
-from zoo.engine import markdown_table
+from zoo.engine import markdown_table, retain_freed_memory
 
 FLAGS = ("compile", "bf16", "channels_last")
 
@@ -97,8 +99,13 @@ def main() -> None:
                    help="p<passes>[:key=value ...][:+flag ...] (see above); default: the 1- and 2-pass models")
     p.add_argument("--warmup", type=int, default=2, help="untimed rounds first (more with +compile)")
     p.add_argument("--compile-backbone", action="store_true", help="also time torch.compile(backbone)")
+    p.add_argument("--allocator", choices=("retain", "default"), default="retain",
+                   help="CPU malloc: 'retain' freed memory as zoo.engine.fit does (zoo.engine.retain_freed_memory), "
+                        "or glibc's 'default', which faults large tensors in again every step "
+                        "(benchmarks/cpu_allocator.py compares the two)")
     a = p.parse_args()
     device = prepare(a)                                          # checks --threads
+    allocator = "retained" if a.allocator == "retain" and retain_freed_memory() else "default"
     kw = dict(in_chans=a.chans, num_classes=a.classes)
     batch = image_batch(a, device)
 
@@ -210,6 +217,7 @@ def main() -> None:
         threads_txt = threads if device.type == "cpu" else "n/a"
         clock = "CPU time" if cpu_clock else "wall time"
         print(f"\n{a.backbone}, batch {a.batch}x{a.chans}x{a.size}x{a.size}, {device}, threads {threads_txt}, "
+              f"{'malloc ' + allocator + ', ' if device.type == 'cpu' else ''}"
               f"median of {a.repeats} rounds after {a.warmup} warm-up, ms and ratios by {clock}"
               f"{' (and by wall time)' if cpu_clock else ''}; goals: 1 pass <= 1.2x, 2 passes <= 2.4x train")
         cols = ["train ms", "train ratio"] + (["train ratio (wall)"] if cpu_clock else [])

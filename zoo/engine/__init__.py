@@ -11,6 +11,7 @@ from .cli import (ConfigError, RunConfig, arg, warmup_arg, check_device, check_w
 from .errors import CheckpointError, Interrupted, RunError, run_cli
 from .jobs import RunLock, check_finite, command_line, default_workers, per_run, run_grid, run_jobs, write_report
 from .logger import MetricLogger
+from .memory import memory_retained, retain_freed_memory
 from .loop import SCHEDULES, FitResult, NonFiniteError, cycle, fit, lr_schedule, request_stop, stop_requested, to_device
 from .results import fmt_mean_std, markdown_table, summarize_seeds
 from .seed import resolve_device, seed_everything
@@ -27,7 +28,7 @@ __all__ = [
     # training
     "FitResult", "cycle", "fit", "lr_schedule", "SCHEDULES", "request_stop", "stop_requested", "to_device", "MetricLogger",
     "Stream", "SeededStream", "ShuffledBatches", "ZipStream", "MapStream", "restore_stream", "stream_state",
-    "resolve_device", "seed_everything",
+    "resolve_device", "seed_everything", "retain_freed_memory", "memory_retained",
     # grids and reports
     "RunLock", "check_finite", "command_line", "default_workers", "per_run", "run_grid", "run_jobs", "write_report",
     "fmt_mean_std", "markdown_table", "summarize_seeds",
