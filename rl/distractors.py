@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from zoo.engine import (per_run, CheckpointError, ConfigError, RunConfig, arg, atomic_write, command_line,
-                        markdown_table, parse_config, resolve_device, run_cli, run_grid, seed_everything,
+                        markdown_table, parse_config, resolve_device, retain_freed_memory, run_cli, run_grid, seed_everything,
                         summarize_seeds, write_json, write_report)
 from zoo.engine.results import fmt_mean_std
 
@@ -220,6 +220,8 @@ def train_one(cfg: Config, core: str, seed: int, position: int = 0) -> Dict[str,
     from stable_baselines3.common.callbacks import BaseCallback
 
     torch.set_num_threads(cfg.threads)
+    if resolve_device(cfg.device).type == "cpu":
+        retain_freed_memory()                         # reuse freed pages instead of faulting them in again (zoo.engine.memory)
     seed_everything(seed)
     run_dir = _run_dir(cfg, core, seed)
     done_file, ckpt = run_dir / "run.json", run_dir / "checkpoint.zip"

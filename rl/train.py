@@ -39,7 +39,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import CSVOutputFormat
 
 from zoo.engine import (CheckpointError, ConfigError, Interrupted, MetricLogger, arg, atomic_write, check_device,
-                        config_to_dict, parse_config, resolve_device, run_cli, seed_everything, stop_requested,
+                        config_to_dict, parse_config, resolve_device, retain_freed_memory, run_cli, seed_everything, stop_requested,
                         validate_config, write_json)
 from zoo.engine.loop import clear_stop, stop_handlers
 
@@ -107,6 +107,9 @@ class Config:
                    allow_empty=True)
     device: str = arg("auto", help="'auto' (CUDA if present), 'cpu', 'cuda', ...", check=check_device)
     threads: int = arg(1, help="torch CPU threads (1 is fastest for these small nets, docs/rl.md)", ge=1)
+    retain_memory: bool = arg(True, help="on the CPU keep freed memory in the process instead of glibc's default, "
+                                         "which faults large tensors in again every update (zoo.engine.retain_freed_memory)",
+                                  run_control=True)
     resume: bool = arg(False, help="continue from <out>/checkpoint.zip")
     progress: bool = arg(True, help="show a progress bar")
 
@@ -453,6 +456,8 @@ def train(cfg: Config) -> Dict[str, Any]:
     """Train, evaluate, checkpoint, plot; returns the content of ``results.json``."""
     validate_config(cfg)
     torch.set_num_threads(cfg.threads)
+    if cfg.retain_memory and resolve_device(cfg.device).type == "cpu":
+        retain_freed_memory()                         # reuse freed pages instead of faulting them in again (zoo.engine.memory)
     seed_everything(cfg.seed)
     out = cfg.run_dir()
     ckpt = out / "checkpoint.zip"

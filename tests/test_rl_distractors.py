@@ -321,3 +321,23 @@ def test_harness_with_cells_writes_the_attention_table(tmp_path):
     assert att["episodes"] == 2 and set(att) >= {"seen", "novel"}
     assert att["novel"]["null"]["per_seed"] and 0 < att["novel"]["null"]["mean"] < 1
     assert "| novel |" in (out / "attention.md").read_text() and "null row" in (out / "results.md").read_text()
+
+
+def test_training_keeps_freed_memory_on_the_cpu(tmp_path, monkeypatch):
+    """Each agent's process keeps freed CPU memory (zoo.engine.retain_freed_memory) before it trains."""
+    import rl.distractors as D
+
+    class Called(Exception):
+        pass
+
+    def called():
+        raise Called
+
+    monkeypatch.setattr(D, "retain_freed_memory", called)
+    n = torch.get_num_threads()
+    try:
+        with pytest.raises(Called):
+            D.train_one(D.Config(out=str(tmp_path), device="cpu", steps=64, n_envs=2, n_steps=16, n_minibatches=1,
+                                 n_epochs=1, eval_episodes=2), "lstm", 0)   # tiny, in case it does train
+    finally:
+        torch.set_num_threads(n)
