@@ -200,7 +200,8 @@ def fit(
             ``train/skipped`` (fraction of steps skipped); the window is saved in checkpoints. ``None``: off.
         retain_cpu_memory: on the CPU, keep freed memory in the process (:func:`zoo.engine.retain_freed_memory`,
             process-wide): glibc's default gives the pages of large tensors back and faults them in again every
-            step (0.8-1.6 s of a 2-pass ``nfm_preactresnet18`` step here); the process keeps its peak memory.
+            step (1.0-1.1 s of system time per 2-pass ``nfm_preactresnet18`` step here,
+            ``benchmarks/cpu_allocator.py``); the process keeps its peak memory.
 
     Under ``torchrun`` (``WORLD_SIZE > 1``) the same call trains data-parallel: each process takes its shard
     of every global batch, gradients are averaged, rank 0 alone writes files (:mod:`zoo.engine.distributed`).

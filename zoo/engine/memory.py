@@ -6,8 +6,9 @@ above 32 MiB for ``mmap`` and 64 MiB for trimming. A training step that frees mo
 steps (a network whose activations and their gradients swing by hundreds of MiB, e.g. a 2-pass
 ``nfm_preactresnet18`` at batch 64: 1.5 GiB saved for backward) gets fresh pages from the kernel for
 every large tensor in every step: each 4 KiB page costs a page fault and a zero fill before the first
-write. Measured here (``benchmarks/cpu_allocator.py``): 100,000-170,000 page faults and 0.8-1.6 s of
-system time per training step of that model, none for the plain ``preactresnet18``.
+write. Measured here (``benchmarks/cpu_allocator.py``, medians, fresh processes): 120,000-140,000 page
+faults and 1.0-1.1 s of system time per training step of that model, about 40,000 and 0.15 s for the plain
+``preactresnet18``; retained, 0-3 faults per step for both.
 
 :func:`retain_freed_memory` switches both off for the process (``mallopt(M_MMAP_MAX, 0)``: no ``mmap``
 for large blocks; ``mallopt(M_TRIM_THRESHOLD, 2**31 - 1)``, the largest value it takes: trim only when
