@@ -14,8 +14,8 @@ every round, and two ratios by CPU time: ``retain / default`` for the same model
 the first one (the plain backbone) under the same allocator, the ratio ``benchmarks/nfm_overhead.py``
 reports.
 
-A model is a registry name with optional ``:p<passes>`` (NFM passes) and ``:key=value`` keyword arguments,
-as in ``nfm_overhead.py`` (``nfm_`` prefixed there by the name of the ``nfm_*`` entrypoint's arguments).
+A model is a registry name, optionally followed by ``:`` and a variant of ``nfm_overhead.py`` (parsed by
+it): ``nfm_preactresnet18:p2``, ``nfm_preactresnet18:p2:share_kv=False``.
 """
 from __future__ import annotations
 
@@ -31,25 +31,20 @@ from typing import Any, Dict, List, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))      # run from a checkout without installing
 
+from nfm_overhead import parse_variant  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
 ALLOCATORS = ("default", "retain")
 
 
 def parse_model(spec: str) -> Tuple[str, Dict[str, Any]]:
-    """``"nfm_preactresnet18:p2"`` -> ``("nfm_preactresnet18", {"nfm_passes": 2})``."""
-    import ast
-    name, *parts = spec.split(":")
-    kw: Dict[str, Any] = {}
-    for part in parts:
-        if part[:1] == "p" and part[1:].isdigit():
-            kw["nfm_passes"] = int(part[1:])
-            continue
-        key, sep, val = part.partition("=")
-        if not sep:
-            raise SystemExit(f"model {spec!r}: {part!r} is neither p<passes> nor key=value")
-        try:
-            kw[key] = ast.literal_eval(val)
-        except (ValueError, SyntaxError):
-            kw[key] = val
+    """``"nfm_preactresnet18:p2"`` -> ``("nfm_preactresnet18", {"nfm_passes": 2})``: a registry name, then
+    optionally an ``nfm_overhead.py`` variant (its parser; run-mode ``+flags`` are not timed here)."""
+    name, sep, variant = spec.partition(":")
+    if not sep:
+        return name, {}
+    kw, flags = parse_variant(variant)
+    if flags:
+        raise SystemExit(f"model {spec!r}: run-mode flags ({', '.join('+' + f for f in flags)}) are not supported here")
     return name, kw
 
 
@@ -69,15 +64,15 @@ def worker(a: argparse.Namespace) -> None:
     x = torch.rand(a.batch, a.chans, a.size, a.size)
     y = torch.randint(a.classes, (a.batch,))
 
-    def step() -> Tuple[float, float, int, float]:
-        r0, c0, w0 = resource.getrusage(resource.RUSAGE_SELF), time.process_time(), time.perf_counter()
+    def step() -> Tuple[float, int, float]:
+        r0, c0 = resource.getrusage(resource.RUSAGE_SELF), time.process_time()
         opt.zero_grad(set_to_none=True)
         F.cross_entropy(model(x), y).backward()
         opt.step()
-        c1, w1, r1 = time.process_time(), time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
-        return (c1 - c0) * 1e3, (w1 - w0) * 1e3, r1.ru_minflt - r0.ru_minflt, r1.ru_stime - r0.ru_stime
+        c1, r1 = time.process_time(), resource.getrusage(resource.RUSAGE_SELF)
+        return (c1 - c0) * 1e3, r1.ru_minflt - r0.ru_minflt, r1.ru_stime - r0.ru_stime
 
-    out: Dict[int, List[Tuple[float, float, int, float]]] = {n: [] for n in a.threads}
+    out: Dict[int, List[Tuple[float, int, float]]] = {n: [] for n in a.threads}
     for i in range(2 + a.steps):
         for n in a.threads:
             torch.set_num_threads(n)
@@ -129,11 +124,10 @@ def main() -> None:
           f"{a.models[0]} |")
     print("|---|---|---|---|---|---|---|---|")
     for n in map(str, a.threads):
-        med: Dict[Tuple[str, str], Tuple[float, float, float]] = {}
+        med: Dict[Tuple[str, str], Tuple[float, ...]] = {}
         for key, runs in rows.items():
             steps = [s for d in runs for s in d["steps"][n]]
-            med[key] = (statistics.median(s[0] for s in steps), statistics.median(s[2] for s in steps),
-                        statistics.median(s[3] for s in steps))
+            med[key] = tuple(statistics.median(s[i] for s in steps) for i in range(3))
         for m in a.models:
             for al in ALLOCATORS:
                 ms, faults, sys_s = med[(m, al)]

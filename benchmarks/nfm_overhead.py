@@ -105,7 +105,7 @@ def main() -> None:
                         "(benchmarks/cpu_allocator.py compares the two)")
     a = p.parse_args()
     device = prepare(a)                                          # checks --threads
-    allocator = "retained" if a.allocator == "retain" and retain_freed_memory() else "default"
+    allocator = "retained" if a.allocator == "retain" and retain_freed_memory(device) else "default"
     kw = dict(in_chans=a.chans, num_classes=a.classes)
     batch = image_batch(a, device)
 

@@ -220,8 +220,7 @@ def train_one(cfg: Config, core: str, seed: int, position: int = 0) -> Dict[str,
     from stable_baselines3.common.callbacks import BaseCallback
 
     torch.set_num_threads(cfg.threads)
-    if resolve_device(cfg.device).type == "cpu":
-        retain_freed_memory()                         # reuse freed pages instead of faulting them in again (zoo.engine.memory)
+    retain_freed_memory(resolve_device(cfg.device))   # reuse freed CPU pages instead of faulting them in again
     seed_everything(seed)
     run_dir = _run_dir(cfg, core, seed)
     done_file, ckpt = run_dir / "run.json", run_dir / "checkpoint.zip"

@@ -456,8 +456,8 @@ def train(cfg: Config) -> Dict[str, Any]:
     """Train, evaluate, checkpoint, plot; returns the content of ``results.json``."""
     validate_config(cfg)
     torch.set_num_threads(cfg.threads)
-    if cfg.retain_memory and resolve_device(cfg.device).type == "cpu":
-        retain_freed_memory()                         # reuse freed pages instead of faulting them in again (zoo.engine.memory)
+    if cfg.retain_memory:
+        retain_freed_memory(resolve_device(cfg.device))   # reuse freed pages instead of faulting them in again
     seed_everything(cfg.seed)
     out = cfg.run_dir()
     ckpt = out / "checkpoint.zip"

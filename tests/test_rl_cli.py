@@ -187,7 +187,7 @@ def test_train_keeps_freed_memory_on_the_cpu_unless_told_not_to(flag, expected, 
     import rl.train as T
 
     calls = []
-    monkeypatch.setattr(T, "retain_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(T, "retain_freed_memory", lambda device: calls.append(device) or True)
     run = tmp_path / "run"
     run.mkdir()
     (run / "checkpoint.zip").write_bytes(pong_agent.read_bytes())

@@ -330,7 +330,7 @@ def test_training_keeps_freed_memory_on_the_cpu(tmp_path, monkeypatch):
     class Called(Exception):
         pass
 
-    def called():
+    def called(device):
         raise Called
 
     monkeypatch.setattr(D, "retain_freed_memory", called)

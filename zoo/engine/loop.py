@@ -214,8 +214,8 @@ def fit(
     distributed = dist_utils.init_from_env(device)
     world, rank = (dist_utils.world_size(), dist_utils.rank()) if distributed else (1, 0)
     main_process = rank == 0
-    if retain_cpu_memory and torch.device(device).type == "cpu":
-        retain_freed_memory()
+    if retain_cpu_memory:
+        retain_freed_memory(device)
     model.to(device).train()
     if distributed:
         dist_utils.broadcast_parameters(model)

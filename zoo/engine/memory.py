@@ -25,7 +25,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import sys
-from typing import Optional
+from typing import Optional, Union
+
+import torch
 
 __all__ = ["retain_freed_memory", "memory_retained"]
 
@@ -49,15 +51,16 @@ def _libc() -> Optional[ctypes.CDLL]:
     return libc
 
 
-def retain_freed_memory() -> bool:
+def retain_freed_memory(device: Union[str, torch.device, None] = None) -> bool:
     """Keep freed CPU memory in this process (no ``mmap`` for large blocks, no trimming).
 
-    Idempotent and process-wide. Returns ``True`` when the setting is in effect (glibc), ``False`` where
-    it is not supported (then nothing changed).
+    Idempotent and process-wide. ``device``: the device the caller trains on; anything but the CPU changes
+    nothing (GPU tensors do not go through ``malloc``). Returns whether the setting is in effect: ``False``
+    where it is not supported (not glibc) or was not asked for (then nothing changed).
     """
     global _retained
-    if _retained:
-        return True
+    if _retained or (device is not None and torch.device(device).type != "cpu"):
+        return _retained
     libc = _libc()
     if libc is None:
         return False
