@@ -56,7 +56,7 @@ from zoo.engine import (per_run,
     summarize_seeds,
     write_report,
 )
-from zoo.engine.results import fmt_mean_std
+from zoo.engine.results import fmt_mean_std, plot_seed_curves
 
 #: the default model kwargs: both nets get 4 stride-2 conv modules (64x64 -> 4x4; the registry default
 #: starts at stride 1, which leaves a 9-pixel receptive field on a 64x64 canvas), as the thesis' 4 modules x 2
@@ -95,7 +95,8 @@ class Config(RunConfig):
     download: bool = arg(False, help="download MNIST into --data-root if missing (needs internet)")
     test_size: int = arg(1000, help="test canvases per digit count", ge=1)
     threshold: float = arg(0.5, help="a class is predicted when its sigmoid exceeds this", gt=0, lt=1)
-    eval_every: int = arg(0, help="evaluate every this many steps (0: only at the end)", ge=0)
+    eval_every: int = arg(0, help="evaluate the trained counts' test canvases every this many steps and plot the "
+                                  "curves (curves.png; 0: only at the end)", ge=0)
     samples: int = arg(8, help="test canvases in samples.png", ge=0, le=64)
     attention_images: int = arg(200, help="test canvases averaged in the NFM attention maps", ge=1)
     out: str = arg("runs/multi_digit", help="output folder", path="out_dir")
@@ -339,9 +340,12 @@ def run(cfg: Config, command: Optional[str] = None) -> dict:
     att = plot_attention_runs(runs, out, lambda r: (
         f"{r['model']} (seed {r['seed']}), multi-digit, {cfg.steps} steps\nexact-set accuracy "
         + ", ".join(f"{k} digits {r['tests'][str(k)]['exact_acc']:.3f}" for k in cfg.counts)))
+    curves = plot_seed_curves(runs, cfg.models, [(f"exact_acc_{k}", f"exact-set accuracy, {k} digits (trained)")
+                                                 for k in cfg.train_counts], out / "curves.png",
+                              "Multi-digit MNIST during training (test canvases, mean ± std over seeds)")
     title = f"Multi-digit MNIST: train on {cfg.train_counts} digits, exact-set accuracy per digit count"
     write_report(out, cfg, results, wall, title, command, table,
-                 timing={"train_seconds": per_run(runs)}, extra=extra, figures=(fig, samples, *att))
+                 timing={"train_seconds": per_run(runs)}, extra=extra, figures=(fig, samples, curves, *att))
     return results
 
 

@@ -52,7 +52,7 @@ from zoo.engine import (per_run,
     summarize_seeds,
     write_report,
 )
-from zoo.engine.results import fmt_mean_std
+from zoo.engine.results import fmt_mean_std, plot_seed_curves
 
 #: the default model kwargs: the reference's dropout 0.5 (train only), and the NFM blocks of
 #: ``nfm_sortclevr_cnn`` before the last two convs (of 4) with ``d_k = d_v = 8`` and one key/value projection
@@ -122,7 +122,7 @@ class Config(RunConfig):
     data_dir: str = arg("data/sort_of_clevr", help="cache folder for the generated .npz ('' : no cache)",
                         path="out_dir", allow_empty=True)
     generate_only: bool = arg(False, help="write the data set (.npz and a preview) to --out and stop")
-    eval_every: int = arg(0, help="evaluate on the test questions every this many steps (0: only at the end)",
+    eval_every: int = arg(0, help="evaluate on the test questions every this many steps and plot the curves (curves.png; 0: only at the end)",
                           ge=0)
     samples: int = arg(8, help="test images in samples.png", ge=0, le=64)
     attention_images: int = arg(100, help="test images averaged in the NFM attention maps", ge=1)
@@ -360,6 +360,10 @@ def run(cfg: Config, command: Optional[str] = None) -> dict:
     samples = plot_samples(data["test"], sample_questions(data["test"], cfg.samples), runs, cfg, out / "samples.png")
     att = plot_attention_runs(runs, out, lambda r: (f"{r['model']} (seed {r['seed']}), Sort-of-CLEVR, {cfg.steps} steps\n"
                                                     f"test rel {r['test']['rel']:.3f}, non-rel {r['test']['nonrel']:.3f}"))
+    groups = ["rel", "nonrel"] + (["rel_heldout", "nonrel_heldout"] if holdout else [])
+    curves = plot_seed_curves(runs, cfg.models, [(g, f"test accuracy, {g.replace('_', ' ')}") for g in groups],
+                              out / "curves.png", "Sort-of-CLEVR during training (mean ± std over seeds)",
+                              reference=chance, reference_label="majority answer")
     seconds = {n: np.mean([r["seconds"] for r in runs if r["model"] == n]) for n in cfg.models}
     extra = (f"\nAccuracy per question subtype:\n\n{sub}\n"
              + (f"Held-out colour-shape pairs (never in a training image): {held}. A question is *held-out* when its "
@@ -369,7 +373,7 @@ def run(cfg: Config, command: Optional[str] = None) -> dict:
              + ", ".join(f"{n} {s:.0f}" for n, s in seconds.items()) + "\n")
     title = f"Sort-of-CLEVR: {cfg.steps} steps" + (f", {cfg.holdout} held-out pairs" if cfg.holdout else "")
     write_report(out, cfg, results, wall, title, command, table,
-                 timing={"train_seconds": per_run(runs)}, extra=extra, figures=(samples, *att))
+                 timing={"train_seconds": per_run(runs)}, extra=extra, figures=(samples, curves, *att))
     return results
 
 

@@ -200,6 +200,23 @@ def test_parse_config_types_lists_bools_choices():
         parse_config(_Cfg, ["--mode", "z"])
 
 
+def test_seed_curves_average_the_steps_every_seed_evaluated_and_plot_only_real_curves(tmp_path):
+    from zoo.engine.results import plot_seed_curves, seed_curve
+    a = [{"step": 10, "acc": 0.2}, {"step": 20, "acc": 0.4}, {"step": 30, "acc": 0.9}]
+    b = [{"step": 10, "acc": 0.4, "loss": 1.0}, {"step": 20, "acc": 0.8}]         # stopped early: no step 30
+    steps, mean, std = seed_curve([a, b], "acc")
+    assert steps == [10, 20]
+    assert mean == pytest.approx([0.3, 0.6]) and std == pytest.approx([0.2 / 2 ** 0.5, 0.4 / 2 ** 0.5])
+    assert seed_curve([a, b], "loss") == ([], [], [])                          # seed a never logged it
+    runs = [{"model": "m", "curve": a}, {"model": "m", "curve": b}, {"model": "n", "curve": a[:1]}]
+    path = plot_seed_curves(runs, ["m", "n"], [("acc", "accuracy")], tmp_path / "c.png", reference={"acc": 0.5})
+    assert path == tmp_path / "c.png" and path.stat().st_size > 0
+    assert seed_curve([], "acc") == ([], [], []) and seed_curve([a, []], "acc") == ([], [], [])
+    one_point = [{"model": "m", "curve": a[:1]}, {"model": "m", "curve": b[:1]}]     # evaluated at the end only
+    assert plot_seed_curves(one_point, ["m"], [("acc", "accuracy")], tmp_path / "none.png") is None
+    assert not (tmp_path / "none.png").exists()
+
+
 def test_summarize_seeds_mean_and_sample_std():
     s = summarize_seeds([{"acc": 1.0}, {"acc": 2.0}, {"acc": 3.0}])["acc"]
     assert s["mean"] == 2.0 and math.isclose(s["std"], 1.0) and s["n"] == 3

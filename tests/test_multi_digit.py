@@ -166,7 +166,8 @@ def test_short_run_learns_above_the_majority_set_and_writes_every_output(tmp_pat
     out = tmp_path / "run"
     harness.main(["--models", "mnist_convnet", "nfm_mnist_convnet", "--train-counts", "1", "2",
                   "--test-counts", "3", "--steps", "5", "--test-size", "50", "--seeds", "1", "--workers", "2",
-                  "--samples", "3", "--attention-images", "12", "--out", str(out), "--no-progress"])
+                  "--samples", "3", "--attention-images", "12", "--eval-every", "2", "--out", str(out),
+                  "--no-progress"])
     saved = json.loads((out / "results.json").read_text())
     for name in ("mnist_convnet", "nfm_mnist_convnet"):
         assert set(saved[name]) == {"1", "2", "3"}
@@ -174,3 +175,4 @@ def test_short_run_learns_above_the_majority_set_and_writes_every_output(tmp_pat
         assert saved[name]["1"]["seen"] and not saved[name]["3"]["seen"]
     assert (out / "accuracy_vs_count.png").stat().st_size > 0 and (out / "samples.png").exists()
     assert (out / "attention_nfm_mnist_convnet.png").exists()
+    assert (out / "curves.png").stat().st_size > 0 and not (tmp_path / "learn" / "curves.png").exists()

@@ -283,7 +283,7 @@ def test_short_run_learns_above_the_majority_answer_and_writes_every_output(tmp_
     # steps and 50 test images only
     out = tmp_path / "run"
     harness.main(["--models", "sortclevr_cnn", "nfm_sortclevr_cnn", "--steps", "5", "--test-images", "50",
-                  "--samples", "4", "--attention-images", "8", "--out", str(out), *common])
+                  "--samples", "4", "--attention-images", "8", "--eval-every", "2", "--out", str(out), *common])
     saved = json.loads((out / "results.json").read_text())
     for name in ("sortclevr_cnn", "nfm_sortclevr_cnn"):
         keys = set(saved[name])
@@ -291,4 +291,6 @@ def test_short_run_learns_above_the_majority_answer_and_writes_every_output(tmp_
             assert {k, f"{k}_std", f"{k}_per_seed"} <= keys
         assert len(saved[name]["rel_per_seed"]) == 1
     assert (out / "samples.png").stat().st_size > 0 and (out / "attention_nfm_sortclevr_cnn.png").exists()
+    assert (out / "curves.png").stat().st_size > 0                    # test accuracy at steps 2, 4 and 5
     assert "nonrel_shape" in (out / "results.md").read_text()
+    assert not (tmp_path / "learn" / "curves.png").exists()           # evaluated at the end only: no curve
