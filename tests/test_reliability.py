@@ -219,6 +219,15 @@ def test_non_finite_metrics_never_reach_a_results_file(tmp_path):
     assert not (tmp_path / "results.json").exists()
 
 
+def test_a_resumed_report_says_its_wall_time_is_only_this_invocations(tmp_path):
+    from zoo.engine import RunConfig, write_report
+
+    for resume in (False, True):
+        write_report(tmp_path, RunConfig(out=str(tmp_path), resume=resume), {"m": {"acc": 0.5}}, 19.0, "t", "cmd", "tab")
+        line = (tmp_path / "results.md").read_text().splitlines()[3]
+        assert line.startswith("Wall time: 19 s") and ("reused, not retrained" in line) == resume, line
+
+
 # --- bad options: one line, exit 2, nothing written -------------------------------------------------------
 BAD_OPTIONS = [
     (copying, ["--batch-size", "-1"], "--batch-size -1 is out of range"),
