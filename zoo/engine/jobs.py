@@ -349,7 +349,7 @@ def wall_line(wall: float, cfg: Any) -> str:
     were reused, not retrained, so the line says so instead of passing a few seconds off as the run's cost."""
     line = f"Wall time: {wall:.0f} s"
     if getattr(cfg, "resume", False):
-        line += (" (this invocation, with --resume: runs that had finished earlier were reused, not retrained; "
+        line += (" (this invocation only, a resumed one: runs that had finished earlier were reused, not retrained; "
                  "each run's training seconds are in timing.json)")
     return line
 
