@@ -122,8 +122,8 @@ class Config(RunConfig):
     data_dir: str = arg("data/sort_of_clevr", help="cache folder for the generated .npz ('' : no cache)",
                         path="out_dir", allow_empty=True)
     generate_only: bool = arg(False, help="write the data set (.npz and a preview) to --out and stop")
-    eval_every: int = arg(0, help="evaluate on the test questions every this many steps and plot the curves (curves.png; 0: only at the end)",
-                          ge=0)
+    eval_every: int = arg(0, help="evaluate on the test questions every this many steps and plot the curves "
+                                  "(curves.png; 0: only at the end)", ge=0)
     samples: int = arg(8, help="test images in samples.png", ge=0, le=64)
     attention_images: int = arg(100, help="test images averaged in the NFM attention maps", ge=1)
     out: str = arg("runs/sort_of_clevr", help="output folder", path="out_dir")
