@@ -344,13 +344,12 @@ def per_run(runs: Sequence[Any], value: str = "seconds", key: str = "model") -> 
     return {f"{r[key]}/seed{r['seed']}": r[value] for r in runs if value in r}
 
 
-def wall_line(wall: float, cfg: Any) -> str:
+def _wall_line(wall: float, cfg: Any) -> str:
     """The report's wall-time line. With ``--resume`` it is this invocation's time only: runs that had finished
     were reused, not retrained, so the line says so instead of passing a few seconds off as the run's cost."""
     line = f"Wall time: {wall:.0f} s"
-    if getattr(cfg, "resume", False):
-        line += (" (this invocation only, a resumed one: runs that had finished earlier were reused, not retrained; "
-                 "each run's training seconds are in timing.json)")
+    if cfg.resume:
+        line += " (this invocation only, a resumed one: runs that had finished earlier were reused, not retrained)"
     return line
 
 
@@ -367,7 +366,7 @@ def write_report(out: Path, cfg: Any, results: dict, wall: float, title: str, co
         results["_meta"] = {"config": config_to_dict(cfg, include_run_control=False)}
         write_json(out / "results.json", results)
         write_json(out / "timing.json", {"wall_seconds": wall, **(timing or {})})
-        write_text(out / "results.md", f"# {title}\n\nCommand: `{command}`  \n{wall_line(wall, cfg)}\n\n{table}{extra}")
+        write_text(out / "results.md", f"# {title}\n\nCommand: `{command}`  \n{_wall_line(wall, cfg)}\n\n{table}{extra}")
     finally:
         RunLock(out).release()
     print("\n" + table)
