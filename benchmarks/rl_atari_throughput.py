@@ -14,6 +14,8 @@ threads. It shows what a faster env could save at most; ``rl.train`` uses the fi
 Every variant trains ``rl.train``'s model on ``ALE/Pong-v5`` for ``--updates`` PPO updates after one
 warm-up update; variants are interleaved over ``--repeats`` rounds and the median is reported with its
 ratio to the first variant (the baseline), all in this process. Numbers on a shared machine are noisy.
+Freed CPU memory is kept in the process as ``rl.train`` does (``--no-retain-memory``: glibc's default, whose
+page faults cost up to 1.2x here, docs/rl.md).
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ import torch
 
 from rl.envs import make_atari
 from rl.train import Config, build_model
-from zoo.engine import arg, parse_config
+from zoo.engine import arg, parse_config, retain_freed_memory
 
 
 @dataclass
@@ -46,6 +48,7 @@ class Bench:
     n_epochs: int = arg(4, help="PPO epochs per update")
     updates: int = arg(2, help="timed PPO updates per repeat")
     repeats: int = arg(3, help="interleaved rounds")
+    retain_memory: bool = arg(True, help="keep freed CPU memory in the process, as rl.train does (default)")
 
 
 def _envpool(env_id: str, n_envs: int, threads: int):
@@ -92,6 +95,7 @@ def main(argv=None) -> None:
     b = parse_config(Bench, argv, prog="python benchmarks/rl_atari_throughput.py")
     if b.env_only:
         return env_only(b)
+    retained = b.retain_memory and retain_freed_memory("cpu")
     if "envpool" in b.vec_envs:
         raise SystemExit("--vec-envs envpool is for --env-only (rl.train steps dummy or subproc envs)")
     variants = list(itertools.product(b.cores, b.encoders, b.vec_envs, b.threads))
@@ -114,7 +118,7 @@ def main(argv=None) -> None:
             times[v].append(time.perf_counter() - t0)
     base = steps / statistics.median(times[variants[0]])
     print(f"{b.env}, {b.n_envs} envs x {b.n_steps} steps, {b.n_epochs} epochs, {b.updates} updates x {b.repeats} "
-          f"repeats (median)")
+          f"repeats (median), malloc {'retained' if retained else 'default'}")
     print("| core | encoder | vec env | threads | steps/s | ratio |\n|---|---|---|---|---|---|")
     for v in variants:
         sps = steps / statistics.median(times[v])

@@ -28,7 +28,8 @@ sequence and its episode-start mask in one call (:func:`rl.cores.run_core`); sin
 sequences at episode starts, the only resets in training are at a sequence's first step, and the LSTM/GRU
 cores run as one ATen call. Hidden states reset exactly at episode starts, as the stock LSTM's do. The RIM
 core still loops over time inside :class:`zoo.RIM`, on its one-row fast path (features are one vector per
-step): at hidden 252 it trains at about 1.3x the stock ``MlpLstmPolicy``'s steps/s (docs/rl.md).
+step): at hidden 252 it trains at about 0.9x the stock ``MlpLstmPolicy``'s steps/s eager and 1.3x with
+``core_kwargs=dict(compile=True, compile_chunk=8)`` (one thread, an idle CPU; docs/rl.md).
 """
 from __future__ import annotations
 
