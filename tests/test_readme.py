@@ -1,7 +1,9 @@
 """Every snippet and command in the README (and the engine page's example) runs after the README's set-up.
 
 Python blocks are executed in a fresh interpreter; each ``python -m tasks.*`` command's options are parsed
-and validated exactly as the command would (without training); every command's ``--help`` runs.
+and validated exactly as the command would (without training); every command's ``--help`` runs. Every
+``python -m tasks.* / rl.*`` command printed in ``docs/`` is parsed and validated too (docs must not drift
+from the CLIs they document).
 """
 from __future__ import annotations
 
@@ -73,3 +75,64 @@ def test_python_snippets_run(path, index, code, tmp_path):
     res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=ENV, capture_output=True, text=True,
                          timeout=600)
     assert res.returncode == 0, f"{path.name} block {index} failed:\n{res.stderr[-3000:]}"
+
+
+# The only reasons a documented command may fail to validate here: it names an earlier run's output, the
+# full MNIST files, or a GPU, none of which a fresh CPU checkout has. Anything else (an unknown or renamed
+# option, a bad value or combination) fails the test.
+ENVIRONMENT_ERRORS = ("does not exist", "output folder", "needs the IDX files", "no CUDA device")
+
+
+def docs_commands() -> List[Tuple[str, str, List[str]]]:
+    """``(page, module, args)`` of every ``python -m tasks.* / rl.*`` command in ``docs/*.md`` bash blocks
+    (line continuations joined, ``/usr/bin/time`` dropped; lines with shell variables skipped)."""
+    out = []
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        for block in blocks(page, "bash"):
+            for line in block.replace("\\\n", " ").splitlines():
+                line = line.split(" #", 1)[0].strip()
+                if "$" in line:
+                    continue
+                for part in line.split("&&"):
+                    words = shlex.split(part.strip())
+                    if words[:1] == ["/usr/bin/time"]:
+                        words = words[1:]
+                    if len(words) >= 3 and words[:2] == ["python", "-m"] and words[2].split(".")[0] in ("tasks", "rl"):
+                        out.append((page.name, words[2], words[3:]))
+    return out
+
+
+class _Parsed(Exception):
+    """Raised in place of running the command once its options have been parsed and validated."""
+
+
+DOCS_COMMANDS = docs_commands()
+
+
+def test_docs_print_cli_commands():
+    assert len(DOCS_COMMANDS) >= 100 and {m for _, m, _ in DOCS_COMMANDS} >= {"tasks.copying", "rl.train"}
+
+
+@pytest.mark.parametrize("page,module,args", DOCS_COMMANDS,
+                         ids=[f"{p}: {' '.join([m, *a])}"[:150] for p, m, a in DOCS_COMMANDS])
+def test_docs_commands_parse_and_validate(page, module, args, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    mod = importlib.import_module(module)
+    real = mod.parse_config                                           # each CLI's main parses first
+
+    def parse_only(*a, **kw):
+        real(*a, **kw)
+        raise _Parsed
+
+    monkeypatch.setattr(mod, "parse_config", parse_only)
+    try:
+        mod.main(list(args))                                          # positional arguments as main maps them
+    except _Parsed:
+        return
+    except SystemExit as e:
+        err = capsys.readouterr().err
+        if e.code == 0 and "--help" in args:
+            return
+        assert any(r in err for r in ENVIRONMENT_ERRORS), f"{page}: python -m {module} {' '.join(args)}: {err}"
+        return
+    raise AssertionError(f"{page}: python -m {module} ran without parsing its options through parse_config")
