@@ -26,19 +26,49 @@ def blocks(path: Path, lang: str) -> List[str]:
     return re.findall(rf"```{lang}\n(.*?)```", path.read_text(), flags=re.S)
 
 
-def commands() -> List[Tuple[str, List[str]]]:
-    """``(module or script, args)`` of every ``python ...`` command in the README's bash blocks."""
+def commands(page: Path = ROOT / "README.md") -> List[Tuple[str, List[str]]]:
+    """``(module or script, args)`` of every ``python -m ...`` / ``python x.py`` command in a page's bash blocks
+    (line continuations joined, comments and ``/usr/bin/time`` dropped; lines with shell variables skipped)."""
     out = []
-    for block in blocks(ROOT / "README.md", "bash"):
-        for line in block.splitlines():
-            line = line.split("#", 1)[0].strip()
+    for block in blocks(page, "bash"):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split(" #", 1)[0].strip()
+            if line.startswith("#") or "$" in line:
+                continue
             for part in line.split("&&"):
                 words = shlex.split(part.strip())
-                if len(words) >= 2 and words[0] == "python" and words[1] == "-m" and words[2] not in ("pytest", "pip"):
+                if words[:1] == ["/usr/bin/time"]:
+                    words = words[1:]
+                if len(words) >= 3 and words[:2] == ["python", "-m"] and words[2] not in ("pytest", "pip"):
                     out.append((words[2], words[3:]))
                 elif len(words) >= 2 and words[0] == "python" and words[1].endswith(".py"):
                     out.append((words[1], words[2:]))
     return out
+
+
+class _Parsed(Exception):
+    """Raised in place of running the command once its options have been parsed and validated."""
+
+
+def parse_error(module: str, args: List[str], monkeypatch, capsys) -> str:
+    """Run ``python -m module args`` up to its options: the command's ``main`` parses and validates them (its
+    positional arguments mapped as the CLI maps them), then stops before any work. Returns the one-line error
+    it exits with, ``""`` when the options are valid (or for ``--help``)."""
+    mod = importlib.import_module(module)
+    real = mod.parse_config                                           # each CLI's main parses first
+
+    def parse_only(*a, **kw):
+        real(*a, **kw)
+        raise _Parsed
+
+    monkeypatch.setattr(mod, "parse_config", parse_only)
+    try:
+        mod.main(list(args))
+    except _Parsed:
+        return ""
+    except SystemExit as e:
+        return "" if e.code == 0 and "--help" in args else capsys.readouterr().err or f"exit {e.code}"
+    raise AssertionError(f"python -m {module} ran without parsing its options through parse_config")
 
 
 def test_the_readme_has_its_setup_and_tour():
@@ -49,12 +79,9 @@ def test_the_readme_has_its_setup_and_tour():
 
 @pytest.mark.parametrize("module,args", [c for c in commands() if c[0].startswith("tasks.")],
                          ids=[" ".join([m, *a]) for m, a in commands() if m.startswith("tasks.")])
-def test_task_commands_parse_and_validate(module, args, tmp_path, monkeypatch):
+def test_task_commands_parse_and_validate(module, args, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)                                       # relative paths as on a fresh clone
-    mod = importlib.import_module(module)
-    from zoo.engine import parse_config
-
-    parse_config(mod.Config, args)                                    # exits 2 on any invalid option
+    assert parse_error(module, args, monkeypatch, capsys) == ""      # any invalid option fails
 
 
 @pytest.mark.slow
@@ -84,26 +111,9 @@ ENVIRONMENT_ERRORS = ("does not exist", "output folder", "needs the IDX files", 
 
 
 def docs_commands() -> List[Tuple[str, str, List[str]]]:
-    """``(page, module, args)`` of every ``python -m tasks.* / rl.*`` command in ``docs/*.md`` bash blocks
-    (line continuations joined, ``/usr/bin/time`` dropped; lines with shell variables skipped)."""
-    out = []
-    for page in sorted((ROOT / "docs").glob("*.md")):
-        for block in blocks(page, "bash"):
-            for line in block.replace("\\\n", " ").splitlines():
-                line = line.split(" #", 1)[0].strip()
-                if "$" in line:
-                    continue
-                for part in line.split("&&"):
-                    words = shlex.split(part.strip())
-                    if words[:1] == ["/usr/bin/time"]:
-                        words = words[1:]
-                    if len(words) >= 3 and words[:2] == ["python", "-m"] and words[2].split(".")[0] in ("tasks", "rl"):
-                        out.append((page.name, words[2], words[3:]))
-    return out
-
-
-class _Parsed(Exception):
-    """Raised in place of running the command once its options have been parsed and validated."""
+    """``(page, module, args)`` of every ``python -m tasks.* / rl.*`` command in ``docs/*.md``."""
+    return [(page.name, m, a) for page in sorted((ROOT / "docs").glob("*.md")) for m, a in commands(page)
+            if m.split(".")[0] in ("tasks", "rl")]
 
 
 DOCS_COMMANDS = docs_commands()
@@ -117,22 +127,5 @@ def test_docs_print_cli_commands():
                          ids=[f"{p}: {' '.join([m, *a])}"[:150] for p, m, a in DOCS_COMMANDS])
 def test_docs_commands_parse_and_validate(page, module, args, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    mod = importlib.import_module(module)
-    real = mod.parse_config                                           # each CLI's main parses first
-
-    def parse_only(*a, **kw):
-        real(*a, **kw)
-        raise _Parsed
-
-    monkeypatch.setattr(mod, "parse_config", parse_only)
-    try:
-        mod.main(list(args))                                          # positional arguments as main maps them
-    except _Parsed:
-        return
-    except SystemExit as e:
-        err = capsys.readouterr().err
-        if e.code == 0 and "--help" in args:
-            return
-        assert any(r in err for r in ENVIRONMENT_ERRORS), f"{page}: python -m {module} {' '.join(args)}: {err}"
-        return
-    raise AssertionError(f"{page}: python -m {module} ran without parsing its options through parse_config")
+    err = parse_error(module, args, monkeypatch, capsys)
+    assert not err or any(r in err for r in ENVIRONMENT_ERRORS), f"{page}: python -m {module} {' '.join(args)}: {err}"
