@@ -3,6 +3,7 @@ the cache, the Relation Network, and the harness's options and a short learning 
 import itertools
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -248,6 +249,23 @@ def test_bad_options_are_one_line_errors(argv, message, capsys, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_report_groups_split_every_subtype_into_held_out_and_seen():
+    d = generate(400, seed=4)
+    held = holdout_combinations(3, 0)
+    groups = harness.question_groups(d, held)
+    involved = question_involves_holdout(d, held)
+    for k in ["rel", "nonrel"] + harness.SUBTYPES:
+        assert np.array_equal(groups[f"{k}_heldout"], groups[k] & involved), k
+        assert np.array_equal(groups[f"{k}_seen"], groups[k] & ~involved), k
+    for kind in ("rel", "nonrel"):                    # the subtypes' held-out questions make up the group's
+        subs = [k for k in harness.SUBTYPES if k.startswith(kind + "_")]
+        assert np.array_equal(np.logical_or.reduce([groups[f"{k}_heldout"] for k in subs]), groups[f"{kind}_heldout"])
+    # why the split matters: count depends on every object, closest / furthest on two
+    share = {k: groups[f"{k}_heldout"].sum() / groups[k].sum() for k in ("rel_count", "rel_closest", "rel_furthest")}
+    assert share["rel_count"] > 0.8 and 0.35 < share["rel_closest"] < 0.55 and 0.35 < share["rel_furthest"] < 0.55
+    assert "rel_count_heldout" not in harness.question_groups(d, [])
+
+
 def test_seed_summary():
     s = harness.seed_summary([{"rel": 0.5}, {"rel": 0.7}])
     assert s["rel"] == pytest.approx(0.6) and s["rel_std"] == pytest.approx(0.1414, abs=1e-4)
@@ -265,7 +283,7 @@ def test_generate_only_writes_the_data_set(tmp_path):
 
 
 @pytest.mark.slow
-def test_short_run_learns_above_the_majority_answer_and_writes_every_output(tmp_path):
+def test_short_run_learns_above_the_majority_answer_and_writes_every_output(tmp_path, monkeypatch):
     # The CNN+MLP baseline (default architecture, dropout 0.5) learns the answer prior of each question
     # subtype first and then plateaus there (constant lr 1e-3: training loss 0.80 nats = the prior's entropy
     # from step ~350 to ~1,250); it never reached majority + 0.1 on non-relational questions in 300 steps
@@ -287,10 +305,24 @@ def test_short_run_learns_above_the_majority_answer_and_writes_every_output(tmp_
     saved = json.loads((out / "results.json").read_text())
     for name in ("sortclevr_cnn", "nfm_sortclevr_cnn"):
         keys = set(saved[name])
-        for k in ("rel", "nonrel", "rel_heldout", "nonrel_heldout", "rel_seen", "nonrel_seen", "rel_count"):
+        for k in ("rel", "nonrel", "rel_heldout", "nonrel_heldout", "rel_seen", "nonrel_seen", "rel_count",
+                  "rel_count_heldout", "nonrel_shape_seen"):
             assert {k, f"{k}_std", f"{k}_per_seed"} <= keys
         assert len(saved[name]["rel_per_seed"]) == 1
     assert (out / "samples.png").stat().st_size > 0 and (out / "attention_nfm_sortclevr_cnn.png").exists()
     assert (out / "curves.png").stat().st_size > 0                    # test accuracy at steps 2, 4 and 5
-    assert "nonrel_shape" in (out / "results.md").read_text()
+    report = (out / "results.md").read_text()
+    assert "nonrel_shape" in report and re.search(r"\| rel_count +\| nfm_sortclevr_cnn +\|", report)     # per subtype, held-out / seen
+    # --resume over finished runs reuses their weights and tests them again with this code: a group added
+    # to the report since (here a made-up one) appears, and the existing groups keep their values
+    groups = harness.question_groups
+    monkeypatch.setattr(harness, "question_groups",
+                        lambda data, held: {**groups(data, held), "made_up": data.q_rel >= 0})
+    harness.main(["--models", "sortclevr_cnn", "nfm_sortclevr_cnn", "--steps", "5", "--test-images", "50",
+                  "--samples", "4", "--attention-images", "8", "--eval-every", "2", "--out", str(out), *common,
+                  "--resume"])
+    again = json.loads((out / "results.json").read_text())
+    for name in ("sortclevr_cnn", "nfm_sortclevr_cnn"):
+        assert again[name]["made_up"] == pytest.approx(again[name]["rel"] / 2 + again[name]["nonrel"] / 2)
+        assert again[name]["rel_per_seed"] == saved[name]["rel_per_seed"]
     assert not (tmp_path / "learn" / "curves.png").exists()           # evaluated at the end only: no curve
