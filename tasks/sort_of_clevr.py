@@ -285,11 +285,11 @@ def subtype_table(cfg: Config, runs: List[dict], chance: Dict[str, float]) -> st
 
 def heldout_subtype_table(cfg: Config, runs: List[dict], chance: Dict[str, float]) -> str:
     """With a holdout: each subtype's accuracy on held-out and on seen questions, one row per subtype and model."""
+    stats = {name: summarize_seeds([r["test"] for r in runs if r["model"] == name]) for name in cfg.models}
     rows = []
     for sub in SUBTYPES:
         for name in cfg.models:
-            stats = summarize_seeds([r["test"] for r in runs if r["model"] == name])
-            rows.append([sub, name] + [fmt_mean_std(stats[k]) if k in stats else "-"
+            rows.append([sub, name] + [fmt_mean_std(stats[name][k]) if k in stats[name] else "-"
                                        for k in (f"{sub}_heldout", f"{sub}_seen")])
         rows.append([sub, "majority answer"] + [f"{chance[k]:.3f}" if k in chance else "-"
                                                 for k in (f"{sub}_heldout", f"{sub}_seen")])
