@@ -264,11 +264,15 @@ def summarize(cfg: Config, runs: List[dict]) -> dict:
     return {name: seed_summary([r["test"] for r in runs if r["model"] == name]) for name in cfg.models}
 
 
+def model_stats(cfg: Config, runs: List[dict]) -> Dict[str, Dict[str, Dict[str, float]]]:
+    """For each model: every reported group's mean / std / n over its seeds (``summarize_seeds``)."""
+    return {name: summarize_seeds([r["test"] for r in runs if r["model"] == name]) for name in cfg.models}
+
+
 def results_table(cfg: Config, runs: List[dict], chance: Dict[str, float]) -> str:
     cols = ["rel", "nonrel"] + (["rel_heldout", "rel_seen", "nonrel_heldout", "nonrel_seen"] if cfg.holdout else [])
     rows: List[List[Any]] = []
-    for name in cfg.models:
-        stats = summarize_seeds([r["test"] for r in runs if r["model"] == name])
+    for name, stats in model_stats(cfg, runs).items():
         rows.append([name] + [fmt_mean_std(stats[c]) if c in stats else "-" for c in cols] + [stats["rel"]["n"]])
     rows.append(["majority answer"] + [f"{chance[c]:.3f}" if c in chance else "-" for c in cols] + ["-"])
     return markdown_table(["model"] + cols + ["seeds"], rows)
@@ -276,8 +280,7 @@ def results_table(cfg: Config, runs: List[dict], chance: Dict[str, float]) -> st
 
 def subtype_table(cfg: Config, runs: List[dict], chance: Dict[str, float]) -> str:
     rows = []
-    for name in cfg.models:
-        stats = summarize_seeds([r["test"] for r in runs if r["model"] == name])
+    for name, stats in model_stats(cfg, runs).items():
         rows.append([name] + [fmt_mean_std(stats[c]) for c in SUBTYPES])
     rows.append(["majority answer"] + [f"{chance[c]:.3f}" for c in SUBTYPES])
     return markdown_table(["model"] + SUBTYPES, rows)
@@ -285,7 +288,7 @@ def subtype_table(cfg: Config, runs: List[dict], chance: Dict[str, float]) -> st
 
 def heldout_subtype_table(cfg: Config, runs: List[dict], chance: Dict[str, float]) -> str:
     """With a holdout: each subtype's accuracy on held-out and on seen questions, one row per subtype and model."""
-    stats = {name: summarize_seeds([r["test"] for r in runs if r["model"] == name]) for name in cfg.models}
+    stats = model_stats(cfg, runs)
     rows = []
     for sub in SUBTYPES:
         for name in cfg.models:

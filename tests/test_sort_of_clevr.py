@@ -313,6 +313,10 @@ def test_short_run_learns_above_the_majority_answer_and_writes_every_output(tmp_
     assert (out / "curves.png").stat().st_size > 0                    # test accuracy at steps 2, 4 and 5
     report = (out / "results.md").read_text()
     assert "nonrel_shape" in report and re.search(r"\| rel_count +\| nfm_sortclevr_cnn +\|", report)     # per subtype, held-out / seen
+    for name in ("sortclevr_cnn", "nfm_sortclevr_cnn"):           # the table's cells are the run's own numbers
+        row = re.search(rf"\| rel_count +\| {name} +\| ([0-9.]+)(?: ± [0-9.]+)? +\| ([0-9.]+)(?: ± [0-9.]+)? +\|", report)
+        assert row and [float(v) for v in row.groups()] == pytest.approx(
+            [saved[name]["rel_count_heldout"], saved[name]["rel_count_seen"]], abs=5e-4)
     # --resume over finished runs reuses their weights and tests them again with this code: a group added
     # to the report since (here a made-up one) appears, and the existing groups keep their values
     groups = harness.question_groups
