@@ -43,6 +43,7 @@ from zoo.engine import (per_run,
     markdown_table,
     parse_config,
     per_model_kwargs,
+    precision_arg,
     resolve_device,
     run_cli,
     run_grid,
@@ -203,6 +204,7 @@ class Config(RunConfig):
     batch_size: int = arg(16, help="training batch size (sequences)", ge=1)
     lr: float = arg(2e-3, help="Adam learning rate", gt=0)
     clip_grad: float = arg(1.0, help="gradient-norm clip (thesis protocol: 1.0; 0 disables)", ge=0)
+    precision: str = precision_arg()
     eval_every: int = arg(200, help="log teacher-forced and rollout BCE on 32 test sequences every this many "
                                     "steps (0: only at the end)", ge=0)
     model_kwargs: str = arg("{}", help='JSON object of extra model kwargs, shared (\'{"k_active": 3}\') or per '
@@ -311,7 +313,7 @@ def train_one(cfg: Config, model_name: str, seed: int, position: int = 0) -> dic
         return {"rollout_bce": r["rollout_bce"], "teacher_forced_bce": r["teacher_forced_bce"]}
 
     result = fit(model, optimizer, batches, step_fn, steps=cfg.steps, device=device,
-                 out_dir=_run_dir(cfg, model_name, seed), clip_grad=cfg.clip_grad or None,
+                 out_dir=_run_dir(cfg, model_name, seed), precision=cfg.precision, clip_grad=cfg.clip_grad or None,
                  log_every=cfg.log_every, eval_fn=eval_fn, eval_every=cfg.eval_every,
                  ckpt_every=cfg.checkpoint_every, resume=cfg.resume, desc=f"{model_name} s{seed}",
                  run_meta={**config_to_dict(cfg, include_run_control=False), "model": model_name, "seed": seed},

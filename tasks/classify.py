@@ -45,6 +45,7 @@ from zoo.engine import (per_run,
     lr_schedule,
     markdown_table,
     parse_config,
+    precision_arg,
     parse_json_object,
     resolve_device,
     run_cli,
@@ -116,6 +117,7 @@ class Config(RunConfig):
     lr: float = arg(0.05, help="peak learning rate (cosine-annealed to 0)", gt=0)
     weight_decay: float = arg(1e-4, help="L2 weight decay (papers: 1e-4)", ge=0)
     clip_grad: float = arg(0.0, help="gradient-norm clip (0: none)", ge=0)
+    precision: str = precision_arg()
     evaluations: List[str] = arg(["all"], help="robustness evaluations (zoo.robustness.list_evaluations()); all",
                                  check=_check_evaluations)
     eval_size: int = arg(1000, help="test images used by the robustness evaluations (0: all)", ge=0)
@@ -215,7 +217,7 @@ def train_one(cfg: Config, method_name: str, seed: int, position: int = 0) -> di
     x_test, y_test = data["test"]
     stream = method_batches(data, cfg.batch_size, cfg.unlabeled_batch_size, method.needs_unlabeled, seed)
     result = fit(model, opt, stream, steps=cfg.steps, device=device, out_dir=_run_dir(cfg, method_name, seed),
-                 clip_grad=cfg.clip_grad or None, scheduler=sched, log_every=cfg.log_every,
+                 precision=cfg.precision, clip_grad=cfg.clip_grad or None, scheduler=sched, log_every=cfg.log_every,
                  eval_fn=lambda m: test_accuracy(method.eval_model(m), x_test, y_test, device),
                  eval_every=cfg.eval_every, ckpt_every=cfg.checkpoint_every, resume=cfg.resume, run_meta=run_meta,
                  desc=f"{method_name} s{seed}", progress=cfg.progress, position=position, **method.fit_kwargs())

@@ -31,7 +31,8 @@ import torch.nn.functional as F
 import zoo
 from zoo.engine import (SCHEDULES, ConfigError, RunConfig, SeededStream, arg, check_per_model, command_line,
                         config_to_dict, fit, fmt_mean_std, lr_schedule, markdown_table, parse_config, per_model_kwargs,
-                        per_model_value, per_run, resolve_device, run_cli, run_grid, seed_everything, summarize_seeds,
+                        per_model_value, per_run, precision_arg, resolve_device, run_cli, run_grid, seed_everything,
+                        summarize_seeds,
                         warmup_arg, write_report)
 from zoo.models.rim_seq import model_family
 
@@ -140,6 +141,7 @@ class Config(RunConfig):
                                          "over the first K steps (empty: none, --train-len from the start)",
                                 allow_empty=True, ge=1)
     clip_grad: float = arg(1.0, help="gradient-norm clip (paper: 1.0; 0: none)", ge=0)
+    precision: str = precision_arg()
     skip_spikes: float = arg(0.0, help="skip an optimizer step whose gradient norm exceeds this many times the median "
                                        "of the last 100 steps' (0: never; docs/engine.md)", ge=0)
     compile: bool = arg(True, help="run the RIM time step through torch.compile (--no-compile: eager; the first run "
@@ -211,6 +213,7 @@ def train_one(cfg: Config, model_name: str, seed: int, position: int = 0) -> dic
     result = fit(model, optimizer, copying_batches(cfg.train_len, cfg.batch_size, seed, cfg.symbols, cfg.curriculum),
                  step_fn, steps=cfg.steps, device=device, out_dir=_run_dir(cfg, model_name, seed),
                  clip_grad=cfg.clip_grad, skip_spikes=cfg.skip_spikes or None, log_every=cfg.log_every,
+                 precision=cfg.precision,
                  scheduler=lr_schedule(optimizer, model_schedule(cfg, model_name), cfg.steps,
                                        int(cfg.warmup * cfg.steps)),
                  eval_fn=lambda m: evaluate(m, cfg.train_len, min(cfg.eval_size, 500), eval_seed, device,

@@ -49,6 +49,7 @@ from zoo.engine import (per_run,
     markdown_table,
     parse_config,
     per_model_kwargs,
+    precision_arg,
     resolve_device,
     run_cli,
     run_grid,
@@ -88,6 +89,7 @@ class Config(RunConfig):
     schedule: str = arg("cosine", help="learning-rate schedule: cosine decay to 0 (batch-norm statistics then "
                                        "match the final weights), or constant", choices=list(SCHEDULES))
     clip_grad: float = arg(0.0, help="gradient-norm clip (0: off)", ge=0)
+    precision: str = precision_arg()
     canvas: int = arg(64, help="canvas side in pixels", ge=28, le=256)
     data: str = arg("embedded", help="digit source: the embedded 5,000 digits, or full MNIST from --data-root",
                     choices=["embedded", "mnist"])
@@ -210,6 +212,7 @@ def train_one(cfg: Config, name: str, seed: int, position: int = 0) -> dict:
     seen = {k: tests[k] for k in cfg.train_counts}
     fitted = fit(model, optimizer, batches, step_fn, steps=cfg.steps, device=device,
                  out_dir=_run_dir(cfg, name, seed), clip_grad=cfg.clip_grad or None, log_every=cfg.log_every,
+                 precision=cfg.precision,
                  scheduler=lr_schedule(optimizer, cfg.schedule, cfg.steps),
                  eval_fn=(lambda m: {f"exact_acc_{k}": v["exact_acc"] for k, v in
                                      evaluate(m, seen, device, cfg.threshold).items()}) if cfg.eval_every else None,

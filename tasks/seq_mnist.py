@@ -36,7 +36,8 @@ from zoo.data import dataset_missing
 from zoo.data.seq_mnist import INPUTS, SEQ_DATASETS, pixel_sequences, seq_mnist_batches, seq_mnist_splits
 from zoo.engine import (SCHEDULES, ConfigError, RunConfig, RunError, arg, check_per_model, command_line,
                         config_to_dict, fit, fmt_mean_std, lr_schedule, markdown_table, parse_config, per_model_kwargs,
-                        per_model_value, per_run, resolve_device, run_cli, run_grid, seed_everything, summarize_seeds,
+                        per_model_value, per_run, precision_arg, resolve_device, run_cli, run_grid, seed_everything,
+                        summarize_seeds,
                         warmup_arg, write_report)
 from zoo.models.rim_seq import SequenceModel, model_family
 
@@ -91,6 +92,7 @@ class Config(RunConfig):
                                                   "decay to 0 at --steps (after --warmup)")
     warmup: float = warmup_arg()
     clip_grad: float = arg(1.0, help="gradient-norm clip (paper: 1.0; 0: none)", ge=0)
+    precision: str = precision_arg()
     eval_every: int = arg(250, help="validation accuracy at the training size every this many steps, and at the "
                                     "end; the test uses the best step's weights (0: only at the end)", ge=0)
     val_size: int = arg(0, help="validation digits per evaluation (0: all of the validation split)", ge=0)
@@ -240,6 +242,7 @@ def train_one(cfg: Config, model_name: str, seed: int, position: int = 0) -> dic
     result = fit(model, optimizer, seq_mnist_batches(data["train"], cfg.train_resolution, cfg.batch_size, seed,
                                                      cfg.input), step_fn,
                  steps=cfg.steps, device=device, out_dir=_run_dir(cfg, model_name, seed), clip_grad=cfg.clip_grad,
+                 precision=cfg.precision,
                  log_every=cfg.log_every,
                  scheduler=lr_schedule(optimizer, cfg.schedule, cfg.steps, int(cfg.warmup * cfg.steps)),
                  eval_fn=eval_fn if val is not None else None, eval_every=cfg.eval_every,

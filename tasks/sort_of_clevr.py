@@ -45,6 +45,7 @@ from zoo.engine import (per_run,
     markdown_table,
     parse_config,
     per_model_kwargs,
+    precision_arg,
     resolve_device,
     run_cli,
     run_grid,
@@ -112,6 +113,7 @@ class Config(RunConfig):
                                        "match the final weights), or constant (the reference)",
                         choices=list(SCHEDULES))
     clip_grad: float = arg(0.0, help="gradient-norm clip (0: off)", ge=0)
+    precision: str = precision_arg()
     holdout: int = arg(0, help="colour-shape pairs held out of the training images (thesis Table 7: 1-3)",
                        ge=0, le=soc.NUM_OBJECTS)
     holdout_seed: int = arg(0, help="which pairs are held out", ge=0)
@@ -231,6 +233,7 @@ def train_one(cfg: Config, name: str, seed: int, position: int = 0) -> dict:
 
     fitted = fit(model, optimizer, batches, step_fn, steps=cfg.steps, device=device,
                  out_dir=_run_dir(cfg, name, seed), clip_grad=cfg.clip_grad or None, log_every=cfg.log_every,
+                 precision=cfg.precision,
                  scheduler=lr_schedule(optimizer, cfg.schedule, cfg.steps),
                  eval_fn=lambda m: evaluate(m, data["test"], holdout, device), eval_every=cfg.eval_every,
                  ckpt_every=cfg.checkpoint_every, resume=cfg.resume, desc=f"{name} s{seed}",

@@ -325,3 +325,83 @@ def test_a_harness_grid_runs_every_run_at_once_by_default(monkeypatch, tmp_path)
                   "--batch-size", "4", "--eval-size", "8", "--eval-every", "0", "--no-progress",
                   "--out", str(tmp_path / "c")])
     assert seen == {"workers": 3, "jobs": 3}                          # one per core would be 2
+
+
+def _precision_run(out_dir, precision, steps=30, stop_at=None, resume=False):
+    """A small regression run under ``fit(precision=...)``; records the dtype the step and the evaluation see."""
+    from zoo.engine import Interrupted, SeededStream, request_stop
+
+    seed_everything(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    stream = SeededStream(lambda g: (lambda x: (x, x.sum(1, keepdim=True)))(torch.randn(32, 4, generator=g)), seed=1)
+    seen = {"step": set(), "eval": set()}
+
+    def step_fn(m, batch):
+        x, y = batch
+        out = m(x)
+        seen["step"].add(out.dtype)
+        return torch.nn.functional.mse_loss(out.float(), y), {}
+
+    def eval_fn(m):
+        seen["eval"].add(m(torch.ones(2, 4)).dtype)
+        return {"one": 1.0}
+
+    def stop(step, m):
+        if step == stop_at:
+            request_stop()
+
+    try:
+        res = fit(model, opt, stream, step_fn, steps=steps, out_dir=out_dir, resume=resume, progress=False,
+                  log_every=5, eval_fn=eval_fn, eval_every=10, callbacks=(stop,), precision=precision)
+    except Interrupted:
+        res = None
+    return res, model, seen
+
+
+@pytest.mark.filterwarnings("ignore:precision='bf16'")
+def test_bf16_precision_autocasts_the_step_only_and_keeps_float32_weights(tmp_path):
+    """``precision="bf16"``: the step's matmuls run in bfloat16 (so the run differs from fp32 by rounding), the
+    weights, the optimizer and the evaluation stay float32, the model still learns, and resuming is exact."""
+    res32, m32, seen32 = _precision_run(tmp_path / "fp32", "fp32")
+    res16, m16, seen16 = _precision_run(tmp_path / "bf16", "bf16")
+    assert seen32 == {"step": {torch.float32}, "eval": {torch.float32}}
+    assert seen16 == {"step": {torch.bfloat16}, "eval": {torch.float32}}
+    assert all(p.dtype == torch.float32 for p in m16.parameters())
+    assert not all(torch.equal(a, b) for a, b in zip(m32.parameters(), m16.parameters()))   # bf16 really used
+    first = float(next(csv.DictReader(open(tmp_path / "bf16" / "metrics.csv")))["train/loss"])
+    assert res16.last_metrics["loss"] < 0.5 * first                                      # it learns
+    cut, _, _ = _precision_run(tmp_path / "cut", "bf16", stop_at=17)
+    assert cut is None
+    _, resumed, _ = _precision_run(tmp_path / "cut", "bf16", resume=True)
+    assert all(torch.equal(a, b) for a, b in zip(m16.parameters(), resumed.parameters()))
+
+
+def test_precision_is_checked_before_training_and_recorded_by_the_harnesses(tmp_path, capsys):
+    """An unknown precision is a one-line error, in ``fit`` and on every harness's command line; every harness
+    that trains with ``fit`` hands it ``precision=cfg.precision`` (so ``--precision`` reaches the loop)."""
+    import ast
+    from pathlib import Path
+
+    from tasks import classify
+    from zoo.engine import ConfigError
+
+    with pytest.raises(ValueError, match=r"precision='fp16' is not supported; allowed values: 'fp32', 'bf16'"):
+        _precision_run(tmp_path / "x", "fp16")
+    assert not (tmp_path / "x" / "metrics.csv").exists()
+    with pytest.raises(SystemExit):
+        parse_config(classify.Config, ["--precision", "fp16"])
+    err = capsys.readouterr().err.strip()
+    assert "--precision: invalid choice: 'fp16'" in err and "\n" not in err
+    with pytest.raises(ConfigError, match="--precision"):
+        classify.Config(precision="fp16")
+    assert parse_config(classify.Config, ["--precision", "bf16"]).precision == "bf16"
+    tasks = Path(__file__).resolve().parents[1] / "tasks"
+    callers = []
+    for path in sorted(tasks.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "fit":
+                kw = {k.arg: ast.unparse(k.value) for k in node.keywords}
+                assert kw.get("precision") == "cfg.precision", f"{path.name}: fit(...) without precision=cfg.precision"
+                callers.append(path.stem)
+    assert set(callers) >= {"bouncing_balls", "classify", "copying", "multi_digit", "seq_mnist", "sort_of_clevr"}

@@ -17,6 +17,7 @@ import signal
 import statistics
 import threading
 import time
+import warnings
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from .memory import retain_freed_memory
 from .streams import restore_stream, stream_state
 
 __all__ = ["fit", "FitResult", "to_device", "cycle", "NonFiniteError", "stop_requested", "request_stop",
-           "stop_handlers", "CHECKPOINT_FORMAT"]
+           "stop_handlers", "CHECKPOINT_FORMAT", "PRECISIONS", "autocast_context", "native_bf16"]
 
 StepFn = Callable[[nn.Module, Any], Tuple[torch.Tensor, Dict[str, float]]]
 
@@ -44,6 +45,29 @@ StepFn = Callable[[nn.Module, Any], Tuple[torch.Tensor, Dict[str, float]]]
 CHECKPOINT_FORMAT = "zoo.engine.fit/2"
 #: ``fit(skip_spikes=...)``: gradient norms in the running median, and steps before any step may be skipped
 SPIKE_WINDOW, SPIKE_WARMUP = 100, 20
+#: ``fit(precision=...)``: ``"fp32"`` (no autocast) or ``"bf16"`` (``torch.autocast`` to bfloat16)
+PRECISIONS = ("fp32", "bf16")
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 matmuls and convolutions natively: a CUDA GPU that supports bf16,
+    or a CPU with AVX512-BF16 / AMX (oneDNN's check). Elsewhere bf16 autocast is emulated, and slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+        return bool(check()) if check is not None else False
+    return False
+
+
+def autocast_context(precision: str, device: torch.device):
+    """The context a training step's forward and loss run in: ``torch.autocast(device.type, torch.bfloat16)``
+    for ``"bf16"`` (matmuls and convolutions in bfloat16, reductions and losses in float32; the weights, their
+    gradients and the optimizer stay float32), nothing for ``"fp32"``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r} is not supported; allowed values: "
+                         f"{', '.join(map(repr, PRECISIONS))}")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 class NonFiniteError(RunError, FloatingPointError):
@@ -169,6 +193,7 @@ def fit(
     position: int = 0,
     tensorboard: bool = False,
     retain_cpu_memory: bool = True,
+    precision: str = "fp32",
 ) -> FitResult:
     """Train ``model`` for ``steps`` optimizer steps.
 
@@ -202,6 +227,10 @@ def fit(
             process-wide): glibc's default gives the pages of large tensors back and faults them in again every
             step (1.0-1.1 s of system time per 2-pass ``nfm_preactresnet18`` step here,
             ``benchmarks/cpu_allocator.py``); the process keeps its peak memory.
+        precision: ``"fp32"`` (default) or ``"bf16"``: ``step_fn`` runs under bfloat16 autocast
+            (:func:`autocast_context`; the backward, clipping, optimizer and ``eval_fn`` stay float32). Faster
+            where bf16 is native (CUDA GPUs with bf16, CPUs with AMX / AVX512-BF16; :func:`native_bf16`),
+            slower where it is emulated; results differ from fp32 by bf16 rounding (``docs/engine.md``).
 
     Under ``torchrun`` (``WORLD_SIZE > 1``) the same call trains data-parallel: each process takes its shard
     of every global batch, gradients are averaged, rank 0 alone writes files (:mod:`zoo.engine.distributed`).
@@ -211,6 +240,10 @@ def fit(
         CheckpointError: the checkpoint to resume from is unreadable or belongs to another run.
         Interrupted: SIGINT/SIGTERM arrived; a checkpoint of the last finished step was saved first.
     """
+    amp = autocast_context(precision, device)                   # validates precision before any work
+    if precision == "bf16" and not native_bf16(device):
+        warnings.warn(f"precision='bf16' on {device}: this device has no native bfloat16 (AMX / AVX512-BF16 on a "
+                      f"CPU), so autocast emulates it and training is slower than fp32", RuntimeWarning, stacklevel=2)
     distributed = dist_utils.init_from_env(device)
     world, rank = (dist_utils.world_size(), dist_utils.rank()) if distributed else (1, 0)
     main_process = rank == 0
@@ -305,7 +338,8 @@ def fit(
             batch = to_device(next(batches), device)
             if distributed:
                 batch = dist_utils.shard(batch, rank, world)
-            loss, metrics = step_fn(model, batch)
+            with amp:
+                loss, metrics = step_fn(model, batch)
             value = float(loss.detach())
             if distributed:                          # every process sees the global loss and any stop request
                 shared = dist_utils.average_metrics({"loss": value, "stop": float(stop_requested())})
