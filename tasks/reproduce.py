@@ -71,6 +71,9 @@ class Config(RunConfig):
     log_every: int = arg(0, help="log training metrics every this many steps (0: each harness's default)", ge=0)
     checkpoint_every: int = arg(0, help="checkpoint every this many steps, or env steps for RL (0: each harness's "
                                         "default)", ge=0, run_control=True)
+    precision: str = arg("fp32", help="training arithmetic of every part that trains with zoo.engine.fit (the RL "
+                                      "parts train in fp32): fp32, or bf16 (faster on GPUs and CPUs with AMX; see "
+                                      "docs/engine.md)", choices=("fp32", "bf16"))
 
     def check(self) -> None:
         super().check()
@@ -120,11 +123,14 @@ def _harness_command(run_cfg: Any) -> str:
     return command_line(f"python -m {module}", config_to_argv(run_cfg))
 
 
-def run_overrides(cfg: Config) -> Dict[str, Any]:
-    """The options of ``cfg`` every harness run takes over (the rest stay each part's own)."""
+def run_overrides(cfg: Config, run_cfg: Any) -> Dict[str, Any]:
+    """The options of ``cfg`` the harness run ``run_cfg`` takes over (the rest stay each part's own):
+    ``--precision`` only where the harness has it (those that train with ``zoo.engine.fit``)."""
     over: Dict[str, Any] = dict(seed=cfg.seed, workers=cfg.workers, threads=cfg.threads, device=cfg.device,
                                 progress=cfg.progress, resume=True, backend=cfg.backend, ray_address=cfg.ray_address)
     over.update({k: getattr(cfg, k) for k in ("seeds", "log_every", "checkpoint_every") if getattr(cfg, k)})
+    if any(f.name == "precision" for f in dataclasses.fields(run_cfg)):
+        over["precision"] = cfg.precision
     return over
 
 
@@ -132,7 +138,7 @@ def plan(part: Part, cfg: Config) -> List[Run]:
     """The harness runs of ``part`` under ``cfg``."""
     runs = []
     for name, run_cfg in part.runs(cfg.scale, cfg.smoke).items():
-        run_cfg = dataclasses.replace(run_cfg, **run_overrides(cfg), out=str(Path(cfg.out) / part.id / name))
+        run_cfg = dataclasses.replace(run_cfg, **run_overrides(cfg, run_cfg), out=str(Path(cfg.out) / part.id / name))
         runs.append(Run(part, name, run_cfg, _harness_command(dataclasses.replace(run_cfg, resume=False))))
     return runs
 

@@ -92,16 +92,23 @@ def test_shared_options_reach_every_harness_run_and_zero_keeps_each_parts_defaul
     """``--seeds/--seed/--backend/...`` given to the reproduction must change every harness run it starts (a
     silently ignored ``--seeds 5`` would report 3-seed numbers as 5-seed ones); 0 keeps each part's own."""
     import dataclasses
-    cfg = reproduce.Config(seeds=5, seed=7, log_every=11, checkpoint_every=13, backend="ray", threads=2)
+    cfg = reproduce.Config(seeds=5, seed=7, log_every=11, checkpoint_every=13, backend="ray", threads=2,
+                           precision="bf16")
     keep = reproduce.Config()
+    with_precision = set()
     for part in paper_results.PARTS.values():
         for run_cfg in part.runs("cpu", False).values():
-            over = dataclasses.replace(run_cfg, **reproduce.run_overrides(cfg))
+            over = dataclasses.replace(run_cfg, **reproduce.run_overrides(cfg, run_cfg))
             assert (over.seeds, over.seed, over.log_every, over.checkpoint_every, over.backend, over.threads) == \
                 (5, 7, 11, 13, "ray", 2), part.id
-            same = dataclasses.replace(run_cfg, **reproduce.run_overrides(keep))
+            if hasattr(run_cfg, "precision"):                 # every harness that trains with zoo.engine.fit
+                assert over.precision == "bf16", part.id
+                with_precision.add(part.id)
+            same = dataclasses.replace(run_cfg, **reproduce.run_overrides(keep, run_cfg))
             assert (same.seeds, same.log_every, same.checkpoint_every) == \
                 (run_cfg.seeds, run_cfg.log_every, run_cfg.checkpoint_every), part.id
+            assert getattr(same, "precision", "fp32") == "fp32"
+    assert len(with_precision) >= 5                           # not a vacuous check: the fit harnesses have it
 
 
 def test_train_hands_the_shared_options_to_the_harness(tmp_path, monkeypatch):
