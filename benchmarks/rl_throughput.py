@@ -24,7 +24,7 @@ import itertools
 import statistics
 import time
 from dataclasses import dataclass
-from typing import List
+from typing import Dict, List
 
 import torch
 from sb3_contrib import RecurrentPPO
@@ -66,6 +66,8 @@ class Bench:
     lr: float = arg(3e-4, help="learning rate (RecurrentPPO default); 0 keeps every policy at its initial "
                                  "behaviour, so all variants see episodes of the same length distribution")
     seed: int = arg(0, help="seed")
+    phases: bool = arg(False, help="also print each variant's median milliseconds per update in rollouts "
+                                   "(collect_rollouts) and in training (train)")
 
 
 def build(b: Bench, variant: str, hidden: int) -> RecurrentPPO:
@@ -89,6 +91,17 @@ def build(b: Bench, variant: str, hidden: int) -> RecurrentPPO:
                         learning_rate=b.lr, policy_kwargs=kw, seed=b.seed, verbose=0)
 
 
+def time_phases(model: RecurrentPPO, log: Dict[str, List[float]]) -> None:
+    """Record the seconds of every ``collect_rollouts`` and ``train`` call of ``model`` in ``log``."""
+    for phase in ("collect_rollouts", "train"):
+        def timed(*args, _fn=getattr(model, phase), _key=phase, **kwargs):
+            t0 = time.perf_counter()
+            out = _fn(*args, **kwargs)
+            log.setdefault(_key, []).append(time.perf_counter() - t0)
+            return out
+        setattr(model, phase, timed)
+
+
 def main(argv=None) -> None:
     b = parse_config(Bench, argv, prog="python benchmarks/rl_throughput.py")
     register_pomdps()
@@ -106,14 +119,20 @@ def main(argv=None) -> None:
             model.learn(b.n_envs * b.n_steps, reset_num_timesteps=i == 0)
     warm = time.perf_counter() - t0
     runs = list(itertools.product(b.hidden, b.threads, b.variants))
-    times = {r: [] for r in runs}
+    times: Dict[tuple, List[float]] = {r: [] for r in runs}
+    phase_log: Dict[tuple, Dict[str, List[float]]] = {r: {} for r in runs}
     for _ in range(b.repeats):
         for r in runs:
             hidden, threads, variant = r
             torch.set_num_threads(threads)
+            model = models[(variant, hidden)]
+            if b.phases:
+                time_phases(model, phase_log[r])
             t0 = time.perf_counter()
-            models[(variant, hidden)].learn(steps, reset_num_timesteps=False)
+            model.learn(steps, reset_num_timesteps=False)
             times[r].append(time.perf_counter() - t0)
+            if b.phases:                                  # back to the class's methods between rounds
+                del model.collect_rollouts, model.train
     print(f"{b.env}, {b.n_envs} envs x {b.n_steps} steps, batch {b.batch_size}, {b.n_epochs} epochs, lr {b.lr}, "
           f"{b.updates} updates x {b.repeats} interleaved repeats (median); warm-up {warm:.0f} s")
     print("| policy | hidden | threads | steps/s | x stock |\n|---|---|---|---|---|")
@@ -127,6 +146,12 @@ def main(argv=None) -> None:
         sps = steps / statistics.median(times[r])
         base = steps / statistics.median(times[(hidden, threads, "stock")])
         print(f"| {names[variant]} | {hidden} | {threads} | {sps:.1f} | {sps / base:.2f}x |")
+    if b.phases:
+        print("\n| policy | hidden | threads | rollouts ms per update | training ms per update |\n|---|---|---|---|---|")
+        for r in runs:
+            hidden, threads, variant = r
+            roll, train = (1000 * statistics.median(phase_log[r][k]) for k in ("collect_rollouts", "train"))
+            print(f"| {names[variant]} | {hidden} | {threads} | {roll:.1f} | {train:.1f} |")
 
 
 if __name__ == "__main__":
