@@ -405,3 +405,26 @@ def test_precision_is_checked_before_training_and_recorded_by_the_harnesses(tmp_
                 assert kw.get("precision") == "cfg.precision", f"{path.name}: fit(...) without precision=cfg.precision"
                 callers.append(path.stem)
     assert set(callers) >= {"bouncing_balls", "classify", "copying", "multi_digit", "seq_mnist", "sort_of_clevr"}
+
+
+def test_native_bf16_follows_the_cpu_flags_and_fit_warns_only_where_bf16_is_emulated(tmp_path, monkeypatch):
+    """``native_bf16`` is True exactly on CPUs with AVX512-BF16 or AMX (``/proc/cpuinfo`` on Linux), and ``fit``
+    warns about a bf16 run only where it is emulated (there it is slower than fp32)."""
+    import warnings
+    from pathlib import Path
+
+    from zoo.engine import loop, native_bf16
+
+    cpu = torch.device("cpu")
+    info = Path("/proc/cpuinfo")
+    if info.exists():
+        flags = set(next(line for line in info.read_text().splitlines() if line.startswith("flags")).split())
+        assert native_bf16(cpu) == bool(flags & {"avx512_bf16", "amx_tile"})
+    assert native_bf16(torch.device("meta")) is False
+    for native in (False, True):
+        monkeypatch.setattr(loop, "native_bf16", lambda device, native=native: native)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            _precision_run(tmp_path / str(native), "bf16", steps=2)
+        emulated = [w for w in caught if "no native bfloat16" in str(w.message)]
+        assert len(emulated) == (0 if native else 1)

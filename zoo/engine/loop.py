@@ -51,12 +51,12 @@ PRECISIONS = ("fp32", "bf16")
 
 def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` computes bfloat16 matmuls and convolutions natively: a CUDA GPU that supports bf16,
-    or a CPU with AVX512-BF16 / AMX (oneDNN's check). Elsewhere bf16 autocast is emulated, and slower than fp32."""
+    or an x86 CPU with AVX512-BF16 or AMX. Elsewhere bf16 autocast is emulated, and slower than fp32."""
     if device.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-        return bool(check()) if check is not None else False
+    if device.type == "cpu":                   # x86 instruction checks (not oneDNN's, which accepts plain AVX-512)
+        checks = (getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+        return any(bool(check()) for check in checks if check is not None)
     return False
 
 
