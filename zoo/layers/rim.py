@@ -310,12 +310,18 @@ def _communicate(st: _Static, h_src: torch.Tensor, w: _Weights, training: bool):
 
 def _merge(st: _Static, h, c, h_cand, c_cand, m, w: _Weights, training: bool):
     """Communication among the candidates (section 8.2.4) and the frozen inactive units (8.2.3):
-    h, c the kept state, h_cand, c_cand the candidates, m (U, B, 1) 0/1 -> h_next, c_next, comm probs."""
+    h, c the kept state, h_cand, c_cand the candidates, m (U, B, 1) 0/1 -> h_next, c_next, comm probs.
+
+    The state keeps its dtype: under bf16 autocast the candidates and the communication come out of bf16
+    matmuls and are cast to the state's dtype here (no-ops when they already match), so the recurrent state
+    stays float32 from step to step and ``lerp`` / ``addcmul`` see one dtype."""
     comm_probs = None
+    h_cand, c_cand, m = h_cand.to(h.dtype), c_cand.to(c.dtype), m.to(h.dtype)
     if st.comm:
         if st.comm_source == "kept":
             h_src = torch.lerp(h, h_cand, m)
             update, comm_probs = _communicate(st, h_src, w, training)
+            update = update.to(h.dtype)
             # h_src + m * update: exactly h where m = 0 (h + 0), exactly h~ + update where m = 1; the
             # gradient to the update is m.
             h_next = torch.addcmul(h_src, m, update)
@@ -324,7 +330,7 @@ def _merge(st: _Static, h, c, h_cand, c_cand, m, w: _Weights, training: bool):
             # gradient (where(m, x, x.detach()) is x itself, forward, bit for bit)
             h_src = torch.where(m > 0, h_cand, h_cand.detach())
             update, comm_probs = _communicate(st, h_src, w, training)
-            h_next = torch.lerp(h, h_src + update, m)
+            h_next = torch.lerp(h, h_src + update.to(h.dtype), m)
     else:
         # lerp with a 0/1 weight returns `start` or `end` bit-for-bit: inactive units keep h and c
         # exactly, and the gradient still flows through them (weight 1 - 0 on h).
