@@ -32,8 +32,7 @@ import zoo
 from zoo.engine import (SCHEDULES, ConfigError, RunConfig, SeededStream, arg, check_per_model, command_line,
                         config_to_dict, fit, fmt_mean_std, lr_schedule, markdown_table, parse_config, per_model_kwargs,
                         per_model_value, per_run, precision_arg, resolve_device, run_cli, run_grid, seed_everything,
-                        summarize_seeds,
-                        warmup_arg, write_report)
+                        summarize_seeds, warmup_arg, write_report)
 from zoo.models.rim_seq import model_family
 
 BLANK, MARKER, NUM_TOKENS = 0, 9, 10

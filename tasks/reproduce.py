@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from zoo.engine import (ConfigError, Interrupted, RunConfig, RunError, RunLock, arg, command_line, config_to_argv,
-                        config_to_dict, default_workers, parse_config, resolve_device, run_cli, run_jobs, write_json,
-                        write_text)
+                        config_to_dict, default_workers, parse_config, precision_arg, resolve_device, run_cli, run_jobs,
+                        write_json, write_text)
 from zoo.engine.distributed import world_size
 
 from .paper_results import PARTS, Claim, Part
@@ -71,9 +71,9 @@ class Config(RunConfig):
     log_every: int = arg(0, help="log training metrics every this many steps (0: each harness's default)", ge=0)
     checkpoint_every: int = arg(0, help="checkpoint every this many steps, or env steps for RL (0: each harness's "
                                         "default)", ge=0, run_control=True)
-    precision: str = arg("fp32", help="training arithmetic of every part that trains with zoo.engine.fit (the RL "
-                                      "parts train in fp32): fp32, or bf16 (faster on GPUs and CPUs with AMX; see "
-                                      "docs/engine.md)", choices=("fp32", "bf16"))
+    precision: str = precision_arg("training arithmetic of every part that trains with zoo.engine.fit (the RL "
+                                   "parts train in fp32): fp32, or bf16 (faster on GPUs and CPUs with AMX; see "
+                                   "docs/engine.md)")
 
     def check(self) -> None:
         super().check()

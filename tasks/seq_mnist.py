@@ -37,8 +37,7 @@ from zoo.data.seq_mnist import INPUTS, SEQ_DATASETS, pixel_sequences, seq_mnist_
 from zoo.engine import (SCHEDULES, ConfigError, RunConfig, RunError, arg, check_per_model, command_line,
                         config_to_dict, fit, fmt_mean_std, lr_schedule, markdown_table, parse_config, per_model_kwargs,
                         per_model_value, per_run, precision_arg, resolve_device, run_cli, run_grid, seed_everything,
-                        summarize_seeds,
-                        warmup_arg, write_report)
+                        summarize_seeds, warmup_arg, write_report)
 from zoo.models.rim_seq import SequenceModel, model_family
 
 __all__ = ["Config", "run", "main", "model_kwargs", "model_lr", "DEFAULT_LR", "build_model", "classify", "accuracy",

@@ -74,11 +74,13 @@ def warmup_arg(default: float = 0.0) -> Any:
     return arg(default, help="linear learning-rate warm-up from 0 over this fraction of --steps (0: none)", ge=0, lt=1)
 
 
-def precision_arg() -> Any:
-    """The ``--precision`` field of every harness that trains with :func:`zoo.engine.fit` (its ``precision``)."""
-    return arg("fp32", help="training arithmetic: fp32, or bf16 (bfloat16 autocast of each training step; faster "
-                            "on GPUs and CPUs with AMX / AVX512-BF16, slower where bf16 is emulated; evaluation "
-                            "stays fp32)", choices=("fp32", "bf16"))
+def precision_arg(help: str = "training arithmetic: fp32, or bf16 (bfloat16 autocast of each training step; "
+                                "faster on GPUs and CPUs with AMX / AVX512-BF16, slower where bf16 is emulated; "
+                                "evaluation stays fp32)") -> Any:
+    """The ``--precision`` field of every harness that trains with :func:`zoo.engine.fit` (its ``precision``;
+    choices :data:`zoo.engine.PRECISIONS`)."""
+    from .loop import PRECISIONS
+    return arg("fp32", help=help, choices=PRECISIONS)
 
 
 def _flag(name: str) -> str:
