@@ -1,9 +1,10 @@
 """RIMs vs LSTM in a recurrent PPO agent, trained with known distractors, tested with novel ones (thesis
 8.4.3, Fig. 4): ``python -m rl.distractors``.
 
-The task (:mod:`rl.gridworld`): pick up the red ball in a MiniGrid room, seeing only the 7x7 cells ahead,
-among 4 distractors (keys, balls, boxes). Training and the *seen* evaluation draw distractor colours from
-red/green/blue; the *novel* evaluation draws them from purple/yellow/grey, colours never seen in training.
+The task (:mod:`rl.gridworld`): pick up the red ball in a MiniGrid room, seeing only the 7x7 cells ahead
+(``--view-size``), among 4 distractors (keys, balls, boxes). Training and the *seen* evaluation draw
+distractor colours from red/green/blue; the *novel* evaluation draws them from purple/yellow/grey, colours
+never seen in training.
 Picking up a distractor ends the episode with no reward.
 
 Every core gets the same agent and the same PPO settings (the paper changed only the recurrent core):
@@ -18,6 +19,7 @@ the 49 cells (``--rim-rows one``: it reads them concatenated, as the LSTM always
     python -m rl.distractors --steps 300000 --seeds 5      # longer
     python -m rl.distractors --encoder cells               # cores read one embedding per view cell; the RIM
                                                            # attends over the 49 cells (input rows)
+    python -m rl.distractors --view-size 3                 # a narrower view: 3x3 cells, more to remember
 
 Outputs in ``--out`` (default ``runs/rl_distractors``): ``results.json`` (per core: ``seen`` and ``novel``,
 each with ``success``, ``success_std``, ``return``, ``return_std`` over seeds and ``per_seed``; plus
@@ -63,6 +65,8 @@ class Config(RunConfig):
     num_distractors: int = arg(4, help="distractors per room (training and evaluation)", ge=0, le=30)
     room_size: int = arg(7, help="room side in cells, walls included (7: 5x5 free cells)", ge=5, le=16)
     max_steps: int = arg(64, help="episode limit in agent steps", ge=1)
+    view_size: int = arg(7, help="side of the agent's egocentric view in cells (odd; 7: MiniGrid's and BabyAI's; "
+                                 "3 sees one cell to each side and three ahead)", ge=3, le=15)
     n_envs: int = arg(16, help="parallel training envs", ge=1)
     n_steps: int = arg(64, help="rollout length per env and update", ge=1)
     n_minibatches: int = arg(4, help="minibatches per epoch", ge=1)
@@ -83,7 +87,7 @@ class Config(RunConfig):
     encoder: str = arg("mlp", choices=["mlp", "cells"],
                        help="what the core reads: 'mlp', one ReLU layer of --features units over the whole view; "
                             "'cells', one embedding of --cell-dim per view cell (rl.encoders.CellEncoder): the RIM "
-                            "attends over the 49 cells as input rows, the LSTM reads them concatenated")
+                            "attends over the view cells (49 at --view-size 7) as input rows, the LSTM reads them concatenated")
     cell_dim: int = arg(16, help="with --encoder cells: features per cell embedding", ge=1)
     rim_rows: str = arg("cells", choices=["cells", "one"],
                         help="with --encoder cells: the RIM attends over the cells as input rows ('cells') or reads "
@@ -116,13 +120,17 @@ class Config(RunConfig):
             raise ConfigError("--features sets the 'mlp' encoder's layer; with --encoder cells use --cell-dim")
         if self.encoder != "cells" and changed & {"cell_dim", "rim_rows"}:
             raise ConfigError("--cell-dim and --rim-rows apply only with --encoder cells")
+        if self.view_size % 2 == 0:
+            raise ConfigError(f"--view-size {self.view_size} must be odd (the agent sits at the middle of the "
+                              "view's bottom row)")
         if self.num_distractors > (self.room_size - 2) ** 2 - 2:
             raise ConfigError(f"--num-distractors {self.num_distractors} does not fit a --room-size "
                               f"{self.room_size} room")
 
 
 def env_kwargs(cfg: Config) -> Dict[str, Any]:
-    return dict(num_distractors=cfg.num_distractors, size=cfg.room_size, max_steps=cfg.max_steps)
+    return dict(num_distractors=cfg.num_distractors, size=cfg.room_size, max_steps=cfg.max_steps,
+                agent_view_size=cfg.view_size)
 
 
 def make_vec(cfg: Config, split: str, n: int, seed: int):
@@ -146,7 +154,7 @@ def build_agent(cfg: Config, core: str, env, seed: int):
     if cfg.encoder == "cells":
         from .encoders import CellEncoder
 
-        cells = env.observation_space.shape[0] // sum(OneHotView.SIZES)            # 7 x 7 view cells
+        cells = env.observation_space.shape[0] // sum(OneHotView.SIZES)            # view_size x view_size cells
         policy_kwargs.update(features_extractor_class=CellEncoder,
                              features_extractor_kwargs=dict(cells=cells, cell_dim=cfg.cell_dim))
         if core == "rim" and cfg.rim_rows == "one":

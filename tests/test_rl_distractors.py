@@ -29,11 +29,12 @@ def _objects(env) -> list:
     return [(o.type, o.color) for o in env.unwrapped.grid.grid if o is not None and o.type != "wall"]
 
 
-@pytest.mark.parametrize("split", ["seen", "novel"])
-def test_fast_view_equals_minigrid_view(split):
+@pytest.mark.parametrize("split, view", [("seen", 7), ("novel", 7), ("seen", 3), ("novel", 5)])
+def test_fast_view_equals_minigrid_view(split, view):
     """The numpy observation equals MiniGrid's own gen_obs at every step (all headings, walls, the edge of
-    the grid, objects behind objects), and the carried object shows at the agent's cell."""
-    env = make_distractor_env(split, num_distractors=6)
+    the grid, objects behind objects), and the carried object shows at the agent's cell; at every view size."""
+    env = make_distractor_env(split, num_distractors=6, agent_view_size=view)
+    assert env.observation_space.shape == (view * view * sum(OneHotView.SIZES),)
     raw = env.unwrapped
     rng = np.random.default_rng(0)
     steps = 0
@@ -163,6 +164,8 @@ BAD = [
     (["--cell-dim", "0"], "--cell-dim 0"),
     (["--rim-rows", "one"], "only with --encoder cells"),
     (["--encoder", "cells", "--features", "64"], "--cell-dim"),
+    (["--view-size", "4"], "must be odd"),
+    (["--view-size", "1"], "--view-size 1"),
 ]
 
 
@@ -217,6 +220,19 @@ def test_cells_encoder_gives_the_rim_one_row_per_view_cell():
         assert any(not torch.equal(a, p) for a, p in zip(before, policy.lstm_actor.parameters()))
     one = build_agent(Config(encoder="cells", cell_dim=8, hidden_size=16, rim_rows="one"), "rim", env, 0).policy
     assert one.input_rows == 1 and one.lstm_actor.input_size == 49 * 8
+    env.close()
+
+
+def test_view_size_reaches_the_envs_and_the_cells_encoder():
+    """--view-size 3: the training envs see 3 x 3 cells (the agent at the bottom middle), and the RIM attends
+    over 9 cell rows."""
+    from rl.distractors import Config, build_agent, make_vec
+
+    cfg = Config(view_size=3, encoder="cells", cell_dim=8, hidden_size=16)
+    env = make_vec(cfg, "seen", 2, 0)
+    assert env.observation_space.shape == (9 * sum(OneHotView.SIZES),) and env.reset().shape == (2, 9 * 20)
+    assert env.envs[0].unwrapped.gen_obs()["image"].shape == (3, 3, 3)
+    assert build_agent(cfg, "rim", env, 0).policy.input_rows == 9
     env.close()
 
 
