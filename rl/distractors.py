@@ -20,6 +20,7 @@ the 49 cells (``--rim-rows one``: it reads them concatenated, as the LSTM always
     python -m rl.distractors --encoder cells               # cores read one embedding per view cell; the RIM
                                                            # attends over the 49 cells (input rows)
     python -m rl.distractors --view-size 3                 # a narrower view: 3x3 cells, more to remember
+    python -m rl.distractors --encoder conv                # the BabyAI reference agents' convs over raw indices
 
 Outputs in ``--out`` (default ``runs/rl_distractors``): ``results.json`` (per core: ``seen`` and ``novel``,
 each with ``success``, ``success_std``, ``return``, ``return_std`` over seeds and ``per_seed``; plus
@@ -84,10 +85,12 @@ class Config(RunConfig):
     head_size: int = arg(64, help="units of the policy and value heads' hidden layer", ge=1)
     features: int = arg(128, help="units of the ReLU layer between the one-hot view and the core (0: the core "
                                   "reads the view itself)", ge=0)
-    encoder: str = arg("mlp", choices=["mlp", "cells"],
-                       help="what the core reads: 'mlp', one ReLU layer of --features units over the whole view; "
+    encoder: str = arg("mlp", choices=["mlp", "cells", "conv"],
+                       help="what the core reads: 'mlp', one ReLU layer of --features units over the one-hot view; "
                             "'cells', one embedding of --cell-dim per view cell (rl.encoders.CellEncoder): the RIM "
-                            "attends over the view cells (49 at --view-size 7) as input rows, the LSTM reads them concatenated")
+                            "attends over the view cells (49 at --view-size 7) as input rows, the LSTM reads them "
+                            "concatenated; 'conv', the MiniGrid/BabyAI reference agents' convolutions over the raw "
+                            "(object, colour, state) indices (rl.encoders.GridConvEncoder; --view-size 7 or more)")
     cell_dim: int = arg(16, help="with --encoder cells: features per cell embedding", ge=1)
     rim_rows: str = arg("cells", choices=["cells", "one"],
                         help="with --encoder cells: the RIM attends over the cells as input rows ('cells') or reads "
@@ -118,6 +121,12 @@ class Config(RunConfig):
         changed = {f.name for f in dataclasses.fields(self) if getattr(self, f.name) != f.default}
         if self.encoder == "cells" and "features" in changed:
             raise ConfigError("--features sets the 'mlp' encoder's layer; with --encoder cells use --cell-dim")
+        if self.encoder == "conv" and "features" in changed:
+            raise ConfigError("--features sets the 'mlp' encoder's layer; --encoder conv has its own width (64 "
+                              "features at --view-size 7)")
+        if self.encoder == "conv" and self.view_size < 7:
+            raise ConfigError(f"--encoder conv needs --view-size 7 or more (three 2x2 convs and a 2x2 pool), "
+                              f"got {self.view_size}")
         if self.encoder != "cells" and changed & {"cell_dim", "rim_rows"}:
             raise ConfigError("--cell-dim and --rim-rows apply only with --encoder cells")
         if self.view_size % 2 == 0:
@@ -130,7 +139,7 @@ class Config(RunConfig):
 
 def env_kwargs(cfg: Config) -> Dict[str, Any]:
     return dict(num_distractors=cfg.num_distractors, size=cfg.room_size, max_steps=cfg.max_steps,
-                agent_view_size=cfg.view_size)
+                agent_view_size=cfg.view_size, view="index" if cfg.encoder == "conv" else "onehot")
 
 
 def make_vec(cfg: Config, split: str, n: int, seed: int):
@@ -159,6 +168,10 @@ def build_agent(cfg: Config, core: str, env, seed: int):
                              features_extractor_kwargs=dict(cells=cells, cell_dim=cfg.cell_dim))
         if core == "rim" and cfg.rim_rows == "one":
             policy_kwargs.update(input_rows=1)
+    elif cfg.encoder == "conv":
+        from .encoders import GridConvEncoder
+
+        policy_kwargs.update(features_extractor_class=GridConvEncoder)
     elif cfg.features:
         from .encoders import MLPEncoder
 
@@ -362,13 +375,23 @@ def plot_curves(cfg: Config, results: Dict[str, Any], path: Path) -> Path:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("success rate")
     axes[0].legend(loc="lower right", fontsize=8)
-    reads = "" if cfg.encoder == "mlp" else (
-        f"; cores read {cfg.cell_dim}-d cell embeddings" + (", RIM over them as a set" if cfg.rim_rows == "cells" else ""))
-    fig.suptitle(f"Pick up the red ball: RecurrentPPO, trained with seen distractors{reads}", fontsize=10)
+    fig.suptitle(f"Pick up the red ball: RecurrentPPO, trained with seen distractors{reads(cfg)}", fontsize=10)
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
     plt.close(fig)
     return path
+
+
+def reads(cfg: Config) -> str:
+    """What the cores read, for figure titles: ``""`` for the default (the one-hot 7x7 view through a ReLU
+    layer), else ``"; ..."`` naming the view size and the encoder."""
+    parts = [] if cfg.view_size == 7 else [f"{cfg.view_size}x{cfg.view_size} view"]
+    if cfg.encoder == "cells":
+        parts.append(f"cores read {cfg.cell_dim}-d cell embeddings"
+                     + (", RIM over them as a set" if cfg.rim_rows == "cells" else ""))
+    elif cfg.encoder == "conv":
+        parts.append("cores read the reference convs over raw indices")
+    return "".join(f"; {p}" for p in parts)
 
 
 PROG = "python -m rl.distractors"

@@ -31,7 +31,7 @@ from torch import nn
 
 from zoo.layers.nfm import NFM
 
-__all__ = ["NFMNatureCNN", "MLPEncoder", "CellEncoder", "nature_convs", "ENCODERS", "encoder_policy_kwargs"]
+__all__ = ["NFMNatureCNN", "MLPEncoder", "CellEncoder", "GridConvEncoder", "nature_convs", "ENCODERS", "encoder_policy_kwargs"]
 
 
 def nature_convs(in_chans: int) -> Tuple[nn.Sequential, ...]:
@@ -128,6 +128,30 @@ class CellEncoder(BaseFeaturesExtractor):
     def forward(self, observations: torch.Tensor) -> torch.Tensor:
         x = observations.float().reshape(observations.shape[0], self.rows, self.cell_features)   # (B, N, C)
         return torch.relu(self.embed(x) + self.position).flatten(1)                               # (B, N * E)
+
+
+class GridConvEncoder(BaseFeaturesExtractor):
+    """The convolutions of the MiniGrid / BabyAI reference agents (rl-starter-files' ``ACModel``) over a
+    grid view of raw (object, colour, state) indices (:class:`rl.gridworld.IndexView`):
+
+        ``(B, 3, V, V)`` -> conv 16 2x2, ReLU, max-pool 2x2 -> conv 32 2x2, ReLU -> conv 64 2x2, ReLU -> flatten
+
+    ``(B, 64 * ((V - 1) // 2 - 2) ** 2)``: 64 features for MiniGrid's 7x7 view. The indices are fed as
+    numbers, unscaled, as the reference does, so a colour never seen in training is a new *value* of the
+    colour channel rather than a new input unit (:class:`rl.gridworld.OneHotView`). Views narrower than
+    7 leave nothing after the third conv (``ValueError``)."""
+
+    def __init__(self, observation_space: gym.spaces.Box) -> None:
+        shape = observation_space.shape
+        if len(shape) != 3 or shape[0] != 3 or min(shape[1:]) < 7:
+            raise ValueError(f"GridConvEncoder needs a (3, V, V) view of indices with V >= 7, got {shape}")
+        side = (min(shape[1:]) - 1) // 2 - 2
+        super().__init__(observation_space, 64 * side * side)
+        self.net = nn.Sequential(nn.Conv2d(3, 16, 2), nn.ReLU(), nn.MaxPool2d(2),
+                                 nn.Conv2d(16, 32, 2), nn.ReLU(), nn.Conv2d(32, 64, 2), nn.ReLU(), nn.Flatten())
+
+    def forward(self, observations: torch.Tensor) -> torch.Tensor:
+        return self.net(observations.float())
 
 
 ENCODERS: Dict[str, Type[BaseFeaturesExtractor]] = {"nature": NatureCNN, "nfm": NFMNatureCNN}

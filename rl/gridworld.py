@@ -22,7 +22,9 @@ keys, balls and boxes in **purple, yellow, grey**, colours the agent never saw. 
 
 Wrappers for the agents: :class:`OneHotView` turns the 7x7x3 view of (object, colour, state) indices into
 one-hot features, flattened: ``(7 * 7 * 20,)`` float32 (a novel colour lights a colour unit that was 0 in
-every training observation); :class:`PickupActions` keeps the four useful actions (left, right, forward,
+every training observation); :class:`IndexView` keeps MiniGrid's raw indices instead, channels first,
+``(3, 7, 7)`` float32 (what the BabyAI / MiniGrid reference agents' convolutions read: a novel colour is a
+new value of the colour channel); :class:`PickupActions` keeps the four useful actions (left, right, forward,
 pick up) of MiniGrid's seven. :func:`make_distractor_env` stacks them; the registered ids
 ``zoo/DistractorPickupSeen-v0`` and ``zoo/DistractorPickupNovel-v0`` are the raw MiniGrid envs (dict
 observations: ``image``, ``direction``, ``mission``).
@@ -39,7 +41,7 @@ from minigrid.core.mission import MissionSpace
 from minigrid.core.world_object import Ball, Box, Key
 from minigrid.minigrid_env import MiniGridEnv
 
-__all__ = ["DistractorPickupEnv", "OneHotView", "PickupActions", "make_distractor_env", "SEEN_COLORS",
+__all__ = ["DistractorPickupEnv", "OneHotView", "IndexView", "PickupActions", "make_distractor_env", "SEEN_COLORS",
            "NOVEL_COLORS", "DISTRACTOR_TYPES", "TARGET", "SPLITS", "register_gridworlds"]
 
 SEEN_COLORS: Tuple[str, ...] = ("red", "green", "blue")
@@ -139,7 +141,33 @@ def _visibility(opaque: np.ndarray) -> np.ndarray:
     return np.asarray(mask, dtype=bool)
 
 
-class OneHotView(gym.ObservationWrapper):
+class _GridView(gym.ObservationWrapper):
+    """Base of the agents' views: MiniGrid's ``image`` (V, V, 3) through :meth:`encode` into
+    :meth:`image_space`; ``keep_dict=True`` gives ``{"image": ..., "direction": Discrete(4)}`` instead."""
+
+    def __init__(self, env: gym.Env, keep_dict: bool = False) -> None:
+        super().__init__(env)
+        space = env.observation_space
+        image = space["image"] if isinstance(space, gym.spaces.Dict) else space
+        assert image.shape is not None                       # minigrid's image space is a Box
+        self.view, self.keep_dict = image.shape[0], keep_dict
+        box = self.image_space(self.view)
+        self.observation_space = gym.spaces.Dict({"image": box, "direction": gym.spaces.Discrete(4)}) \
+            if keep_dict else box
+
+    def image_space(self, view: int) -> gym.spaces.Box:
+        raise NotImplementedError
+
+    def encode(self, image: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def observation(self, observation):
+        if self.keep_dict:
+            return {"image": self.encode(observation["image"]), "direction": int(observation["direction"])}
+        return self.encode(observation["image"] if isinstance(observation, dict) else observation)
+
+
+class OneHotView(_GridView):
     """MiniGrid's ``image`` (V, V, 3) of (object, colour, state) indices -> one-hot features, flattened.
 
     ``(V, V, 3)`` int -> ``(V * V * (11 + 6 + 3),)`` float32 in {0, 1}: per cell a one-hot of the object type
@@ -151,26 +179,37 @@ class OneHotView(gym.ObservationWrapper):
     SIZES = (len(OBJECT_TO_IDX), len(COLOR_TO_IDX), len(STATE_TO_IDX))
 
     def __init__(self, env: gym.Env, keep_dict: bool = False) -> None:
-        super().__init__(env)
-        space = env.observation_space
-        image = space["image"] if isinstance(space, gym.spaces.Dict) else space
-        assert image.shape is not None                       # minigrid's image space is a Box
-        self.view, self.keep_dict = image.shape[0], keep_dict
         self.offsets = np.cumsum((0,) + self.SIZES[:-1])
-        flat = gym.spaces.Box(0.0, 1.0, (self.view * self.view * sum(self.SIZES),), np.float32)
-        self.observation_space = gym.spaces.Dict({"image": flat, "direction": gym.spaces.Discrete(4)}) \
-            if keep_dict else flat
+        super().__init__(env, keep_dict)
 
-    def observation(self, observation):
-        if self.keep_dict:
-            return {"image": self._one_hot(observation["image"]), "direction": int(observation["direction"])}
-        return self._one_hot(observation["image"] if isinstance(observation, dict) else observation)
+    def image_space(self, view: int) -> gym.spaces.Box:
+        return gym.spaces.Box(0.0, 1.0, (view * view * sum(self.SIZES),), np.float32)
 
-    def _one_hot(self, image: np.ndarray) -> np.ndarray:
+    def encode(self, image: np.ndarray) -> np.ndarray:
         cells = image.reshape(-1, 3).astype(np.int64) + self.offsets          # (V*V, 3) indices into 20 slots
         out = np.zeros((cells.shape[0], sum(self.SIZES)), np.float32)
         np.put_along_axis(out, cells, 1.0, axis=1)
         return out.reshape(-1)
+
+
+class IndexView(_GridView):
+    """MiniGrid's ``image`` (V, V, 3) of (object, colour, state) indices -> ``(3, V, V)`` float32, the raw
+    indices channels first (no one-hot, no scaling), as the BabyAI / MiniGrid reference agents feed their
+    convolutions (rl-starter-files' ``ACModel``); :class:`rl.encoders.GridConvEncoder` reads it. Colours
+    are MiniGrid's indices 0-5 (red 0, green 1, blue 2, purple 3, yellow 4, grey 5), so the novel split's
+    colours are values 3-5 of the colour channel, never seen in training. ``keep_dict`` as
+    :class:`OneHotView`."""
+
+    def image_space(self, view: int) -> gym.spaces.Box:
+        high = float(max(len(OBJECT_TO_IDX), len(COLOR_TO_IDX), len(STATE_TO_IDX)) - 1)
+        return gym.spaces.Box(0.0, high, (3, view, view), np.float32)
+
+    def encode(self, image: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
+
+
+VIEWS = {"onehot": OneHotView, "index": IndexView}
+"""Observation wrappers of :func:`make_distractor_env` by name."""
 
 
 class PickupActions(gym.ActionWrapper):
@@ -185,17 +224,21 @@ class PickupActions(gym.ActionWrapper):
 
 
 def make_distractor_env(split: str = "seen", num_distractors: int = 4, size: int = 8, max_steps: int = 64,
-                        render_mode: Optional[str] = None, dict_obs: bool = False, **kwargs) -> gym.Env:
-    """The agent's env for ``split`` (``"seen"`` or ``"novel"`` distractor colours): one-hot view, 4 actions.
+                        render_mode: Optional[str] = None, dict_obs: bool = False, view: str = "onehot",
+                        **kwargs) -> gym.Env:
+    """The agent's env for ``split`` (``"seen"`` or ``"novel"`` distractor colours): the view, 4 actions.
 
-    ``dict_obs=True``: dict observations ``{"image": the one-hot view, "direction": Discrete(4)}``, for
-    multi-input policies (sb3's ``CombinedExtractor`` flattens both).
+    ``view``: ``"onehot"`` (:class:`OneHotView`, flat one-hot features) or ``"index"`` (:class:`IndexView`,
+    the raw indices channels first). ``dict_obs=True``: dict observations ``{"image": the view,
+    "direction": Discrete(4)}``, for multi-input policies (sb3's ``CombinedExtractor`` flattens both).
     """
     if split not in SPLITS:
         raise ValueError(f"split={split!r}; allowed: {', '.join(SPLITS)}")
+    if view not in VIEWS:
+        raise ValueError(f"view={view!r}; allowed: {', '.join(VIEWS)}")
     env = DistractorPickupEnv(size=size, num_distractors=num_distractors, distractor_colors=SPLITS[split],
                               max_steps=max_steps, render_mode=render_mode, **kwargs)
-    return OneHotView(PickupActions(env), keep_dict=dict_obs)
+    return VIEWS[view](PickupActions(env), keep_dict=dict_obs)
 
 
 def register_gridworlds() -> None:

@@ -10,10 +10,11 @@ import torch
 pytest.importorskip("minigrid")
 pytest.importorskip("sb3_contrib")
 
+from minigrid.core.constants import COLOR_TO_IDX, OBJECT_TO_IDX  # noqa: E402
 from minigrid.minigrid_env import MiniGridEnv  # noqa: E402
 
-from rl.gridworld import (NOVEL_COLORS, SEEN_COLORS, TARGET, DistractorPickupEnv, OneHotView,  # noqa: E402
-                          make_distractor_env)
+from rl.gridworld import (DISTRACTOR_TYPES, NOVEL_COLORS, SEEN_COLORS, TARGET, DistractorPickupEnv,  # noqa: E402
+                          OneHotView, make_distractor_env)
 from zoo.engine import ConfigError, run_cli  # noqa: E402
 
 
@@ -128,6 +129,70 @@ def test_one_hot_view_and_action_space():
         DistractorPickupEnv(size=5, num_distractors=20)
 
 
+def test_index_view_keeps_minigrids_indices_channels_first():
+    """view="index": the raw (object, colour, state) indices as (3, V, V) float32; novel distractors are colour
+    values 3-5 (purple, yellow, grey), never in a seen-split view."""
+    colours_seen = {"seen": set(), "novel": set()}
+    for split in ("seen", "novel"):
+        env = make_distractor_env(split, view="index", num_distractors=6)
+        assert env.observation_space.shape == (3, 7, 7) and env.observation_space.dtype == np.float32
+        for ep in range(20):
+            obs, _ = env.reset(seed=ep)
+            image = env.unwrapped.gen_obs()["image"]
+            assert obs.dtype == np.float32
+            np.testing.assert_array_equal(obs, image.transpose(2, 0, 1))
+            objects = np.isin(obs[0], [OBJECT_TO_IDX[t] for t in DISTRACTOR_TYPES])
+            colours_seen[split] |= set(obs[1][objects].astype(int).tolist())
+        d, _ = make_distractor_env(split, view="index", num_distractors=6, dict_obs=True).reset(seed=0)
+        np.testing.assert_array_equal(d["image"], env.reset(seed=0)[0])
+    novel = {COLOR_TO_IDX[c] for c in NOVEL_COLORS}
+    assert novel <= colours_seen["novel"] and not novel & colours_seen["seen"]
+    with pytest.raises(ValueError, match="view"):
+        make_distractor_env("seen", view="pixels")
+
+
+def test_grid_conv_encoder_is_the_reference_stack():
+    """The rl-starter-files ACModel convs: (3, 7, 7) -> 64 features; 9x9 -> 64 * 2 * 2; narrower views fail."""
+    from rl.encoders import GridConvEncoder
+
+    enc = GridConvEncoder(make_distractor_env("seen", view="index").observation_space)
+    assert enc.features_dim == 64
+    assert [tuple(m.weight.shape) for m in enc.net if isinstance(m, torch.nn.Conv2d)] == \
+        [(16, 3, 2, 2), (32, 16, 2, 2), (64, 32, 2, 2)]
+    assert enc(torch.rand(5, 3, 7, 7) * 10).shape == (5, 64)
+    wide = GridConvEncoder(make_distractor_env("seen", view="index", agent_view_size=9).observation_space)
+    assert wide.features_dim == 256 and wide(torch.rand(2, 3, 9, 9)).shape == (2, 256)
+    with pytest.raises(ValueError, match="V >= 7"):
+        GridConvEncoder(make_distractor_env("seen", view="index", agent_view_size=5).observation_space)
+
+
+def test_figure_titles_say_what_the_cores_read():
+    from rl.distractors import Config, reads
+
+    assert reads(Config()) == ""
+    assert reads(Config(encoder="cells")) == "; cores read 16-d cell embeddings, RIM over them as a set"
+    assert reads(Config(encoder="conv")) == "; cores read the reference convs over raw indices"
+    assert reads(Config(view_size=3)) == "; 3x3 view"
+
+
+def test_conv_encoder_agents_read_the_index_view():
+    """--encoder conv: the envs give the index view and every core reads GridConvEncoder's 64 features."""
+    from rl.distractors import Config, build_agent, make_vec
+
+    cfg = Config(encoder="conv", hidden_size=16, n_envs=2, n_steps=16, n_minibatches=2, n_epochs=1)
+    env = make_vec(cfg, "seen", 2, 0)
+    assert env.observation_space.shape == (3, 7, 7)
+    for core in ("rim", "lstm"):
+        agent = build_agent(cfg, core, env, 0)
+        policy = agent.policy
+        assert type(policy.features_extractor).__name__ == "GridConvEncoder"
+        assert policy.lstm_actor.input_size == 64
+        before = [p.detach().clone() for p in policy.features_extractor.parameters()]
+        agent.learn(32)
+        assert any(not torch.equal(a, p) for a, p in zip(before, policy.features_extractor.parameters()))
+    env.close()
+
+
 def test_policies_take_the_raw_dict_observations():
     """The MultiInputLstmPolicy equivalent on the gridworld's dict observations (image + direction)."""
     from sb3_contrib import RecurrentPPO
@@ -166,6 +231,8 @@ BAD = [
     (["--encoder", "cells", "--features", "64"], "--cell-dim"),
     (["--view-size", "4"], "must be odd"),
     (["--view-size", "1"], "--view-size 1"),
+    (["--encoder", "conv", "--view-size", "5"], "--view-size 7 or more"),
+    (["--encoder", "conv", "--features", "32"], "own width"),
 ]
 
 
@@ -288,7 +355,7 @@ def test_cell_kinds_of_a_hand_made_view():
         image[i, j] = (OBJECT_TO_IDX[obj], COLOR_TO_IDX[colour], 0)
     view = OneHotView.__new__(OneHotView)
     view.offsets = np.cumsum((0,) + OneHotView.SIZES[:-1])
-    kinds = cell_kinds(view._one_hot(image)).reshape(7, 7)
+    kinds = cell_kinds(view.encode(image)).reshape(7, 7)
     for (i, j), (_, _, want) in cells.items():
         assert KINDS[kinds[i, j]] == want, (i, j)
     assert KINDS[kinds[6, 6]] == "unseen"
