@@ -31,7 +31,8 @@ from torch import nn
 
 from zoo.layers.nfm import NFM
 
-__all__ = ["NFMNatureCNN", "MLPEncoder", "CellEncoder", "GridConvEncoder", "nature_convs", "ENCODERS", "encoder_policy_kwargs"]
+__all__ = ["NFMNatureCNN", "MLPEncoder", "CellEncoder", "GridConvEncoder", "nature_convs", "ENCODERS",
+           "encoder_policy_kwargs"]
 
 
 def nature_convs(in_chans: int) -> Tuple[nn.Sequential, ...]:
