@@ -23,9 +23,9 @@ the 49 cells (``--rim-rows one``: it reads them concatenated, as the LSTM always
     python -m rl.distractors --encoder conv                # the BabyAI reference agents' convs over raw indices
 
 Outputs in ``--out`` (default ``runs/rl_distractors``): ``results.json`` (per core: ``seen`` and ``novel``,
-each with ``success``, ``success_std``, ``return``, ``return_std`` over seeds and ``per_seed``; plus
-the curves), ``results.md``, ``curves.png`` (success on seen and novel distractors during training, mean ±
-std over seeds), ``episode-<core>.gif`` (one evaluation episode with novel distractors per core, first
+each with ``success``, ``success_std``, ``return``, ``return_std`` over seeds and ``per_seed``; plus the
+curves, and ``random``: a uniformly random agent's success per split), ``results.md``, ``curves.png``
+(success on seen and novel distractors during training, mean ± std over seeds), ``episode-<core>.gif`` (one evaluation episode with novel distractors per core, first
 seed), and one folder per run (``<core>-s<seed>/``: ``run.json``, ``agent.zip``, ``checkpoint.zip``). With
 ``--encoder cells`` also ``attention.md`` / ``attention.json``: where the RIM's input attention goes, per
 kind of view cell (:mod:`rl.attention`).
@@ -327,6 +327,20 @@ def summarize(cfg: Config, runs: List[Dict[str, Any]]) -> Dict[str, Any]:
     return out
 
 
+def random_success(cfg: Config, episodes: int) -> Dict[str, float]:
+    """Success rate of a uniformly random agent (the 4 actions) over ``episodes`` episodes of each split, in
+    seeded random layouts (one env, so short episodes are not over-counted): the chance level of the table."""
+    from .train import random_agent
+
+    out = {}
+    for split in SPLITS:
+        env = make_vec(cfg, split, 1, EVAL_SEED[split])
+        returns = np.asarray(random_agent(env, episodes, seed=EVAL_SEED[split])["returns"])
+        env.close()
+        out[split] = float((returns > 0).mean())
+    return out
+
+
 def results_table(cfg: Config, results: Dict[str, Any]) -> str:
     rows = []
     for core in cfg.cores:
@@ -403,6 +417,7 @@ def run(cfg: Config, command: Optional[str] = None) -> Dict[str, Any]:
     runs, wall, out = run_grid(cfg, train_one, cfg.cores, "distractors", detail=f", {cfg.steps} steps per run",
                                command=command)
     results = summarize(cfg, runs)
+    results["random"] = random_success(cfg, cfg.eval_episodes)
     table = results_table(cfg, results)
     curves = plot_curves(cfg, results, out / "curves.png")
     gifs = [Path(r["gif"]) for r in runs if r.get("gif")]
@@ -410,7 +425,8 @@ def run(cfg: Config, command: Optional[str] = None) -> Dict[str, Any]:
         f"\nTraining and seen distractors: keys, balls, boxes in {', '.join(SEEN_COLORS)} (never the red ball); "
         f"novel: the same types in {', '.join(NOVEL_COLORS)}. {cfg.num_distractors} distractors, "
         f"{cfg.eval_episodes} evaluation episodes per split, {'greedy' if cfg.deterministic_eval else 'sampled'} "
-        f"actions.\n")
+        f"actions. A uniformly random agent succeeds in {results['random']['seen']:.3f} (seen) / "
+        f"{results['random']['novel']:.3f} (novel) of {cfg.eval_episodes} episodes.\n")
     if cfg.encoder == "cells" and cfg.rim_rows == "cells" and "rim" in cfg.cores:
         from .attention import attention_markdown, summarize_folder
 

@@ -303,6 +303,19 @@ def test_view_size_reaches_the_envs_and_the_cells_encoder():
     env.close()
 
 
+def test_random_agent_success_is_the_chance_level():
+    """random_success plays uniformly random actions: about 1 in 6 episodes in the 7-room (a hand count of
+    returns > 0), fewer in a larger room, the same number for the same seed, and one env so short episodes
+    are not over-counted."""
+    from rl.distractors import Config, random_success
+
+    small = random_success(Config(), 400)
+    assert all(0.10 < v < 0.25 for v in small.values()), small
+    assert random_success(Config(), 400) == small
+    large = random_success(Config(room_size=12), 400)
+    assert all(v < min(small.values()) for v in large.values()), (small, large)
+
+
 def test_config_in_code_is_validated():
     from rl.distractors import Config
 
@@ -334,6 +347,8 @@ def test_harness_end_to_end_and_resume(tmp_path, capsys):
         assert steps[0] == 0 and steps[-1] == 256 and len(steps) >= 3
         gif = (out / f"episode-{core}.gif").read_bytes()
         assert gif[:6] == b"GIF89a"
+    assert set(res["random"]) == {"seen", "novel"} and all(0 <= v <= 1 for v in res["random"].values())
+    assert "A uniformly random agent succeeds in" in (out / "results.md").read_text()
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "Command: `python -m rl.distractors --steps 256" in (out / "results.md").read_text()
     again = main(argv + ["--resume"])
