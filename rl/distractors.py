@@ -119,11 +119,10 @@ class Config(RunConfig):
                 raise ConfigError(f"--hidden-size {self.hidden_size} is not a multiple of --num-units "
                                   f"{self.num_units} (RIM: num_units x unit size)")
         changed = {f.name for f in dataclasses.fields(self) if getattr(self, f.name) != f.default}
-        if self.encoder == "cells" and "features" in changed:
-            raise ConfigError("--features sets the 'mlp' encoder's layer; with --encoder cells use --cell-dim")
-        if self.encoder == "conv" and "features" in changed:
-            raise ConfigError("--features sets the 'mlp' encoder's layer; --encoder conv has its own width (64 "
-                              "features at --view-size 7)")
+        if self.encoder != "mlp" and "features" in changed:
+            hint = {"cells": "with --encoder cells use --cell-dim",
+                    "conv": "--encoder conv has its own width (64 features at --view-size 7)"}[self.encoder]
+            raise ConfigError(f"--features sets the 'mlp' encoder's layer; {hint}")
         if self.encoder == "conv" and self.view_size < 7:
             raise ConfigError(f"--encoder conv needs --view-size 7 or more (three 2x2 convs and a 2x2 pool), "
                               f"got {self.view_size}")

@@ -146,10 +146,12 @@ class GridConvEncoder(BaseFeaturesExtractor):
         shape = observation_space.shape
         if len(shape) != 3 or shape[0] != 3 or min(shape[1:]) < 7:
             raise ValueError(f"GridConvEncoder needs a (3, V, V) view of indices with V >= 7, got {shape}")
-        side = (min(shape[1:]) - 1) // 2 - 2
-        super().__init__(observation_space, 64 * side * side)
-        self.net = nn.Sequential(nn.Conv2d(3, 16, 2), nn.ReLU(), nn.MaxPool2d(2),
-                                 nn.Conv2d(16, 32, 2), nn.ReLU(), nn.Conv2d(32, 64, 2), nn.ReLU(), nn.Flatten())
+        net = nn.Sequential(nn.Conv2d(3, 16, 2), nn.ReLU(), nn.MaxPool2d(2),
+                            nn.Conv2d(16, 32, 2), nn.ReLU(), nn.Conv2d(32, 64, 2), nn.ReLU(), nn.Flatten())
+        with torch.no_grad():
+            features = net(torch.zeros(1, *shape)).shape[1]
+        super().__init__(observation_space, features)
+        self.net = net
 
     def forward(self, observations: torch.Tensor) -> torch.Tensor:
         return self.net(observations.float())

@@ -31,6 +31,7 @@ observations: ``image``, ``direction``, ``mission``).
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Optional, Sequence, Tuple
 
 import gymnasium as gym
@@ -141,9 +142,10 @@ def _visibility(opaque: np.ndarray) -> np.ndarray:
     return np.asarray(mask, dtype=bool)
 
 
-class _GridView(gym.ObservationWrapper):
+class _GridView(gym.ObservationWrapper, ABC):
     """Base of the agents' views: MiniGrid's ``image`` (V, V, 3) through :meth:`encode` into
-    :meth:`image_space`; ``keep_dict=True`` gives ``{"image": ..., "direction": Discrete(4)}`` instead."""
+    :meth:`image_space`; ``keep_dict=True`` gives ``{"image": ..., "direction": Discrete(4)}`` instead.
+    Subclasses define the two (abstract) methods."""
 
     def __init__(self, env: gym.Env, keep_dict: bool = False) -> None:
         super().__init__(env)
@@ -155,11 +157,13 @@ class _GridView(gym.ObservationWrapper):
         self.observation_space = gym.spaces.Dict({"image": box, "direction": gym.spaces.Discrete(4)}) \
             if keep_dict else box
 
+    @abstractmethod
     def image_space(self, view: int) -> gym.spaces.Box:
-        raise NotImplementedError
+        """The observation space of one encoded ``(view, view, 3)`` image."""
 
+    @abstractmethod
     def encode(self, image: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """One ``(V, V, 3)`` image of indices -> the agent's observation."""
 
     def observation(self, observation):
         if self.keep_dict:

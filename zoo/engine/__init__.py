@@ -6,8 +6,8 @@ the reference.
 """
 from .checkpoint import atomic_write, clean_stale_tmp, load_checkpoint, save_checkpoint, write_json, write_text
 from .cli import (ConfigError, RunConfig, arg, warmup_arg, precision_arg, check_device, check_writable_dir,
-                  check_writable_file, check_per_model, config_to_argv, config_to_dict, parse_config, parse_json_object, per_model_kwargs,
-                  per_model_value, validate_config)
+                  check_writable_file, check_per_model, config_to_argv, config_to_dict, parse_config,
+                  parse_json_object, per_model_kwargs, per_model_value, validate_config)
 from .errors import CheckpointError, Interrupted, RunError, run_cli
 from .jobs import RunLock, check_finite, command_line, default_workers, per_run, run_grid, run_jobs, write_report
 from .logger import MetricLogger
