@@ -2,6 +2,8 @@
 reference (tests/nfm_reference.py), the multi-pass runner and its per-grid cache, the identity at gamma = 0,
 the random-attention ablation, the timm API of every backbone, and a short learning run.
 (The reference code's options: tests/test_nfm_options.py; bad inputs and empty batches: tests/test_nfm_inputs.py.)"""
+import math
+
 import pytest
 import timm
 import torch
@@ -16,6 +18,7 @@ from zoo.data.mnist import embedded_mnist_split
 from zoo.engine import cycle, fit
 from zoo.layers.nfm import (NFM, NFMAttention, depth_to_space, rescale, slot_mask, space_to_depth,
                             upsample_nearest)
+from zoo.layers import nfm as nfm_module
 from zoo.layers.nfm import _project_source, _upsample_int
 
 
@@ -37,7 +40,9 @@ def test_space_to_depth_is_an_invertible_permutation_of_windows():
 
 @pytest.mark.parametrize("src,query", [((16, 16), (4, 4)), ((2, 2), (8, 8)), ((9, 9), (3, 3)), ((19, 19), (10, 10)),
                                        ((3, 5), (6, 10)), ((6, 7), (4, 4)), ((24,), (6,)), ((7,), (3,)), ((4, 4), ()),
-                                       ((), (3, 3)), ((12, 3), (6, 6)), ((3, 5), (7, 7)), ((6,), (10,))])
+                                       ((), (3, 3)), ((12, 3), (6, 6)), ((3, 5), (7, 7)), ((6,), (10,)),
+                                       ((38, 38), (75, 75)), ((5, 10), (75, 75)), ((3, 5, 2), (7, 7, 5)),
+                                       ((3, 9, 2), (7, 4, 5))])
 @pytest.mark.parametrize("pad", ["mask", "replicate"])
 def test_rescale_puts_every_slot_where_the_thesis_says(src, query, pad):
     """Each slot of each query position holds the source position the thesis' rule names (same index,
@@ -102,6 +107,32 @@ def test_integer_upsampling_equals_nearest_by_index_forward_and_backward(u):
     small = torch.randn(1, 2, *[2] * len(u), dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: _upsample_int(t, u), (small,))
     assert torch.autograd.gradgradcheck(lambda t: _upsample_int(t, u) ** 2, (small,))
+
+
+@pytest.mark.parametrize("src,size", [((3, 5), (7, 11)), ((38, 38), (75, 75)), ((5, 19), (75, 75)), ((6,), (10,)),
+                                      ((3, 5, 2), (7, 7, 5)), ((4, 6, 3, 2), (9, 7, 5, 3))])
+def test_non_integer_upsampling_is_nearest_by_index_forward_and_backward(src, size, monkeypatch):
+    """Smaller sources at non-integer ratios (Sort-of-CLEVR's 38, 19, 10, 5 onto 75) are upsampled by one
+    ``F.interpolate``, verified per size pair to pick ``floor(q S_src / S_q)``: equal to gathering by that
+    index (forward, gradient, second derivative), and the per-dim ``index_select`` path taken where the
+    check fails (or above 3 spatial dims) gives the same."""
+    def by_index(t):
+        for d, (n_src, n_q) in enumerate(zip(src, size)):
+            t = t.index_select(2 + d, torch.div(torch.arange(n_q) * n_src, n_q, rounding_mode="floor"))
+        return t
+    x = torch.randn(2, 3, *src, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(2, 3, *size, dtype=torch.float64)
+    ref = by_index(x)
+    ref_grad, = torch.autograd.grad(ref, x, g)
+    for exact in (True, False):
+        if not exact:
+            monkeypatch.setattr(nfm_module, "_interpolate_is_exact", lambda n_src, n_q: False)
+        y = upsample_nearest(x, size)
+        torch.testing.assert_close(y, ref, rtol=0, atol=0)
+        torch.testing.assert_close(torch.autograd.grad(y, x, g)[0], ref_grad)
+        if math.prod(src) <= 64:                                            # gradgradcheck is quadratic
+            small = torch.randn(1, 1, *src, dtype=torch.float64, requires_grad=True)
+            assert torch.autograd.gradgradcheck(lambda t: upsample_nearest(t, size) ** 2, (small,))
 
 
 # -- the block against the independent reference ---------------------------------------------------------
