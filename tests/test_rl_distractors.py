@@ -328,12 +328,13 @@ def test_config_in_code_is_validated():
 def test_harness_end_to_end_and_resume(tmp_path, capsys):
     """A tiny run: results.json has the documented keys, curves and GIFs are written, and --resume reuses
     finished runs (the same results)."""
-    from rl.distractors import main
+    from rl.distractors import Config, main, random_success
 
     out = tmp_path / "d"
     argv = ["--steps", "256", "--seeds", "2", "--n-envs", "4", "--n-steps", "32", "--n-epochs", "1",
             "--eval-every", "128", "--curve-episodes", "4", "--eval-episodes", "6", "--hidden-size", "16",
-            "--features", "16", "--head-size", "16", "--workers", "1", "--no-progress", "--out", str(out)]
+            "--features", "16", "--head-size", "16", "--chance-episodes", "30", "--workers", "1", "--no-progress",
+            "--out", str(out)]
     assert run_cli(main, argv) == 0
     res = json.loads((out / "results.json").read_text())
     for core in ("rim", "lstm"):
@@ -347,8 +348,9 @@ def test_harness_end_to_end_and_resume(tmp_path, capsys):
         assert steps[0] == 0 and steps[-1] == 256 and len(steps) >= 3
         gif = (out / f"episode-{core}.gif").read_bytes()
         assert gif[:6] == b"GIF89a"
-    assert set(res["random"]) == {"seen", "novel"} and all(0 <= v <= 1 for v in res["random"].values())
-    assert "A uniformly random agent succeeds in" in (out / "results.md").read_text()
+    assert res["random"] == random_success(Config(), 30)              # --chance-episodes, not --eval-episodes
+    assert f"A uniformly random agent succeeds in {res['random']['seen']:.3f} (seen) / " \
+           f"{res['random']['novel']:.3f} (novel) of 30 episodes" in (out / "results.md").read_text()
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "Command: `python -m rl.distractors --steps 256" in (out / "results.md").read_text()
     again = main(argv + ["--resume"])
