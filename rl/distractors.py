@@ -368,7 +368,8 @@ def verdict(cfg: Config, results: Dict[str, Any]) -> str:
 
 
 def plot_curves(cfg: Config, results: Dict[str, Any], path: Path) -> Path:
-    """Success rate on seen and novel distractors against env steps, mean ± std over seeds, per core."""
+    """Success rate on seen and novel distractors against env steps, mean ± std over seeds, per core, and
+    a uniformly random agent's success (dashed) where ``results`` has it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -385,17 +386,29 @@ def plot_curves(cfg: Config, results: Dict[str, Any], path: Path) -> Path:
             m, s = y.mean(0), y.std(0)
             ax.plot(steps, m, marker="o", ms=3, color=f"C{i}", label=f"{core} ({len(curves)} seeds)")
             ax.fill_between(steps, m - s, m + s, color=f"C{i}", alpha=0.2)
+        if "random" in results:                                   # the chance level of this split
+            ax.axhline(results["random"][split], color="grey", ls="--", lw=1, label="random agent")
         colours = SEEN_COLORS if split == "seen" else NOVEL_COLORS
         ax.set(title=f"{split} distractors ({', '.join(colours)})", xlabel="environment steps", ylim=(-0.02, 1.02))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1000:g}k"))      # 50k, not 50000
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("success rate")
     axes[0].legend(loc="lower right", fontsize=8)
-    fig.suptitle(f"Pick up the red ball: RecurrentPPO, trained with seen distractors{reads(cfg)}", fontsize=10)
+    fig.suptitle(f"Pick up the red ball{room(cfg)}: RecurrentPPO, trained with seen distractors{reads(cfg)}",
+                 fontsize=10)
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
     plt.close(fig)
     return path
+
+
+def room(cfg: Config) -> str:
+    """The room, for figure titles: ``""`` for the default (4 distractors, a 7x7 room), else
+    ``" among N distractors in an RxR room"``."""
+    default = Config()
+    if (cfg.num_distractors, cfg.room_size) == (default.num_distractors, default.room_size):
+        return ""
+    return f" among {cfg.num_distractors} distractors in a {cfg.room_size}x{cfg.room_size} room"
 
 
 def reads(cfg: Config) -> str:

@@ -167,12 +167,33 @@ def test_grid_conv_encoder_is_the_reference_stack():
 
 
 def test_figure_titles_say_what_the_cores_read():
-    from rl.distractors import Config, reads
+    from rl.distractors import Config, reads, room
 
+    assert room(Config()) == ""
+    assert room(Config(num_distractors=8, room_size=9)) == " among 8 distractors in a 9x9 room"
+    assert room(Config(room_size=9)) == " among 4 distractors in a 9x9 room"
     assert reads(Config()) == ""
     assert reads(Config(encoder="cells")) == "; cores read 16-d cell embeddings, RIM over them as a set"
     assert reads(Config(encoder="conv")) == "; cores read the reference convs over raw indices"
     assert reads(Config(view_size=3)) == "; 3x3 view"
+
+
+def test_curves_show_each_splits_chance_level(tmp_path, monkeypatch):
+    """curves.png draws the random agent's success of each split as a dashed line at its own height."""
+    import matplotlib.pyplot as plt
+
+    from rl.distractors import Config, plot_curves
+
+    figs = []
+    monkeypatch.setattr(plt, "close", figs.append)
+    pts = [{"step": s, "seen_success": 0.5, "novel_success": 0.25} for s in (0, 100)]
+    results = {core: {"curves": [{"points": pts}]} for core in ("rim", "lstm")}
+    results["random"] = {"seen": 0.125, "novel": 0.0625}
+    plot_curves(Config(), results, tmp_path / "c.png")
+    for ax, split in zip(figs[0].axes, ("seen", "novel")):
+        dashed = [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]
+        assert [tuple(ln.get_ydata()) for ln in dashed] == [(results["random"][split],) * 2]
+        assert dashed[0].get_label() == "random agent"
 
 
 def test_conv_encoder_agents_read_the_index_view():
