@@ -126,7 +126,7 @@ def test_non_integer_upsampling_is_nearest_by_index_forward_and_backward(src, si
     ref_grad, = torch.autograd.grad(ref, x, g)
     for exact in (True, False):
         if not exact:
-            monkeypatch.setattr(nfm_module, "_interpolate_is_exact", lambda n_src, n_q: False)
+            monkeypatch.setattr(nfm_module, "_interpolate_is_exact", lambda n_src, n_q, device: False)
         y = upsample_nearest(x, size)
         torch.testing.assert_close(y, ref, rtol=0, atol=0)
         torch.testing.assert_close(torch.autograd.grad(y, x, g)[0], ref_grad)

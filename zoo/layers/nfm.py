@@ -112,13 +112,13 @@ def upsample_nearest(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=None)
-def _interpolate_is_exact(n_src: int, n_q: int) -> bool:
-    """Whether ``F.interpolate(mode="nearest")`` picks input ``floor(q n_src / n_q)`` for every output ``q``
-    from ``n_src`` to ``n_q`` (it computes the index in float32; true for every pair up to 400 checked, but
-    verified per pair, once, rather than assumed)."""
-    x = torch.arange(n_src, dtype=torch.float64).view(1, 1, n_src)
+def _interpolate_is_exact(n_src: int, n_q: int, device: torch.device) -> bool:
+    """Whether ``F.interpolate(mode="nearest")`` on ``device`` picks input ``floor(q n_src / n_q)`` for every
+    output ``q`` from ``n_src`` to ``n_q`` (it computes the index in float32; true for every pair up to 400
+    checked on CPU, but verified per pair and device, once, rather than assumed)."""
+    x = torch.arange(n_src, dtype=torch.float32, device=device).view(1, 1, n_src)
     got = F.interpolate(x, size=n_q, mode="nearest").view(-1).long()
-    return torch.equal(got, _nearest_index(n_src, n_q, "cpu"))
+    return torch.equal(got, _nearest_index(n_src, n_q, device))
 
 
 def _nearest_resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -129,7 +129,7 @@ def _nearest_resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     if not dims:
         return x
     if (1 <= len(size) <= 3 and x.numel() > 0 and x.is_floating_point()
-            and all(_interpolate_is_exact(x.shape[2 + d], size[d]) for d in dims)):
+            and all(_interpolate_is_exact(x.shape[2 + d], size[d], x.device) for d in dims)):
         return F.interpolate(x, size=tuple(size), mode="nearest")
     for d in dims:
         x = x.index_select(2 + d, _nearest_index(x.shape[2 + d], size[d], x.device))
