@@ -109,28 +109,33 @@ def test_integer_upsampling_equals_nearest_by_index_forward_and_backward(u):
     assert torch.autograd.gradgradcheck(lambda t: _upsample_int(t, u) ** 2, (small,))
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("src,size", [((3, 5), (7, 11)), ((38, 38), (75, 75)), ((5, 19), (75, 75)), ((6,), (10,)),
-                                      ((3, 5, 2), (7, 7, 5)), ((4, 6, 3, 2), (9, 7, 5, 3))])
-def test_non_integer_upsampling_is_nearest_by_index_forward_and_backward(src, size, monkeypatch):
+                                      ((3, 5, 2), (7, 7, 5)), ((4, 6, 3, 2), (9, 7, 5, 3)), ((28, 6), (46, 74))])
+def test_non_integer_upsampling_is_nearest_by_index_forward_and_backward(src, size, dtype, monkeypatch):
     """Smaller sources at non-integer ratios (Sort-of-CLEVR's 38, 19, 10, 5 onto 75) are upsampled by one
-    ``F.interpolate``, verified per size pair to pick ``floor(q S_src / S_q)``: equal to gathering by that
-    index (forward, gradient, second derivative), and the per-dim ``index_select`` path taken where the
-    check fails (or above 3 spatial dims) gives the same."""
+    ``F.interpolate``, verified per size pair, number of spatial dims and dtype to pick
+    ``floor(q S_src / S_q)``: equal to gathering by that index (forward, gradient, second derivative), and the
+    per-dim ``index_select`` path taken where the check fails (28 -> 46 and 6 -> 74 in float32, and in float64
+    in 2-D: interpolate's index is off by one there; above 3 spatial dims; or forced) gives the same."""
     def by_index(t):
         for d, (n_src, n_q) in enumerate(zip(src, size)):
             t = t.index_select(2 + d, torch.div(torch.arange(n_q) * n_src, n_q, rounding_mode="floor"))
         return t
-    x = torch.randn(2, 3, *src, dtype=torch.float64, requires_grad=True)
-    g = torch.randn(2, 3, *size, dtype=torch.float64)
+    x = torch.randn(2, 3, *src, dtype=dtype, requires_grad=True)
+    g = torch.randn(2, 3, *size, dtype=dtype)
     ref = by_index(x)
     ref_grad, = torch.autograd.grad(ref, x, g)
-    for exact in (True, False):
-        if not exact:
-            monkeypatch.setattr(nfm_module, "_interpolate_is_exact", lambda n_src, n_q, device: False)
+    cpu, exact = torch.device("cpu"), nfm_module._interpolate_is_exact
+    assert exact(28, 46, 1, cpu, torch.float64) and exact(28, 46, 3, cpu, torch.float64)
+    assert not exact(28, 46, 2, cpu, torch.float64) and not exact(28, 46, 1, cpu, torch.float32)
+    for forced in (False, True):
+        if forced:
+            monkeypatch.setattr(nfm_module, "_interpolate_is_exact", lambda n_src, n_q, nd, device, dtype: False)
         y = upsample_nearest(x, size)
         torch.testing.assert_close(y, ref, rtol=0, atol=0)
         torch.testing.assert_close(torch.autograd.grad(y, x, g)[0], ref_grad)
-        if math.prod(src) <= 64:                                            # gradgradcheck is quadratic
+        if math.prod(src) <= 64 and dtype == torch.float64:               # gradgradcheck: float64, quadratic
             small = torch.randn(1, 1, *src, dtype=torch.float64, requires_grad=True)
             assert torch.autograd.gradgradcheck(lambda t: upsample_nearest(t, size) ** 2, (small,))
 

@@ -189,7 +189,8 @@ def test_curves_show_each_splits_chance_level(tmp_path, monkeypatch):
     pts = [{"step": s, "seen_success": 0.5, "novel_success": 0.25} for s in (0, 100)]
     results = {core: {"curves": [{"points": pts}]} for core in ("rim", "lstm")}
     results["random"] = {"seen": 0.125, "novel": 0.0625}
-    plot_curves(Config(), results, tmp_path / "c.png")
+    plot_curves(Config(num_distractors=8, room_size=9), results, tmp_path / "c.png")
+    assert "Pick up the red ball among 8 distractors in a 9x9 room:" in figs[0]._suptitle.get_text()
     for ax, split in zip(figs[0].axes, ("seen", "novel")):
         dashed = [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]
         assert [tuple(ln.get_ydata()) for ln in dashed] == [(results["random"][split],) * 2]

@@ -112,12 +112,18 @@ def upsample_nearest(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=None)
-def _interpolate_is_exact(n_src: int, n_q: int, device: torch.device) -> bool:
-    """Whether ``F.interpolate(mode="nearest")`` on ``device`` picks input ``floor(q n_src / n_q)`` for every
-    output ``q`` from ``n_src`` to ``n_q`` (it computes the index in float32; true for every pair up to 400
-    checked on CPU, but verified per pair and device, once, rather than assumed)."""
-    x = torch.arange(n_src, dtype=torch.float32, device=device).view(1, 1, n_src)
-    got = F.interpolate(x, size=n_q, mode="nearest").view(-1).long()
+def _interpolate_is_exact(n_src: int, n_q: int, nd: int, device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether ``F.interpolate(mode="nearest")`` over ``nd`` spatial dims of a ``dtype`` tensor on ``device``
+    maps ``n_src`` to ``n_q`` positions with the index ``floor(q n_src / n_q)`` for every output ``q``.
+
+    It computes ``floor(q * (n_src / n_q))`` in floating point, and which precision depends on the kernel:
+    float64 tensors get the exact index for every pair up to 400 on CPU in 1-D and 3-D, but the 2-D kernel
+    (and every float32, bfloat16 or float16 tensor) misses it at 1,541 of those pairs (28 -> 46 reads input
+    13 at output 23, not 14). So the probe is the same call: ``nd`` spatial dims, float64 for float64 tensors,
+    else float32 (exact integers up to 2^24), once per pair."""
+    probe = torch.float64 if dtype == torch.float64 else torch.float32
+    x = torch.arange(n_src, dtype=probe, device=device).view(1, 1, *[1] * (nd - 1), n_src)
+    got = F.interpolate(x, size=[1] * (nd - 1) + [n_q], mode="nearest").view(-1).long()
     return torch.equal(got, _nearest_index(n_src, n_q, device))
 
 
@@ -129,7 +135,7 @@ def _nearest_resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     if not dims:
         return x
     if (1 <= len(size) <= 3 and x.numel() > 0 and x.is_floating_point()
-            and all(_interpolate_is_exact(x.shape[2 + d], size[d], x.device) for d in dims)):
+            and all(_interpolate_is_exact(x.shape[2 + d], size[d], len(size), x.device, x.dtype) for d in dims)):
         return F.interpolate(x, size=tuple(size), mode="nearest")
     for d in dims:
         x = x.index_select(2 + d, _nearest_index(x.shape[2 + d], size[d], x.device))
