@@ -42,9 +42,9 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
-from zoo.engine import (per_run, CheckpointError, ConfigError, RunConfig, arg, atomic_write, command_line,
-                        markdown_table, parse_config, resolve_device, retain_freed_memory, run_cli, run_grid, seed_everything,
-                        summarize_seeds, write_json, write_report)
+from zoo.engine import (per_run, CheckpointError, ConfigError, RunConfig, arg, atomic_write, check_run_options,
+                        command_line, markdown_table, parse_config, resolve_device, retain_freed_memory, run_cli,
+                        run_grid, run_options, seed_everything, summarize_seeds, write_json, write_report)
 from zoo.engine.results import fmt_mean_std
 
 from .cores import CORES
@@ -237,6 +237,19 @@ def _run_dir(cfg: Config, core: str, seed: int) -> Path:
     return Path(cfg.out) / f"{core}-s{seed}"
 
 
+#: options that shape the report, not one run: left out of the options a run is checked against on --resume
+#: (with ``seeds``), so a folder's finished runs are reused by a report over more seeds or other cores
+REPORT_ONLY = ("cores", "chance_episodes", "gif")
+
+
+def _recorded(path: Path, options: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """The options ``path`` was written under; refuses (one line) a run that did not record them."""
+    if options is None:
+        raise CheckpointError(f"{path} does not record the options it was trained with (written by an older "
+                              f"version); delete its folder or use another --out")
+    return options
+
+
 def train_one(cfg: Config, core: str, seed: int, position: int = 0) -> Dict[str, Any]:
     """Train one agent, with learning-curve evaluations; return its final seen/novel numbers and curve."""
     from sb3_contrib import RecurrentPPO
@@ -246,13 +259,18 @@ def train_one(cfg: Config, core: str, seed: int, position: int = 0) -> Dict[str,
     retain_freed_memory(resolve_device(cfg.device))   # reuse freed CPU pages instead of faulting them in again
     seed_everything(seed)
     run_dir = _run_dir(cfg, core, seed)
-    done_file, ckpt = run_dir / "run.json", run_dir / "checkpoint.zip"
+    done_file, ckpt, options_file = run_dir / "run.json", run_dir / "checkpoint.zip", run_dir / "options.json"
+    options = run_options(cfg, exclude=REPORT_ONLY, core=core, seed=seed)
     if cfg.resume and done_file.exists():
-        return json.loads(done_file.read_text())
+        done = json.loads(done_file.read_text())
+        check_run_options(done_file, _recorded(done_file, done.get("options")), options)
+        return done
     run_dir.mkdir(parents=True, exist_ok=True)
     env = make_vec(cfg, "seen", cfg.n_envs, seed)
     curve: List[Dict[str, float]] = []
     if cfg.resume and ckpt.exists():
+        check_run_options(ckpt, _recorded(ckpt, json.loads(options_file.read_text()) if options_file.exists()
+                                          else None), options)
         try:
             model = RecurrentPPO.load(ckpt, env=env, device=resolve_device(cfg.device))
             curve = json.loads((run_dir / "curve.json").read_text())
@@ -264,6 +282,7 @@ def train_one(cfg: Config, core: str, seed: int, position: int = 0) -> Dict[str,
                                   f"or use another --out")
     else:
         model = build_agent(cfg, core, env, seed)
+        write_json(options_file, options)
 
     class Hooks(BaseCallback):
         def __init__(self) -> None:
@@ -305,7 +324,7 @@ def train_one(cfg: Config, core: str, seed: int, position: int = 0) -> Dict[str,
         gif = str(record_gif(model, cfg, "novel", Path(cfg.out) / f"episode-{core}.gif"))
     env.close()
     run = {"core": core, "seed": seed, "steps": int(model.num_timesteps), **final, "curve": curve, "gif": gif,
-           "seconds": time.time() - t0, "cpu_seconds": time.process_time() - cpu0}
+           "seconds": time.time() - t0, "cpu_seconds": time.process_time() - cpu0, "options": options}
     write_json(done_file, run)
     return run
 
@@ -435,7 +454,7 @@ def run(cfg: Config, command: Optional[str] = None) -> Dict[str, Any]:
     results["random"] = random_success(cfg, cfg.chance_episodes)
     table = results_table(cfg, results)
     curves = plot_curves(cfg, results, out / "curves.png")
-    gifs = [Path(r["gif"]) for r in runs if r.get("gif")]
+    gifs = [Path(r["gif"]) for r in runs if r.get("gif") and r["seed"] == cfg.seed]     # the first seed's
     extra = verdict(cfg, results) + (
         f"\nTraining and seen distractors: keys, balls, boxes in {', '.join(SEEN_COLORS)} (never the red ball); "
         f"novel: the same types in {', '.join(NOVEL_COLORS)}. {cfg.num_distractors} distractors, "

@@ -38,7 +38,7 @@ from zoo.engine import (per_run,
     ShuffledBatches,
     arg,
     command_line,
-    config_to_dict,
+    run_options,
     fit,
     markdown_table,
     parse_config,
@@ -316,7 +316,7 @@ def train_one(cfg: Config, model_name: str, seed: int, position: int = 0) -> dic
                  out_dir=_run_dir(cfg, model_name, seed), precision=cfg.precision, clip_grad=cfg.clip_grad or None,
                  log_every=cfg.log_every, eval_fn=eval_fn, eval_every=cfg.eval_every,
                  ckpt_every=cfg.checkpoint_every, resume=cfg.resume, desc=f"{model_name} s{seed}",
-                 run_meta={**config_to_dict(cfg, include_run_control=False), "model": model_name, "seed": seed},
+                 run_meta=run_options(cfg, model=model_name, seed=seed),
                  progress=cfg.progress, position=position)
     scores = {name: evaluate_rollout(model, frames, cfg.context, device=device) for name, frames in tests.items()}
     cpu = time.process_time() - cpu0

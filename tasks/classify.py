@@ -46,6 +46,7 @@ from zoo.engine import (per_run,
     markdown_table,
     parse_config,
     parse_json_object,
+    run_options,
     precision_arg,
     resolve_device,
     run_cli,
@@ -205,7 +206,7 @@ def train_one(cfg: Config, method_name: str, seed: int, position: int = 0) -> di
     seed_everything(seed)
     model = build_model(cfg, in_chans, data["num_classes"]).to(device)
     method = zoo_methods.create_method(method_name, **method_hparams(cfg, method_name))
-    run_meta = {**config_to_dict(cfg, include_run_control=False), "method": method_name, "seed": seed}
+    run_meta = run_options(cfg, method=method_name, seed=seed)
     method.setup(model, total_steps=cfg.steps)
     opt: torch.optim.Optimizer
     if cfg.optimizer == "sgd":

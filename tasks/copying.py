@@ -30,9 +30,9 @@ import torch.nn.functional as F
 
 import zoo
 from zoo.engine import (SCHEDULES, ConfigError, RunConfig, SeededStream, arg, check_per_model, command_line,
-                        config_to_dict, fit, fmt_mean_std, lr_schedule, markdown_table, parse_config, per_model_kwargs,
+                        fit, fmt_mean_std, lr_schedule, markdown_table, parse_config, per_model_kwargs,
                         per_model_value, per_run, precision_arg, resolve_device, run_cli, run_grid, seed_everything,
-                        summarize_seeds, warmup_arg, write_report)
+                        run_options, summarize_seeds, warmup_arg, write_report)
 from zoo.models.rim_seq import model_family
 
 BLANK, MARKER, NUM_TOKENS = 0, 9, 10
@@ -199,7 +199,7 @@ def train_one(cfg: Config, model_name: str, seed: int, position: int = 0) -> dic
     seed_everything(seed)
     model = zoo.create_model(model_name, num_tokens=NUM_TOKENS, num_classes=NUM_TOKENS,
                              **model_kwargs(cfg, model_name)).to(device)
-    run_meta = {**config_to_dict(cfg, include_run_control=False), "model": model_name, "seed": seed}
+    run_meta = run_options(cfg, model=model_name, seed=seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=model_lr(cfg, model_name))
 
     def step_fn(m, batch):

@@ -43,7 +43,7 @@ from zoo.engine import (per_run,
     SeededStream,
     arg,
     command_line,
-    config_to_dict,
+    run_options,
     fit,
     lr_schedule,
     markdown_table,
@@ -218,7 +218,7 @@ def train_one(cfg: Config, name: str, seed: int, position: int = 0) -> dict:
                                      evaluate(m, seen, device, cfg.threshold).items()}) if cfg.eval_every else None,
                  eval_every=cfg.eval_every, ckpt_every=cfg.checkpoint_every, resume=cfg.resume,
                  desc=f"{name} s{seed}",
-                 run_meta={**config_to_dict(cfg, include_run_control=False), "model": name, "seed": seed}, progress=cfg.progress, position=position)
+                 run_meta=run_options(cfg, model=name, seed=seed), progress=cfg.progress, position=position)
     result = evaluate(model, tests, device, cfg.threshold)
     out = {"model": name, "seed": seed, "tests": result, "seconds": fitted.seconds, "curve": fitted.eval_history}
     if seed == cfg.seed and cfg.samples:

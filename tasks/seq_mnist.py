@@ -35,9 +35,9 @@ import zoo
 from zoo.data import dataset_missing
 from zoo.data.seq_mnist import INPUTS, SEQ_DATASETS, pixel_sequences, seq_mnist_batches, seq_mnist_splits
 from zoo.engine import (SCHEDULES, ConfigError, RunConfig, RunError, arg, check_per_model, command_line,
-                        config_to_dict, fit, fmt_mean_std, lr_schedule, markdown_table, parse_config, per_model_kwargs,
+                        fit, fmt_mean_std, lr_schedule, markdown_table, parse_config, per_model_kwargs,
                         per_model_value, per_run, precision_arg, resolve_device, run_cli, run_grid, seed_everything,
-                        summarize_seeds, warmup_arg, write_report)
+                        run_options, summarize_seeds, warmup_arg, write_report)
 from zoo.models.rim_seq import SequenceModel, model_family
 
 __all__ = ["Config", "run", "main", "model_kwargs", "model_lr", "DEFAULT_LR", "build_model", "classify", "accuracy",
@@ -225,7 +225,7 @@ def train_one(cfg: Config, model_name: str, seed: int, position: int = 0) -> dic
     seed_everything(seed)
     data = _load(cfg)
     model = build_model(model_name, cfg.input, model_kwargs(cfg, model_name)).to(device)
-    run_meta = {**config_to_dict(cfg, include_run_control=False), "model": model_name, "seed": seed}
+    run_meta = run_options(cfg, model=model_name, seed=seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=model_lr(cfg, model_name))
     best = BestWeights(model)
     val = _subset(data["val"], cfg.val_size)

@@ -39,7 +39,7 @@ from zoo.engine import (per_run,
     ShuffledBatches,
     arg,
     command_line,
-    config_to_dict,
+    run_options,
     fit,
     lr_schedule,
     markdown_table,
@@ -237,7 +237,7 @@ def train_one(cfg: Config, name: str, seed: int, position: int = 0) -> dict:
                  scheduler=lr_schedule(optimizer, cfg.schedule, cfg.steps),
                  eval_fn=lambda m: evaluate(m, data["test"], holdout, device), eval_every=cfg.eval_every,
                  ckpt_every=cfg.checkpoint_every, resume=cfg.resume, desc=f"{name} s{seed}",
-                 run_meta={**config_to_dict(cfg, include_run_control=False), "model": name, "seed": seed},
+                 run_meta=run_options(cfg, model=name, seed=seed),
                  progress=cfg.progress, position=position)
     model.eval()
     test = {k[len("eval/"):]: v for k, v in fitted.last_metrics.items() if k.startswith("eval/")}   # fit's final eval

@@ -372,3 +372,25 @@ def test_resume_refuses_a_checkpoint_of_other_options_or_another_architecture(tm
     assert run_cli(copying.main, base + ["--resume"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "does not fit" in err[0]
+
+
+def test_resume_with_more_seeds_reuses_the_finished_ones(tmp_path):
+    """--seeds counts the grid's runs, it does not change one: --seeds 2 --resume over a 1-seed folder reuses
+    seed 0's finished run (not retrained, same numbers) and trains seed 1."""
+    import json
+
+    from zoo.engine import run_cli
+
+    base = COPYING[2:] + ["--steps", "12", "--workers", "1", "--out", str(tmp_path)]
+    assert run_cli(copying.main, base) == 0
+    first = json.loads((tmp_path / "results.json").read_text())["rim_lstm_seq_small"]
+    ckpt = tmp_path / "rim_lstm_seq_small" / "seed0" / "checkpoint.pt"
+    stamp = ckpt.stat().st_mtime_ns
+    assert run_cli(copying.main, base + ["--seeds", "2", "--resume"]) == 0
+    both = json.loads((tmp_path / "results.json").read_text())["rim_lstm_seq_small"]
+    assert ckpt.stat().st_mtime_ns == stamp                       # seed 0 was not trained again
+    lengths = [k for k in first if isinstance(first[k], dict) and "per_seed" in first[k]]
+    assert lengths
+    for T in lengths:
+        assert both[T]["per_seed"][0] == first[T]["per_seed"][0] and len(both[T]["per_seed"]) == 2
+    assert (tmp_path / "rim_lstm_seq_small" / "seed1" / "checkpoint.pt").exists()

@@ -380,6 +380,49 @@ def test_harness_end_to_end_and_resume(tmp_path, capsys):
         assert again[core]["novel"] == res[core]["novel"] and again[core]["seen"] == res[core]["seen"]
 
 
+def test_resume_checks_each_runs_options(tmp_path, capsys):
+    """--resume reuses a finished run or continues a checkpoint only under the options it was trained with
+    (one-line refusal naming the change, for run.json and for a checkpoint alone, and for a run that recorded
+    none); more seeds or fewer cores reuse the finished runs."""
+    from rl.distractors import main
+
+    out = tmp_path / "d"
+    argv = ["--steps", "128", "--seeds", "1", "--n-envs", "2", "--n-steps", "32", "--n-epochs", "1",
+            "--eval-every", "0", "--eval-episodes", "2", "--hidden-size", "8", "--features", "8", "--head-size",
+            "8", "--chance-episodes", "2", "--workers", "1", "--no-progress", "--no-gif", "--out", str(out)]
+    first = main(argv)
+    capsys.readouterr()
+    for tamper in ("none", "run.json", "options"):
+        run = out / "lstm-s0"
+        if tamper == "run.json":                      # a torn run: only the checkpoint and its options are left
+            (run / "run.json").rename(run / "run.bak")
+        if tamper == "options":                       # a run written before runs recorded their options
+            (run / "run.bak").rename(run / "run.json")
+            done = json.loads((run / "run.json").read_text())
+            del done["options"]
+            (run / "run.json").write_text(json.dumps(done))
+        assert run_cli(main, argv + ["--cores", "lstm", "--lr", "0.5", "--resume"]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1, err
+        if tamper == "options":
+            assert "does not record the options" in err[0] and "run.json" in err[0]
+        else:
+            assert "lr: 0.001 -> 0.5" in err[0] and ("checkpoint.zip" if tamper == "run.json" else "run.json") in err[0]
+    done["options"] = json.loads((out / "lstm-s0" / "options.json").read_text())
+    (out / "lstm-s0" / "run.json").write_text(json.dumps(done))
+    more = main(argv[:3] + ["2"] + argv[4:] + ["--cores", "lstm", "--chance-episodes", "3", "--resume"])
+    assert more["lstm"]["seen"]["per_seed"][0] == first["lstm"]["seen"]["per_seed"][0]
+    assert [p["seed"] for p in more["lstm"]["novel"]["per_seed"]] == [0, 1]
+    assert not (out / "rim-s1").exists()
+    # a reused run that was the first seed of another report keeps its GIF, which is not this report's
+    done = json.loads((out / "lstm-s1" / "run.json").read_text())
+    (out / "lstm-s1" / "run.json").write_text(json.dumps({**done, "gif": str(tmp_path / "seed1.gif")}))
+    capsys.readouterr()
+    main(argv[:3] + ["2"] + argv[4:] + ["--cores", "lstm", "--resume"])
+    printed = capsys.readouterr().out
+    assert "wrote" in printed and "seed1.gif" not in printed
+
+
 def test_cell_kinds_of_a_hand_made_view():
     """rl.attention sorts each view cell by what it shows: the red ball, a distractor, wall, floor, unseen."""
     from minigrid.core.constants import COLOR_TO_IDX, OBJECT_TO_IDX

@@ -4,9 +4,10 @@ See ``docs/engine.md``. A harness is a validated ``Config(RunConfig)``, a checkp
 ``step_fn`` for :func:`fit`, and a ``main(argv)`` that ends in :func:`write_report`; ``tasks/copying.py`` is
 the reference.
 """
-from .checkpoint import atomic_write, clean_stale_tmp, load_checkpoint, save_checkpoint, write_json, write_text
+from .checkpoint import (atomic_write, check_run_options, clean_stale_tmp, load_checkpoint, save_checkpoint, write_json,
+                         write_text)
 from .cli import (ConfigError, RunConfig, arg, warmup_arg, precision_arg, check_device, check_writable_dir,
-                  check_writable_file, check_per_model, config_to_argv, config_to_dict, parse_config,
+                  check_writable_file, check_per_model, config_to_argv, config_to_dict, parse_config, run_options,
                   parse_json_object, per_model_kwargs, per_model_value, validate_config)
 from .errors import CheckpointError, Interrupted, RunError, run_cli
 from .jobs import RunLock, check_finite, command_line, default_workers, per_run, run_grid, run_jobs, write_report
@@ -20,11 +21,11 @@ from .streams import MapStream, SeededStream, ShuffledBatches, Stream, ZipStream
 
 __all__ = [
     # checkpoints and files
-    "atomic_write", "clean_stale_tmp", "load_checkpoint", "save_checkpoint", "write_json", "write_text",
+    "atomic_write", "check_run_options", "clean_stale_tmp", "load_checkpoint", "save_checkpoint", "write_json", "write_text",
     # configs and errors
     "ConfigError", "RunConfig", "arg", "warmup_arg", "precision_arg", "check_device", "check_writable_dir",
     "check_writable_file",
-    "check_per_model", "config_to_argv", "config_to_dict", "parse_config", "parse_json_object", "per_model_kwargs",
+    "check_per_model", "config_to_argv", "config_to_dict", "parse_config", "run_options", "parse_json_object", "per_model_kwargs",
     "per_model_value", "validate_config",
     "CheckpointError", "Interrupted", "RunError", "NonFiniteError", "run_cli",
     # training

@@ -5,11 +5,14 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Union
+from typing import Any, Callable, Dict, List, Mapping, Union
 
 import torch
 
-__all__ = ["atomic_write", "save_checkpoint", "load_checkpoint", "write_json", "write_text", "clean_stale_tmp"]
+from .errors import CheckpointError
+
+__all__ = ["atomic_write", "save_checkpoint", "load_checkpoint", "write_json", "write_text", "clean_stale_tmp",
+           "check_run_options"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -101,3 +104,15 @@ def write_json(path: PathLike, obj: Any) -> Path:
 
 def write_text(path: PathLike, text: str) -> Path:
     return atomic_write(path, lambda f: f.write(text), mode="w")
+
+
+def check_run_options(path: Union[str, Path], saved: Mapping[str, Any], now: Mapping[str, Any]) -> None:
+    """Refuse, in one line (:class:`CheckpointError`), to resume or reuse ``path`` when the options it was
+    written under (``saved``, :func:`zoo.engine.run_options`) differ from this run's (``now``)."""
+    saved, now = (json.loads(json.dumps(dict(d), default=str)) for d in (saved, now))   # tuples read as lists
+    if saved == now:
+        return
+    changes = "; ".join(f"{k}: {saved.get(k, '<unset>')!r} -> {now.get(k, '<unset>')!r}"
+                        for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k))
+    raise CheckpointError(f"{path} was written by a run with other options ({changes}); resume with the same "
+                          f"options or use another --out")

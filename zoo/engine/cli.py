@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
-__all__ = ["parse_config", "arg", "config_to_dict", "config_to_argv", "ConfigError", "RunConfig", "validate_config",
+__all__ = ["parse_config", "arg", "config_to_dict", "run_options", "config_to_argv", "ConfigError", "RunConfig", "validate_config",
            "check_writable_dir", "check_writable_file", "check_device", "parse_json_object"]
 
 C = TypeVar("C", bound="DataclassInstance")
@@ -343,6 +343,19 @@ def config_to_dict(cfg: Any, include_run_control: bool = True) -> dict:
             if is_run_control(f):
                 d.pop(f.name, None)
     return d
+
+
+def run_options(cfg: Any, exclude: Sequence[str] = (), **identity: Any) -> Dict[str, Any]:
+    """What one run of a harness's grid is defined by, saved with its checkpoint and compared on ``--resume``
+    (:func:`zoo.engine.fit`'s ``run_meta``): the config without its run-control fields, without ``seeds``
+    (how many runs the grid has, not what one computes: ``--seeds 5 --resume`` over a 3-seed folder reuses
+    the three finished runs and trains two more) and without ``exclude`` (report-level fields, e.g. the list
+    of cores where no option is given per core), with the run's ``identity`` on top (``model=..., seed=...``;
+    ``seed`` replaces the grid's first seed)."""
+    d = config_to_dict(cfg, include_run_control=False)
+    for name in ("seeds", *exclude):
+        d.pop(name, None)
+    return {**d, **identity}
 
 
 def config_to_argv(cfg: Any, skip: Sequence[str] = ("progress", "resume")) -> List[str]:

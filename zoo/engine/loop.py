@@ -30,7 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import distributed as dist_utils
-from .checkpoint import clean_stale_tmp, load_checkpoint, save_checkpoint
+from .checkpoint import check_run_options, clean_stale_tmp, load_checkpoint, save_checkpoint
 from .errors import CheckpointError, Interrupted, RunError
 from .logger import MetricLogger
 from .memory import retain_freed_memory
@@ -153,11 +153,6 @@ def _first_non_finite(model: nn.Module) -> Optional[str]:
     return None
 
 
-def _diff(saved: Mapping[str, Any], now: Mapping[str, Any]) -> List[str]:
-    keys = sorted(set(saved) | set(now))
-    return [f"{k}: {saved.get(k, '<unset>')!r} -> {now.get(k, '<unset>')!r}" for k in keys if saved.get(k) != now.get(k)]
-
-
 @dataclass
 class FitResult:
     steps: int
@@ -268,10 +263,8 @@ def fit(
         if payload.get("format") != CHECKPOINT_FORMAT:
             raise CheckpointError(f"{ckpt} was not written by this version of zoo.engine.fit (format "
                                   f"{payload.get('format')!r}); delete it or start without --resume")
-        if run_meta is not None and payload.get("meta") is not None and payload["meta"] != run_meta:
-            changes = "; ".join(_diff(payload["meta"], run_meta))
-            raise CheckpointError(f"{ckpt} was written by a run with other options ({changes}); resume with "
-                                  f"the same options or use another --out")
+        if run_meta is not None and payload.get("meta") is not None:
+            check_run_options(ckpt, payload["meta"], run_meta)
         try:
             model.load_state_dict(payload["model"])
             optimizer.load_state_dict(payload["optimizer"])
