@@ -459,3 +459,16 @@ def test_the_layers_train_under_bf16_autocast(name, kwargs, make_input):
     loss.backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+
+
+def test_check_run_options_names_every_change_in_one_line():
+    """Tuples and lists are the same option (JSON round trip); an option only one side has is a change even
+    where the other side's value is None, and the refusal names it instead of an empty list."""
+    from zoo.engine import CheckpointError, check_run_options
+
+    check_run_options("ckpt", {"sizes": [1, 2], "lr": 1e-3}, {"sizes": (1, 2), "lr": 1e-3})
+    with pytest.raises(CheckpointError) as err:
+        check_run_options("ckpt", {"lr": 1e-3}, {"lr": 1e-3, "warmup": None})
+    assert "(warmup: <unset> -> None)" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(CheckpointError, match=r"lr: 0.001 -> 0.5; steps: 10 -> <unset>"):
+        check_run_options("ckpt", {"lr": 1e-3, "steps": 10}, {"lr": 0.5})

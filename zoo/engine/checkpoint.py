@@ -106,13 +106,19 @@ def write_text(path: PathLike, text: str) -> Path:
     return atomic_write(path, lambda f: f.write(text), mode="w")
 
 
+class _Unset:
+    def __repr__(self) -> str:
+        return "<unset>"
+
+
 def check_run_options(path: Union[str, Path], saved: Mapping[str, Any], now: Mapping[str, Any]) -> None:
     """Refuse, in one line (:class:`CheckpointError`), to resume or reuse ``path`` when the options it was
     written under (``saved``, :func:`zoo.engine.run_options`) differ from this run's (``now``)."""
     saved, now = (json.loads(json.dumps(dict(d), default=str)) for d in (saved, now))   # tuples read as lists
     if saved == now:
         return
-    changes = "; ".join(f"{k}: {saved.get(k, '<unset>')!r} -> {now.get(k, '<unset>')!r}"
-                        for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k))
+    unset = _Unset()      # an option only one side has differs even where the other side's value is None
+    changes = "; ".join(f"{k}: {saved.get(k, unset)!r} -> {now.get(k, unset)!r}"
+                        for k in sorted(set(saved) | set(now)) if saved.get(k, unset) != now.get(k, unset))
     raise CheckpointError(f"{path} was written by a run with other options ({changes}); resume with the same "
                           f"options or use another --out")
