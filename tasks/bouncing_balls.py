@@ -287,6 +287,14 @@ def _run_dir(cfg: Config, model_name: str, seed: int) -> Path:
     return Path(cfg.out) / model_name / f"seed{seed}"
 
 
+def run_meta(cfg: Config, model_name: str, seed: int) -> Dict[str, Any]:
+    """The options that define run ``(model_name, seed)``, checked on ``--resume``
+    (:func:`zoo.engine.run_options`): without the list of models, with this model's kwargs resolved, so
+    adding, dropping or reordering ``--models`` entries reuses the finished runs."""
+    return run_options(cfg, exclude=("models",), model=model_name, seed=seed,
+                       model_kwargs=per_model_kwargs(cfg.model_kwargs, cfg.models)[model_name])
+
+
 def train_one(cfg: Config, model_name: str, seed: int, position: int = 0) -> dict:
     """Train one (model, seed) with teacher forcing, then roll out on every test set; runs in a worker."""
     torch.set_num_threads(cfg.threads)
@@ -316,7 +324,7 @@ def train_one(cfg: Config, model_name: str, seed: int, position: int = 0) -> dic
                  out_dir=_run_dir(cfg, model_name, seed), precision=cfg.precision, clip_grad=cfg.clip_grad or None,
                  log_every=cfg.log_every, eval_fn=eval_fn, eval_every=cfg.eval_every,
                  ckpt_every=cfg.checkpoint_every, resume=cfg.resume, desc=f"{model_name} s{seed}",
-                 run_meta=run_options(cfg, model=model_name, seed=seed),
+                 run_meta=run_meta(cfg, model_name, seed),
                  progress=cfg.progress, position=position)
     scores = {name: evaluate_rollout(model, frames, cfg.context, device=device) for name, frames in tests.items()}
     cpu = time.process_time() - cpu0

@@ -197,6 +197,14 @@ def _run_dir(cfg: Config, method: str, seed: int) -> Path:
     return Path(cfg.out) / method / f"seed{seed}"
 
 
+def run_meta(cfg: Config, method_name: str, seed: int) -> Dict[str, Any]:
+    """The options that define run ``(method_name, seed)``, checked on ``--resume``
+    (:func:`zoo.engine.run_options`): without the list of methods, with this method's hyperparameters resolved,
+    so adding, dropping or reordering ``--method`` entries reuses the finished runs."""
+    return run_options(cfg, exclude=("method",), method=method_name, seed=seed,
+                       method_kwargs=method_hparams(cfg, method_name))
+
+
 def train_one(cfg: Config, method_name: str, seed: int, position: int = 0) -> dict:
     """Train one (method, seed) run and evaluate it; runs in a worker process."""
     torch.set_num_threads(cfg.threads)
@@ -206,7 +214,6 @@ def train_one(cfg: Config, method_name: str, seed: int, position: int = 0) -> di
     seed_everything(seed)
     model = build_model(cfg, in_chans, data["num_classes"]).to(device)
     method = zoo_methods.create_method(method_name, **method_hparams(cfg, method_name))
-    run_meta = run_options(cfg, method=method_name, seed=seed)
     method.setup(model, total_steps=cfg.steps)
     opt: torch.optim.Optimizer
     if cfg.optimizer == "sgd":
@@ -220,7 +227,8 @@ def train_one(cfg: Config, method_name: str, seed: int, position: int = 0) -> di
     result = fit(model, opt, stream, steps=cfg.steps, device=device, out_dir=_run_dir(cfg, method_name, seed),
                  precision=cfg.precision, clip_grad=cfg.clip_grad or None, scheduler=sched, log_every=cfg.log_every,
                  eval_fn=lambda m: test_accuracy(method.eval_model(m), x_test, y_test, device),
-                 eval_every=cfg.eval_every, ckpt_every=cfg.checkpoint_every, resume=cfg.resume, run_meta=run_meta,
+                 eval_every=cfg.eval_every, ckpt_every=cfg.checkpoint_every, resume=cfg.resume,
+                 run_meta=run_meta(cfg, method_name, seed),
                  desc=f"{method_name} s{seed}", progress=cfg.progress, position=position, **method.fit_kwargs())
     method.remove()                                        # taps off: evaluate the plain network
     net = method.eval_model(model)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -189,6 +189,14 @@ def model_schedule(cfg: Config, name: str) -> str:
     return per_model_value(cfg.schedule, cfg.models, name, DEFAULT_SCHEDULE[model_family(name)])
 
 
+def run_meta(cfg: Config, model_name: str, seed: int) -> Dict[str, Any]:
+    """The options that define run ``(model_name, seed)``, checked on ``--resume``
+    (:func:`zoo.engine.run_options`): without the list of models, with this model's learning rate, schedule
+    and kwargs resolved, so adding, dropping or reordering ``--models`` entries reuses the finished runs."""
+    return run_options(cfg, exclude=("models",), model=model_name, seed=seed, lr=model_lr(cfg, model_name),
+                       schedule=model_schedule(cfg, model_name), model_kwargs=model_kwargs(cfg, model_name))
+
+
 def _run_dir(cfg: Config, model_name: str, seed: int) -> Path:
     return Path(cfg.out) / model_name / f"seed{seed}"
 
@@ -199,7 +207,6 @@ def train_one(cfg: Config, model_name: str, seed: int, position: int = 0) -> dic
     seed_everything(seed)
     model = zoo.create_model(model_name, num_tokens=NUM_TOKENS, num_classes=NUM_TOKENS,
                              **model_kwargs(cfg, model_name)).to(device)
-    run_meta = run_options(cfg, model=model_name, seed=seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=model_lr(cfg, model_name))
 
     def step_fn(m, batch):
@@ -217,7 +224,8 @@ def train_one(cfg: Config, model_name: str, seed: int, position: int = 0) -> dic
                                        int(cfg.warmup * cfg.steps)),
                  eval_fn=lambda m: evaluate(m, cfg.train_len, min(cfg.eval_size, 500), eval_seed, device,
                                             cfg.symbols),
-                 eval_every=cfg.eval_every, ckpt_every=cfg.checkpoint_every, resume=cfg.resume, run_meta=run_meta,
+                 eval_every=cfg.eval_every, ckpt_every=cfg.checkpoint_every, resume=cfg.resume,
+                 run_meta=run_meta(cfg, model_name, seed),
                  desc=f"{model_name} s{seed}", progress=cfg.progress, position=position)
     tests = {str(T): evaluate(model, T, cfg.eval_size, eval_seed + T, device, cfg.symbols) for T in cfg.test_lens}
     out = {"model": model_name, "seed": seed, "seconds": result.seconds, "tests": tests,

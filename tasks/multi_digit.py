@@ -193,6 +193,19 @@ def load_pools(cfg: Config):
         raise RunError(f"{str(e).splitlines()[0]}") from None
 
 
+def model_kwargs(cfg: Config, name: str) -> Dict[str, Any]:
+    """The kwargs of model ``name``: ``--model-kwargs`` (:func:`zoo.engine.per_model_kwargs`; default
+    :data:`CPU_KWARGS`)."""
+    return per_model_kwargs(cfg.model_kwargs, cfg.models, default=json.dumps(CPU_KWARGS))[name]
+
+
+def run_meta(cfg: Config, name: str, seed: int) -> Dict[str, Any]:
+    """The options that define run ``(name, seed)``, checked on ``--resume``
+    (:func:`zoo.engine.run_options`): without the list of models, with this model's kwargs resolved, so
+    adding, dropping or reordering ``--models`` entries reuses the finished runs."""
+    return run_options(cfg, exclude=("models",), model=name, seed=seed, model_kwargs=model_kwargs(cfg, name))
+
+
 def train_one(cfg: Config, name: str, seed: int, position: int = 0) -> dict:
     """Train one (model, seed) and test it at every count; runs in a worker process."""
     device = resolve_device(cfg.device)
@@ -200,7 +213,7 @@ def train_one(cfg: Config, name: str, seed: int, position: int = 0) -> dict:
     seed_everything(seed)
     pools = load_pools(cfg)
     tests = test_sets(cfg, pools)
-    model = build_model(name, per_model_kwargs(cfg.model_kwargs, cfg.models, default=json.dumps(CPU_KWARGS))[name]).to(device)
+    model = build_model(name, model_kwargs(cfg, name)).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     batches = SeededStream(lambda g: multi_digit_batch(pools["train"], cfg.train_counts, cfg.batch_size,
                                                        cfg.canvas, g)[:2], seed)
@@ -218,7 +231,7 @@ def train_one(cfg: Config, name: str, seed: int, position: int = 0) -> dict:
                                      evaluate(m, seen, device, cfg.threshold).items()}) if cfg.eval_every else None,
                  eval_every=cfg.eval_every, ckpt_every=cfg.checkpoint_every, resume=cfg.resume,
                  desc=f"{name} s{seed}",
-                 run_meta=run_options(cfg, model=name, seed=seed), progress=cfg.progress, position=position)
+                 run_meta=run_meta(cfg, name, seed), progress=cfg.progress, position=position)
     result = evaluate(model, tests, device, cfg.threshold)
     out = {"model": name, "seed": seed, "tests": result, "seconds": fitted.seconds, "curve": fitted.eval_history}
     if seed == cfg.seed and cfg.samples:

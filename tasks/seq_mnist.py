@@ -218,6 +218,14 @@ def model_lr(cfg: Config, name: str) -> float:
     return per_model_value(cfg.lr, cfg.models, name, DEFAULT_LR[model_family(name)])
 
 
+def run_meta(cfg: Config, model_name: str, seed: int) -> Dict[str, Any]:
+    """The options that define run ``(model_name, seed)``, checked on ``--resume``
+    (:func:`zoo.engine.run_options`): without the list of models, with this model's learning rate and kwargs resolved, so
+    adding, dropping or reordering ``--models`` entries reuses the finished runs."""
+    return run_options(cfg, exclude=("models",), model=model_name, seed=seed, lr=model_lr(cfg, model_name),
+                       model_kwargs=model_kwargs(cfg, model_name))
+
+
 def train_one(cfg: Config, model_name: str, seed: int, position: int = 0) -> dict:
     """Train one (model, seed) at ``train_resolution`` and test the best-validation weights at every
     ``test_resolutions``; runs in a worker process."""
@@ -225,7 +233,6 @@ def train_one(cfg: Config, model_name: str, seed: int, position: int = 0) -> dic
     seed_everything(seed)
     data = _load(cfg)
     model = build_model(model_name, cfg.input, model_kwargs(cfg, model_name)).to(device)
-    run_meta = run_options(cfg, model=model_name, seed=seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=model_lr(cfg, model_name))
     best = BestWeights(model)
     val = _subset(data["val"], cfg.val_size)
@@ -245,7 +252,7 @@ def train_one(cfg: Config, model_name: str, seed: int, position: int = 0) -> dic
                  log_every=cfg.log_every,
                  scheduler=lr_schedule(optimizer, cfg.schedule, cfg.steps, int(cfg.warmup * cfg.steps)),
                  eval_fn=eval_fn if val is not None else None, eval_every=cfg.eval_every,
-                 ckpt_every=cfg.checkpoint_every, resume=cfg.resume, run_meta=run_meta, callbacks=(best.track,),
+                 ckpt_every=cfg.checkpoint_every, resume=cfg.resume, run_meta=run_meta(cfg, model_name, seed), callbacks=(best.track,),
                  extra_state={"best": best}, desc=f"{model_name} s{seed}", progress=cfg.progress,
                  position=position)
     best.restore()

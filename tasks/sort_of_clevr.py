@@ -214,6 +214,19 @@ def _run_dir(cfg: Config, name: str, seed: int) -> Path:
     return Path(cfg.out) / name / f"seed{seed}"
 
 
+def model_kwargs(cfg: Config, name: str) -> Dict[str, Any]:
+    """The kwargs of model ``name``: ``--model-kwargs`` (:func:`zoo.engine.per_model_kwargs`; default
+    :data:`CPU_KWARGS`)."""
+    return per_model_kwargs(cfg.model_kwargs, cfg.models, default=json.dumps(CPU_KWARGS))[name]
+
+
+def run_meta(cfg: Config, name: str, seed: int) -> Dict[str, Any]:
+    """The options that define run ``(name, seed)``, checked on ``--resume``
+    (:func:`zoo.engine.run_options`): without the list of models, with this model's kwargs resolved, so
+    adding, dropping or reordering ``--models`` entries reuses the finished runs."""
+    return run_options(cfg, exclude=("models",), model=name, seed=seed, model_kwargs=model_kwargs(cfg, name))
+
+
 def train_one(cfg: Config, name: str, seed: int, position: int = 0) -> dict:
     """Train one (model, seed) and evaluate it; runs in a worker process."""
     device = resolve_device(cfg.device)
@@ -222,7 +235,7 @@ def train_one(cfg: Config, name: str, seed: int, position: int = 0) -> dict:
     data = load_data(cfg)
     holdout = soc.holdout_combinations(cfg.holdout, cfg.holdout_seed)
     train = soc.SortOfClevrDataset(data["train"])
-    model = build_model(name, per_model_kwargs(cfg.model_kwargs, cfg.models, default=json.dumps(CPU_KWARGS))[name]).to(device)
+    model = build_model(name, model_kwargs(cfg, name)).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     batches = MapStream(ShuffledBatches(torch.arange(len(train)), batch_size=cfg.batch_size, seed=seed), train.batch)
 
@@ -237,7 +250,7 @@ def train_one(cfg: Config, name: str, seed: int, position: int = 0) -> dict:
                  scheduler=lr_schedule(optimizer, cfg.schedule, cfg.steps),
                  eval_fn=lambda m: evaluate(m, data["test"], holdout, device), eval_every=cfg.eval_every,
                  ckpt_every=cfg.checkpoint_every, resume=cfg.resume, desc=f"{name} s{seed}",
-                 run_meta=run_options(cfg, model=name, seed=seed),
+                 run_meta=run_meta(cfg, name, seed),
                  progress=cfg.progress, position=position)
     model.eval()
     test = {k[len("eval/"):]: v for k, v in fitted.last_metrics.items() if k.startswith("eval/")}   # fit's final eval

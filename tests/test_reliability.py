@@ -17,7 +17,7 @@ from typing import List
 import pytest
 import torch
 
-from tasks import classify, copying, nfm_attention, seq_mnist
+from tasks import bouncing_balls, classify, copying, multi_digit, nfm_attention, seq_mnist, sort_of_clevr
 from zoo.engine import ConfigError, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -362,7 +362,7 @@ def test_resume_refuses_a_checkpoint_of_other_options_or_another_architecture(tm
     capsys.readouterr()
     assert run_cli(copying.main, base + ["--lr", "0.01", "--resume"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "lr: [] -> [0.01]" in err[0] and "another --out" in err[0]
+    assert len(err) == 1 and "lr: 0.002 -> 0.01" in err[0] and "another --out" in err[0]   # the run's lr
     # a checkpoint.pt of the right format but the wrong shapes (written by hand)
     ckpt = tmp_path / "rim_lstm_seq_small" / "seed0" / "checkpoint.pt"
     payload = load_checkpoint(ckpt)
@@ -394,3 +394,70 @@ def test_resume_with_more_seeds_reuses_the_finished_ones(tmp_path):
     for T in lengths:
         assert both[T]["per_seed"][0] == first[T]["per_seed"][0] and len(both[T]["per_seed"]) == 2
     assert (tmp_path / "rim_lstm_seq_small" / "seed1" / "checkpoint.pt").exists()
+
+
+def test_resume_with_more_or_reordered_models_reuses_the_finished_runs(tmp_path, capsys):
+    """--models lists the grid's runs, it does not change one: adding a model over a finished folder (first in
+    the list, so every per-model --lr entry moves) reuses the finished run and trains the new model's; a --lr
+    list that gives the finished model another learning rate is refused, whatever the order."""
+    import json
+
+    from zoo.engine import run_cli
+
+    small = '{"hidden_size": 12, "embed_dim": 8}'
+    base = COPYING[6:] + ["--steps", "12", "--workers", "1", "--out", str(tmp_path)]   # without --models and kwargs
+    assert run_cli(copying.main, base + ["--models", "rim_lstm_seq_small", "--lr", "0.002",
+                                         "--model-kwargs", f'{{"rim_lstm_seq_small": {TINY_RIM}}}']) == 0
+    first = json.loads((tmp_path / "results.json").read_text())["rim_lstm_seq_small"]
+    ckpt = tmp_path / "rim_lstm_seq_small" / "seed0" / "checkpoint.pt"
+    stamp = ckpt.stat().st_mtime_ns
+    both = base + ["--models", "lstm_seq_small", "rim_lstm_seq_small",
+                   "--model-kwargs", f'{{"rim_lstm_seq_small": {TINY_RIM}, "lstm_seq_small": {small}}}']
+    capsys.readouterr()
+    assert run_cli(copying.main, both + ["--lr", "0.003", "0.001", "--resume"]) == 1        # rim's lr: 0.001
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "lr: 0.002 -> 0.001" in err[0] and "models" not in err[0].split("(")[1], err
+    assert run_cli(copying.main, both + ["--lr", "0.003", "0.002", "--resume"]) == 0
+    assert ckpt.stat().st_mtime_ns == stamp                       # the RIM run was not trained again
+    report = json.loads((tmp_path / "results.json").read_text())
+    lengths = [k for k in first if isinstance(first[k], dict) and "per_seed" in first[k]]
+    assert lengths and all(report["rim_lstm_seq_small"][T]["per_seed"] == first[T]["per_seed"] for T in lengths)
+    assert (tmp_path / "lstm_seq_small" / "seed0" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("module, grid, member, other, own, theirs", [
+    # (harness, grid field, the run's member, a sibling, an option change of the member's own, one of the sibling's)
+    (copying, "models", "lstm_seq_small", "rim_gru_seq_small", {"lr": [0.003, 0.001]},
+     {"model_kwargs": '{"rim_gru_seq_small": {"k_active": 3}}'}),
+    (seq_mnist, "models", "lstm_seq_small", "rim_lstm_seq_small", {"lr": [0.004, 0.001]},
+     {"model_kwargs": '{"lstm_seq_small": {"hidden_size": 96}, "rim_lstm_seq_small": {"hidden_size": 60}}'}),
+    (bouncing_balls, "models", "lstm_balls_small", "rim_lstm_balls_small",
+     {"model_kwargs": '{"lstm_balls_small": {"hidden_size": 32}}'},
+     {"model_kwargs": '{"rim_lstm_balls_small": {"k_active": 3}}'}),
+    (sort_of_clevr, "models", "sortclevr_cnn", "nfm_sortclevr_cnn", {"model_kwargs": '{"drop_rate": 0.1}'},
+     {"model_kwargs": '{"*": {"drop_rate": 0.5}, "nfm_sortclevr_cnn": {"d_k": 8}}'}),
+    (multi_digit, "models", "mnist_convnet", "nfm_mnist_convnet", {"model_kwargs": '{"widths": [8, 16]}'},
+     {"model_kwargs": '{"mnist_convnet": {"widths": [16, 32, 64, 64], "strides": [2, 2, 2, 2]}, '
+                      '"nfm_mnist_convnet": {"d_k": 4}}'}),
+    (classify, "method", "input_mixup", "erm", {"method_kwargs": '{"input_mixup": {"alpha": 2.0}}'},
+     {"method_kwargs": '{"erm": {}}'}),
+])
+def test_a_runs_options_do_not_depend_on_its_siblings(module, grid, member, other, own, theirs):
+    """What one run is (run_meta, compared on --resume) is the same whether the grid lists it alone, after a
+    sibling or before it, with per-member options (a --lr list, per-model kwargs) resolved for it, and
+    whatever the sibling's own options; an option change of its own still changes it (mutation-checked:
+    leaving the grid list in, or a --lr list or the kwargs raw)."""
+    from zoo.engine import CheckpointError, check_run_options
+
+    def meta(members, **kw):
+        return module.run_meta(module.Config(**{grid: members}, **kw), member, 0)
+
+    alone = meta([member])
+    assert meta([member, other]) == alone == meta([other, member]) == meta([member, other], **theirs)
+    changed = own
+    if isinstance(own.get("lr"), list):               # a per-model list: member first, then member second
+        assert meta([member, other], lr=own["lr"]) == meta([other, member], lr=own["lr"][::-1])
+        assert meta([member], lr=own["lr"][:1]) == meta([member, other], lr=own["lr"])
+        changed = {"lr": own["lr"][::-1]}
+    with pytest.raises(CheckpointError):
+        check_run_options("ckpt", alone, meta([member, other], **changed))

@@ -349,9 +349,14 @@ def run_options(cfg: Any, exclude: Sequence[str] = (), **identity: Any) -> Dict[
     """What one run of a harness's grid is defined by, saved with its checkpoint and compared on ``--resume``
     (:func:`zoo.engine.fit`'s ``run_meta``): the config without its run-control fields, without ``seeds``
     (how many runs the grid has, not what one computes: ``--seeds 5 --resume`` over a 3-seed folder reuses
-    the three finished runs and trains two more) and without ``exclude`` (report-level fields, e.g. the list
-    of cores where no option is given per core), with the run's ``identity`` on top (``model=..., seed=...``;
-    ``seed`` replaces the grid's first seed)."""
+    the three finished runs and trains two more) and without ``exclude``: the grid's list of members
+    (``models``, ``cores``, ``method``: ``--models a b c --resume`` over an ``a b`` folder reuses their
+    finished runs and trains c's) and report-level fields. The run's ``identity`` goes on top (``model=...,
+    seed=...``; ``seed`` replaces the grid's first seed), and so do the run's own values of per-member
+    options, resolved (``lr=model_lr(cfg, name)`` for a ``--lr`` list with one value per model,
+    ``model_kwargs=...`` for ``--model-kwargs``'s per-model objects): the raw option depends on the other
+    members and their order, so an excluded member list needs them resolved or a reordered ``--models``
+    would resume a run under another member's learning rate."""
     d = config_to_dict(cfg, include_run_control=False)
     for name in ("seeds", *exclude):
         d.pop(name, None)
